@@ -1,0 +1,44 @@
+# StreamFlow churn platform. Every target bootstraps through `make venv`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: venv demo test test-fast bench lint bento stack-up stack-down generate clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	@touch $@
+
+demo: venv
+	$(BIN)/python -m streamflow_mlops demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check plugins dags bentos feature_repo tests bench
+	$(BIN)/ruff format --check plugins dags bentos feature_repo tests bench
+
+bento: venv
+	$(BIN)/python -m streamflow_mlops bento
+
+stack-up: venv
+	$(BIN)/python -m streamflow_mlops stack up
+
+stack-down: venv
+	$(BIN)/python -m streamflow_mlops stack down
+
+generate: venv
+	$(BIN)/python -m streamflow_mlops generate
+
+clean:
+	rm -rf .streamflow data/drops

@@ -1,0 +1,77 @@
+"""Command line: `python -m streamflow_mlops <command> --help`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from streamflow_mlops.settings import get_settings
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from streamflow_mlops.generate import BREAKAGES, NO_DRIFT, Drift, DropSpec, default_drift, write_drop
+
+    out = Path(args.out) if args.out else get_settings().drops_dir
+    for month in range(args.start, args.start + args.months):
+        drift = default_drift(month) if args.drift == "default" else NO_DRIFT
+        drift = replace(
+            drift,
+            **{k: v for k, v in (("fee_rise", args.fee_rise), ("usage_drop", args.usage_drop),
+                                 ("rebuffer_factor", args.rebuffer_factor)) if v is not None},
+        )
+        spec = DropSpec(month=month, users=args.users, seed=args.seed, drift=drift, broken=args.broken)
+        started = time.perf_counter()
+        folder = write_drop(spec, out, Path(args.telco) if args.telco else None)
+        note = f", broken: {BREAKAGES[args.broken]}" if args.broken else ""
+        drifted = "" if drift == Drift() else f", drift {drift}"
+        print(f"{folder}: {args.users:,} users, as_of {spec.as_of}{drifted}{note} ({time.perf_counter() - started:.1f}s)")
+
+
+def _stack(args: argparse.Namespace) -> None:
+    from streamflow_mlops import embedded
+
+    settings = get_settings()
+    if args.action == "up":
+        url = embedded.up(settings)
+        print(f"postgres: {url}\nenv file: {settings.state_dir / 'env'} (source it)")
+    elif args.action == "down":
+        embedded.stop_embedded(settings)
+        print("embedded postgres stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamflow_mlops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="write seeded monthly drops (month_NNN folders)")
+    gen.add_argument("--out", help="drops folder (default: $STREAMFLOW_DROPS_DIR or data/drops)")
+    gen.add_argument("--months", type=int, default=2, help="how many months to write (default 2)")
+    gen.add_argument("--start", type=int, default=0, help="first month index (default 0)")
+    gen.add_argument("--users", type=int, default=7043, help="users per month (default 7043)")
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--telco", help="calibrate profile columns on the IBM Telco churn CSV at this path")
+    gen.add_argument("--drift", choices=("default", "none"), default="default",
+                     help="default: month_001 drifted, others not; none: no month drifted")
+    gen.add_argument("--fee-rise", type=float, help="override: relative fee rise, e.g. 0.15")
+    gen.add_argument("--usage-drop", type=float, help="override: relative usage drop, e.g. 0.3")
+    gen.add_argument("--rebuffer-factor", type=float, help="override: rebuffering multiplier, e.g. 2")
+    gen.add_argument("--broken", help="write a deliberately broken batch: negative_fee, unknown_net_service, "
+                     "duplicate_users, missing_column, orphan_keys, bad_label, non_numeric, empty_labels")
+    gen.set_defaults(func=_generate)
+
+    stack = commands.add_parser("stack", help="start or stop the embedded Postgres and write .streamflow/env")
+    stack.add_argument("action", choices=("up", "down"))
+    stack.set_defaults(func=_stack)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: a real PostgreSQL for the whole session, a fresh database per test.
+
+With `STREAMFLOW_TEST_DB_URL` set, tests use that server (the "existing services" path);
+otherwise they start the embedded server from the pip wheel, exactly as `make demo` does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from streamflow_mlops import embedded  # noqa: E402
+from streamflow_mlops.settings import Settings, get_settings, replace_database  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory) -> str:
+    """URL of a running Postgres server (its `postgres` database)."""
+    external = os.environ.get("STREAMFLOW_TEST_DB_URL")
+    if external:
+        yield replace_database(external, "postgres")
+        return
+    home = tmp_path_factory.mktemp("embedded")
+    settings = Settings(
+        repo_root=REPO, state_dir=home, drops_dir=home / "drops", db_url_override=None,
+        mlflow_tracking_uri_override=None, embedded_pg_port=free_port(), online_store_override=None,
+    )
+    url = embedded.start_embedded(settings)
+    yield replace_database(url, "postgres")
+    embedded.stop_embedded(settings)
+
+
+@pytest.fixture
+def fresh_db(pg_server) -> str:
+    """URL of a new, empty database on the test server, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield replace_database(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stack_env(monkeypatch, tmp_path, fresh_db) -> Settings:
+    """Settings pointing at a fresh database and a temp state dir, as a user's env would."""
+    monkeypatch.setenv("STREAMFLOW_DB_URL", fresh_db)
+    monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("STREAMFLOW_DROPS_DIR", str(tmp_path / "drops"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    monkeypatch.delenv("STREAMFLOW_FEAST_ONLINE_STORE", raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

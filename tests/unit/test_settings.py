@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from streamflow_mlops.settings import get_settings
+
+
+def test_embedded_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("STREAMFLOW_DB_URL", raising=False)
+    monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    s = get_settings()
+    assert s.embedded and s.db_url.startswith("postgresql://postgres@127.0.0.1:")
+    assert s.airflow_db_url.endswith("/airflow") and s.mlflow_backend_url.endswith("/mlflow")
+    assert "sqlite" in s.online_store and str(tmp_path) in s.online_store
+    get_settings.cache_clear()
+
+
+def test_existing_services(monkeypatch):
+    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://sf:secret@db.internal:6543/streamflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    get_settings.cache_clear()
+    s = get_settings()
+    assert not s.embedded
+    assert s.airflow_db_url == "postgresql+psycopg2://sf:secret@db.internal:6543/airflow"
+    env = s.client_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert env["STREAMFLOW_PG_HOST"] == "db.internal" and env["STREAMFLOW_PG_PORT"] == "6543"
+    assert env["AIRFLOW_CONN_STREAMFLOW_WAREHOUSE"] == s.db_url
+    get_settings.cache_clear()
+
+
+def test_settings_are_read_on_first_use_and_cached(monkeypatch):
+    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://a@h/streamflow")
+    get_settings.cache_clear()
+    first = get_settings()
+    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://b@h/streamflow")
+    assert get_settings() is first
+    get_settings.cache_clear()
