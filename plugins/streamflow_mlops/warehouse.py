@@ -1,10 +1,14 @@
-"""Warehouse DDL (schema `streamflow`), derived from the schema declarations."""
+"""The warehouse (schema `streamflow`): DDL derived from the schema declarations, and the bulk load."""
 
 from __future__ import annotations
 
+import csv
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+
 import psycopg
 
-from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, RAW_TABLES, SQL_TYPES, TIMESTAMP
+from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, RAW_TABLES, SQL_TYPES, TIMESTAMP, Table
 from streamflow_mlops.settings import WAREHOUSE_SCHEMA
 
 S = WAREHOUSE_SCHEMA
@@ -76,3 +80,51 @@ def create_schema(conn: psycopg.Connection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {S}")
         for statement in raw_table_ddl() + snapshot_table_ddl() + OPERATIONAL_DDL:
             conn.execute(statement)
+
+
+def _stage_table(conn: psycopg.Connection, table: Table, path: Path) -> None:
+    """COPY a CSV into a temp table, taking the column order from the file's own header."""
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    known = set(table.column_names)
+    columns = [name.strip() for name in header]
+    if set(columns) != known:
+        raise ValueError(f"{path.name}: columns {sorted(columns)} do not match {sorted(known)}")
+    types = {ENTITY: "TEXT"} | {c.name: SQL_TYPES[c.dtype] for c in table.columns}
+    cols = ", ".join(f"{name} {types[name]}" for name in columns)
+    conn.execute(f"CREATE TEMP TABLE stage_{table.name} ({cols})")
+    with path.open("rb") as handle, conn.cursor().copy(
+        f"COPY stage_{table.name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, HEADER true)"
+    ) as copy:
+        while chunk := handle.read(1 << 20):
+            copy.write(chunk)
+
+
+def load_drop(conn: psycopg.Connection, folder: Path, as_of: date) -> dict[str, int]:
+    """Replace the rows of `as_of` in every raw and snapshot table with the drop's, in the caller's
+    transaction; returns row counts per table. Idempotent: the same drop always leaves the same rows."""
+    counts: dict[str, int] = {}
+    for t in RAW_TABLES:
+        _stage_table(conn, t, folder / t.file)
+        cols = ", ".join(c.name for c in t.columns)
+        conn.execute(f"DELETE FROM {S}.{t.name} WHERE {TIMESTAMP} = %s", (as_of,))
+        cur = conn.execute(
+            f"INSERT INTO {S}.{t.name} ({ENTITY}, {TIMESTAMP}, {cols}) "
+            f"SELECT {ENTITY}, %s, {cols} FROM stage_{t.name}",
+            (as_of,),
+        )
+        counts[t.name] = cur.rowcount
+        conn.execute(f"DROP TABLE stage_{t.name}")
+    as_of_ts = datetime.combine(as_of, time.min, tzinfo=timezone.utc)
+    for g in FEATURE_GROUPS:
+        first, *rest = g.sources
+        joins = " ".join(f"JOIN {S}.{t.name} USING ({ENTITY}, {TIMESTAMP})" for t in rest)
+        cols = ", ".join(c.name for c in g.columns)
+        conn.execute(f"DELETE FROM {S}.{g.table} WHERE {TIMESTAMP} = %s", (as_of_ts,))
+        cur = conn.execute(
+            f"INSERT INTO {S}.{g.table} ({ENTITY}, {TIMESTAMP}, {cols}) "
+            f"SELECT {ENTITY}, %s, {cols} FROM {S}.{first.name} {joins} WHERE {TIMESTAMP} = %s",
+            (as_of_ts, as_of),
+        )
+        counts[g.table] = cur.rowcount
+    return counts
