@@ -42,6 +42,9 @@ class Settings:
     mlflow_tracking_uri_override: str | None
     embedded_pg_port: int
     online_store_override: str | None
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+    service_port: int = 3000
 
     @property
     def embedded(self) -> bool:
@@ -160,4 +163,7 @@ def get_settings() -> Settings:
         mlflow_tracking_uri_override=os.environ.get("MLFLOW_TRACKING_URI") or None,
         embedded_pg_port=int(os.environ.get("STREAMFLOW_PG_EMBEDDED_PORT", "54329")),
         online_store_override=os.environ.get("STREAMFLOW_FEAST_ONLINE_STORE") or None,
+        airflow_port=int(os.environ.get("STREAMFLOW_AIRFLOW_PORT", "8080")),
+        mlflow_port=int(os.environ.get("STREAMFLOW_MLFLOW_PORT", "5000")),
+        service_port=int(os.environ.get("STREAMFLOW_SERVICE_PORT", "3000")),
     )
