@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,6 +123,8 @@ class Settings:
             "STREAMFLOW_PG_DB": parts.path.lstrip("/") or WAREHOUSE_DB,
             "STREAMFLOW_PG_USER": parts.username or "postgres",
             "STREAMFLOW_PG_PASSWORD": parts.password or "",
+            # Feast's Postgres config defaults to sslmode=require, which the embedded server refuses.
+            "STREAMFLOW_PG_SSLMODE": parse_qs(parts.query).get("sslmode", ["prefer"])[0],
             "STREAMFLOW_FEAST_REGISTRY_URL": with_driver(self.db_url, "psycopg"),
             "STREAMFLOW_FEAST_ONLINE_STORE": self.online_store,
         }
