@@ -45,6 +45,7 @@ class Settings:
     airflow_port: int = 8080
     mlflow_port: int = 5000
     service_port: int = 3000
+    bentoml_home_override: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -97,7 +98,8 @@ class Settings:
 
     @property
     def bentoml_home(self) -> Path:
-        return self.state_dir / "bentoml"
+        """BentoML's store: BENTOML_HOME when set (tests, a user's own store), else under the state dir."""
+        return Path(self.bentoml_home_override) if self.bentoml_home_override else self.state_dir / "bentoml"
 
     @property
     def pgdata(self) -> Path:
@@ -168,4 +170,5 @@ def get_settings() -> Settings:
         airflow_port=int(os.environ.get("STREAMFLOW_AIRFLOW_PORT", "8080")),
         mlflow_port=int(os.environ.get("STREAMFLOW_MLFLOW_PORT", "5000")),
         service_port=int(os.environ.get("STREAMFLOW_SERVICE_PORT", "3000")),
+        bentoml_home_override=os.environ.get("BENTOML_HOME") or None,
     )
