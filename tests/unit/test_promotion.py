@@ -1,0 +1,132 @@
+"""The promotion rule and the paired bootstrap (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from streamflow_mlops.promotion import BootstrapGain, auc_by_rank, paired_bootstrap_auc_gain, should_promote
+
+
+def significant(low: float = 0.01, high: float = 0.03) -> BootstrapGain:
+    return BootstrapGain(gain=(low + high) / 2, ci_low=low, ci_high=high, confidence=0.9, resamples=1000)
+
+
+def noisy(low: float = -0.01, high: float = 0.03) -> BootstrapGain:
+    return BootstrapGain(gain=(low + high) / 2, ci_low=low, ci_high=high, confidence=0.9, resamples=1000)
+
+
+def scored_rows(n: int, seed: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    return y, y * signal + rng.normal(0, 1, n)
+
+
+def test_no_champion_promotes():
+    decision = should_promote(0.71, None, delta=0.005)
+    assert decision.promote and "no champion" in decision.reason
+
+
+@pytest.mark.parametrize("champion_auc", [float("nan"), np.float64("nan")])
+def test_unscorable_champion_promotes(champion_auc):
+    decision = should_promote(0.71, champion_auc, delta=0.005)
+    assert decision.promote and "could not be scored" in decision.reason
+
+
+def test_challenger_without_auc_never_promotes():
+    assert not should_promote(float("nan"), None, delta=0.0).promote
+
+
+def test_gain_below_delta_keeps_champion_even_if_significant():
+    decision = should_promote(0.804, 0.800, delta=0.005, bootstrap=significant())
+    assert not decision.promote and "below delta" in decision.reason
+
+
+def test_worse_challenger_keeps_champion():
+    assert not should_promote(0.78, 0.80, delta=0.0, bootstrap=noisy(-0.03, -0.01)).promote
+
+
+def test_gain_of_exactly_delta_with_significant_bootstrap_promotes():
+    # 0.805 - 0.8 is 0.00499999... in floating point; "at least delta" must still hold.
+    decision = should_promote(0.805, 0.800, delta=0.005, bootstrap=significant())
+    assert decision.promote and "CI" in decision.reason
+
+
+def test_big_gain_that_could_be_noise_keeps_champion():
+    decision = should_promote(0.83, 0.80, delta=0.005, bootstrap=noisy())
+    assert not decision.promote and "includes 0" in decision.reason
+
+
+def test_gain_without_bootstrap_is_not_enough():
+    assert not should_promote(0.83, 0.80, delta=0.005, bootstrap=None).promote
+
+
+def test_auc_by_rank_matches_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    y = (rng.random(500) < 0.3).astype(int)
+    scores = np.round(rng.random(500) + 0.3 * y, 1)  # rounding makes many ties
+    assert auc_by_rank(y, scores)[0] == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
+def test_bootstrap_is_seeded_and_reports_the_full_sample_gain():
+    y, champion = scored_rows(600, seed=2, signal=1.0)
+    challenger = champion + y * 0.3
+    first = paired_bootstrap_auc_gain(y, challenger, champion, seed=7)
+    assert first == paired_bootstrap_auc_gain(y, challenger, champion, seed=7)
+    assert first != paired_bootstrap_auc_gain(y, challenger, champion, seed=8)
+    assert first.gain == pytest.approx(roc_auc_score(y, challenger) - roc_auc_score(y, champion), abs=1e-12)
+    assert first.ci_low <= first.gain <= first.ci_high
+
+
+def test_identical_models_have_zero_gain_and_are_not_promoted():
+    y, scores = scored_rows(400, seed=3, signal=1.0)
+    result = paired_bootstrap_auc_gain(y, scores, scores, resamples=200)
+    assert result.gain == 0 and result.ci_low == 0 and result.ci_high == 0
+    assert not should_promote(0.8, 0.8, delta=0.0, bootstrap=result).promote
+
+
+def test_clearly_better_model_is_significant():
+    y, champion = scored_rows(800, seed=4, signal=0.5)
+    challenger = champion + y * 1.0
+    result = paired_bootstrap_auc_gain(y, challenger, champion)
+    assert result.ci_low > 0.05
+
+
+def test_tiny_gain_from_noise_is_not_significant():
+    """Two models that are the same signal plus independent noise: this draw gives the challenger
+    a gain above delta, but the interval straddles zero, so the champion stays."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(300) < 0.3).astype(int)
+    signal = y * 1.0 + rng.normal(0, 1, 300)
+    champion = signal + rng.normal(0, 0.5, 300)
+    challenger = signal + rng.normal(0, 0.5, 300)
+    result = paired_bootstrap_auc_gain(y, challenger, champion, seed=0)
+    assert 0.005 <= result.gain < 0.02
+    assert result.ci_low < 0 < result.ci_high
+    decision = should_promote(roc_auc_score(y, challenger), roc_auc_score(y, champion), delta=0.005, bootstrap=result)
+    assert not decision.promote and "noise" in decision.reason
+
+
+def test_pairing_detects_a_small_consistent_gain_that_unpaired_noise_would_hide():
+    """Both models share the same hard rows; the challenger is better on every positive by a
+    small margin. Paired resampling cancels the shared noise and sees the gain as real."""
+    y, champion = scored_rows(1500, seed=6, signal=1.0)
+    challenger = champion + y * 0.08
+    result = paired_bootstrap_auc_gain(y, challenger, champion)
+    assert 0 < result.gain < 0.03
+    assert result.ci_low > 0
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap_auc_gain(np.array([0, 1]), np.array([0.1, 0.9]), np.array([0.5]))
+    with pytest.raises(ValueError, match="both classes"):
+        paired_bootstrap_auc_gain(np.array([1, 1]), np.array([0.1, 0.9]), np.array([0.5, 0.4]))
+
+
+def test_interval_is_finite():
+    y, scores = scored_rows(200, seed=9, signal=1.0)
+    result = paired_bootstrap_auc_gain(y, scores + y * 0.1, scores, resamples=100)
+    assert math.isfinite(result.ci_low) and math.isfinite(result.ci_high)
