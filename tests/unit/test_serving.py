@@ -1,0 +1,351 @@
+"""Request logic of the churn service, without HTTP, Feast or MLflow: lookups, answers, swaps, batching, log."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from streamflow_mlops import serving
+from streamflow_mlops.serving import (
+    Champion,
+    ChampionWatcher,
+    ChurnScorer,
+    FeatureRef,
+    LogRow,
+    MicroBatcher,
+    MissingFeatures,
+    ModelHolder,
+    PipelineModel,
+    PredictionLogWriter,
+    Unavailable,
+    UnknownUser,
+)
+
+FEATURES = ("monthly_fee", "net_service")
+
+
+class TableReader:
+    """An online store held in a dict: the same contract as the Feast readers (None = missing)."""
+
+    def __init__(self, rows: dict[str, dict], fail: bool = False) -> None:
+        self.rows = rows
+        self.fail = fail
+        self.reads: list[list[str]] = []
+
+    def feature_refs(self, feature_service: str) -> tuple[FeatureRef, ...]:
+        return tuple(FeatureRef("view", name) for name in FEATURES)
+
+    def read(self, user_ids, feature_service):
+        if self.fail:
+            raise Unavailable("feature_store", "down")
+        self.reads.append(list(user_ids))
+        return {u: {n: self.rows.get(u, {}).get(n) for n in FEATURES} for u in user_ids}
+
+
+@functools.cache
+def fitted_model() -> PipelineModel:
+    frame = pd.DataFrame(
+        {"monthly_fee": [10.0, 90.0, 20.0, 80.0], "net_service": ["DSL", "Fiber optic", "No", "Fiber optic"]}
+    )
+    pipeline = Pipeline(
+        [
+            ("encode", ColumnTransformer([("cat", OneHotEncoder(), ["net_service"])], remainder="passthrough")),
+            ("model", LogisticRegression()),
+        ]
+    )
+    pipeline.fit(frame, [0, 1, 0, 1])
+    return PipelineModel(pipeline, FEATURES)
+
+
+def champion(version: str = "1", threshold: float = 0.5, model=None) -> Champion:
+    return Champion(
+        name="streamflow_churn",
+        version=version,
+        tag=f"streamflow_churn:v{version}",
+        threshold=threshold,
+        feature_service="churn_model_v1",
+        model=model or fitted_model(),
+    )
+
+
+ROWS = {
+    "0001-AAAAA": {"monthly_fee": 95.0, "net_service": "Fiber optic"},
+    "0002-BBBBB": {"monthly_fee": 12.0, "net_service": "DSL"},
+    "0003-CCCCC": {"monthly_fee": 50.0},
+}
+
+
+def scorer(reader=None, log=None) -> ChurnScorer:
+    holder = ModelHolder()
+    holder.swap(champion())
+    return ChurnScorer(holder, reader or TableReader(ROWS), log)
+
+
+def test_split_lookup_tells_unknown_from_missing():
+    assert serving.split_lookup("u", {"a": 1, "b": 2}) == {"a": 1, "b": 2}
+    with pytest.raises(UnknownUser):
+        serving.split_lookup("u", {"a": None, "b": None})
+    with pytest.raises(MissingFeatures) as missing:
+        serving.split_lookup("u", {"a": 1, "b": None})
+    assert missing.value.body() == {"error": "missing_features", "user_id": "u", "missing": ["b"]}
+    assert missing.value.status == 422
+
+
+def test_errors_carry_the_designed_status_and_body():
+    assert UnknownUser("7590-VHVEG").status == 404
+    assert UnknownUser("7590-VHVEG").body() == {"error": "unknown_user", "user_id": "7590-VHVEG"}
+    assert Unavailable("model", "none").status == 503
+    assert Unavailable("feature_store", "x").body()["error"] == "feature_store_unavailable"
+
+
+def test_score_answers_in_order_with_per_item_errors():
+    outcomes = scorer().score(["0001-AAAAA", "9999-ZZZZZ", "0003-CCCCC", "0002-BBBBB"])
+    first, unknown, missing, second = outcomes
+    assert first["user_id"] == "0001-AAAAA" and second["user_id"] == "0002-BBBBB"
+    assert isinstance(unknown, UnknownUser) and unknown.user_id == "9999-ZZZZZ"
+    assert isinstance(missing, MissingFeatures) and missing.missing == ["net_service"]
+    assert first["churn_probability"] > second["churn_probability"]
+    assert first["model"] == {"name": "streamflow_churn", "version": "1"}
+    assert first["features"] == ROWS["0001-AAAAA"]
+    assert first["threshold"] == 0.5
+    assert first["churn"] is (first["churn_probability"] >= 0.5)
+
+
+def test_score_reads_each_user_once_and_repeats_answers():
+    reader = TableReader(ROWS)
+    outcomes = scorer(reader).score(["0001-AAAAA", "0001-AAAAA"])
+    assert reader.reads == [["0001-AAAAA"]]
+    assert outcomes[0] == outcomes[1]
+
+
+def test_decision_follows_the_champion_threshold():
+    model = fitted_model()
+    holder = ModelHolder()
+    holder.swap(champion(model=model))
+    p = ChurnScorer(holder, TableReader(ROWS)).score(["0002-BBBBB"])[0]["churn_probability"]
+    holder.swap(champion(threshold=(p + 1) / 2, model=model))
+    strict = ChurnScorer(holder, TableReader(ROWS)).score(["0002-BBBBB"])[0]
+    holder.swap(champion(threshold=p / 2, model=model))
+    lax = ChurnScorer(holder, TableReader(ROWS)).score(["0002-BBBBB"])[0]
+    assert strict["churn"] is False and lax["churn"] is True
+    assert strict["churn_probability"] == lax["churn_probability"] == p
+
+
+def test_no_champion_or_store_down_is_unavailable():
+    with pytest.raises(Unavailable) as no_model:
+        ChurnScorer(ModelHolder(), TableReader(ROWS)).score(["0001-AAAAA"])
+    assert no_model.value.what == "model"
+    with pytest.raises(Unavailable) as no_store:
+        scorer(TableReader(ROWS, fail=True)).score(["0001-AAAAA"])
+    assert no_store.value.what == "feature_store"
+
+
+def test_features_answers_the_champion_feature_service():
+    assert scorer().features("0002-BBBBB") == {
+        "user_id": "0002-BBBBB",
+        "feature_service": "churn_model_v1",
+        "features": ROWS["0002-BBBBB"],
+    }
+    with pytest.raises(UnknownUser):
+        scorer().features("9999-ZZZZZ")
+
+
+def test_scored_predictions_go_to_the_log_queue():
+    log = PredictionLogWriter("postgresql://127.0.0.1:1/none")
+    scorer(log=log).score(["0001-AAAAA", "9999-ZZZZZ"])
+    rows = log._take_batch(0.0)
+    assert [r.user_id for r in rows] == ["0001-AAAAA"]
+    assert rows[0].model_version == "1" and rows[0].features == ROWS["0001-AAAAA"]
+
+
+def test_champion_labels_read_version_threshold_and_feature_service():
+    labels = {"mlflow_version": "7", "threshold": "0.42", "feature_service": "churn_model_v1"}
+    assert serving.champion_labels(labels, {}) == ("7", 0.42, "churn_model_v1")
+    assert serving.champion_labels({"mlflow_version": "3"}, {"threshold": 0.3}) == ("3", 0.3, "churn_model_v1")
+    with pytest.raises(ValueError):
+        serving.champion_labels({}, {})
+    with pytest.raises(ValueError):
+        serving.champion_labels({"mlflow_version": "1", "threshold": "1.5"}, {})
+
+
+def test_pipeline_model_runs_single_threaded():
+    from sklearn.ensemble import RandomForestClassifier
+
+    frame = pd.DataFrame({"monthly_fee": [1.0, 2.0, 3.0, 4.0], "net_service": ["DSL", "No", "DSL", "No"]})
+    pipeline = Pipeline(
+        [
+            ("encode", ColumnTransformer([("cat", OneHotEncoder(), ["net_service"])], remainder="passthrough")),
+            ("model", RandomForestClassifier(n_estimators=3, n_jobs=-1, random_state=0)),
+        ]
+    ).fit(frame, [0, 1, 0, 1])
+    model = PipelineModel(pipeline, FEATURES)
+    assert pipeline.named_steps["model"].n_jobs == 1
+    scores = model.predict_proba([{"monthly_fee": 1.0, "net_service": "DSL"}])
+    assert scores.shape == (1,) and 0.0 <= scores[0] <= 1.0
+
+
+def test_watcher_swaps_only_when_the_alias_moves():
+    holder = ModelHolder()
+    wanted = {"version": "1"}
+    loads: list[str] = []
+
+    def load(tag: str) -> Champion:
+        loads.append(tag)
+        return champion(tag.split(":v")[1])
+
+    watcher = ChampionWatcher(holder, lambda: wanted["version"], load)
+    assert watcher.poll_once() is True
+    assert holder.champion.version == "1"
+    assert watcher.poll_once() is False
+    wanted["version"] = "2"
+    assert watcher.poll_once() is True
+    assert holder.champion.version == "2"
+    assert loads == ["streamflow_churn:v1", "streamflow_churn:v2"]
+
+
+def test_watcher_keeps_the_current_model_when_mlflow_or_loading_fails():
+    holder = ModelHolder()
+    holder.swap(champion("3"))
+
+    def unreachable() -> str:
+        raise ConnectionError("mlflow down")
+
+    def broken(tag: str) -> Champion:
+        raise OSError("model files gone")
+
+    assert ChampionWatcher(holder, unreachable, broken).poll_once() is False
+    assert ChampionWatcher(holder, lambda: "4", broken).poll_once() is False
+    watcher = ChampionWatcher(holder, lambda: "4", broken)
+    watcher.poll_once()
+    assert holder.champion.version == "3" and "model files gone" in watcher.last_error
+
+
+def test_swap_is_atomic_under_concurrent_scoring():
+    """Every answer comes whole from one champion: version and threshold never mix."""
+    holder = ModelHolder()
+    holder.swap(champion("1", threshold=0.1))
+    s = ChurnScorer(holder, TableReader(ROWS))
+    mixed: list[dict] = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            for outcome in s.score(["0001-AAAAA", "0002-BBBBB"]):
+                expected = 0.1 if outcome["model"]["version"] == "1" else 0.9
+                if outcome["threshold"] != expected:
+                    mixed.append(outcome)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    models = {"1": champion("1", 0.1), "2": champion("2", 0.9)}
+    for i in range(60):
+        holder.swap(models[str(i % 2 + 1)])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert mixed == []
+
+
+def test_micro_batcher_coalesces_concurrent_requests():
+    calls: list[list[str]] = []
+
+    def score(ids):
+        calls.append(list(ids))
+        time.sleep(0.01)
+        return [{"user_id": i} if not i.startswith("bad") else UnknownUser(i) for i in ids]
+
+    async def run():
+        batcher = MicroBatcher(score, max_batch=16)
+        ids = [f"u{i}" for i in range(40)] + ["bad1"]
+        results = await asyncio.gather(*(batcher.submit(i) for i in ids), return_exceptions=True)
+        batcher.close()
+        return ids, results
+
+    ids, results = asyncio.run(run())
+    assert [r["user_id"] for r in results[:-1]] == ids[:-1]
+    assert isinstance(results[-1], UnknownUser)
+    assert max(len(c) for c in calls) == 16 and len(calls) < len(ids)
+    assert sorted(i for c in calls for i in c) == sorted(ids)
+
+
+def test_micro_batcher_turns_a_stuck_batch_into_503_and_an_exception_into_errors():
+    release = threading.Event()
+
+    def stuck(ids):
+        release.wait(5)
+        return [{"user_id": i} for i in ids]
+
+    def down(ids):
+        raise Unavailable("feature_store", "gone")
+
+    async def run():
+        slow = MicroBatcher(stuck, timeout_s=0.2)
+        with pytest.raises(Unavailable):
+            await slow.submit("u1")
+        release.set()
+        slow.close()
+        broken = MicroBatcher(down)
+        with pytest.raises(Unavailable) as exc:
+            await broken.submit("u1")
+        broken.close()
+        return exc.value
+
+    assert asyncio.run(run()).what == "feature_store"
+
+
+def test_log_writer_counts_rows_dropped_when_the_queue_is_full():
+    log = PredictionLogWriter("postgresql://127.0.0.1:1/none", max_queue=2)
+    row = LogRow(datetime.now(UTC), "u", {"a": 1}, 0.5, "streamflow_churn", "1")
+    log.submit([row, row, row, row])
+    assert log.dropped == 2
+
+
+def test_log_writer_drops_and_counts_a_batch_it_cannot_write():
+    log = PredictionLogWriter("postgresql://postgres@127.0.0.1:1/none")
+    row = LogRow(datetime.now(UTC), "u", {"a": np.float64(1.0)}, 0.5, "streamflow_churn", "1")
+    assert log.flush([row, row]) is False
+    assert log.dropped == 2 and log.written == 0
+
+
+def test_log_writer_with_its_database_down_accounts_for_every_row():
+    log = PredictionLogWriter("postgresql://postgres@127.0.0.1:1/none", max_queue=10, flush_interval_s=0.05)
+    log.start()
+    row = LogRow(datetime.now(UTC), "u", {}, 0.5, "streamflow_churn", "1")
+    for _ in range(1000):
+        log.submit([row])
+    log.stop()
+    assert log.written == 0 and log.dropped == 1000
+
+
+def test_body_size_limit_rejects_large_bodies_with_400():
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"size": len(await request.body())})
+
+    app = serving.BodySizeLimit(Starlette(routes=[Route("/", echo, methods=["POST"])]), max_bytes=100)
+    client = TestClient(app)
+    assert client.post("/", content=b"x" * 100).json() == {"size": 100}
+    too_big = client.post("/", content=b"x" * 101)
+    assert too_big.status_code == 400 and too_big.json()["error"] == "request_too_large"
+
+    def chunks(n):
+        yield from (b"x" * 50 for _ in range(n))
+
+    assert client.post("/", content=chunks(2)).json() == {"size": 100}
+    assert client.post("/", content=chunks(3)).status_code == 400
