@@ -43,6 +43,20 @@ def _stack(args: argparse.Namespace) -> None:
         print("embedded postgres stopped")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from streamflow_mlops import demo
+
+    demo.run(get_settings(), serve_forever=not args.no_serve)
+
+
+def _expectations(args: argparse.Namespace) -> None:
+    from streamflow_mlops.validation import write_suites
+
+    out = Path(args.out) if args.out else get_settings().expectations_dir
+    for path in write_suites(out):
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamflow_mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     stack = commands.add_parser("stack", help="start or stop the embedded Postgres and write .streamflow/env")
     stack.add_argument("action", choices=("up", "down"))
     stack.set_defaults(func=_stack)
+
+    demo = commands.add_parser("demo", help="the whole lifecycle through Airflow, then serve (Ctrl-C stops)")
+    demo.add_argument("--no-serve", action="store_true", help="exit once the service answered (CI, e2e test)")
+    demo.set_defaults(func=_demo)
+
+    suites = commands.add_parser("expectations", help="regenerate the GE suites (expectations/*.json) from the schema")
+    suites.add_argument("--out", help="folder (default: expectations/ in the repo)")
+    suites.set_defaults(func=_expectations)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
