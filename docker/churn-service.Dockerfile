@@ -1,0 +1,29 @@
+# The churn service: serves bentos/churn_service (the same service.py that `make bento` builds)
+# with `bentoml serve`. Installs the whole lock so the service runs exactly the versions the tests
+# ran; `make bento && bentoml containerize streamflow_churn_service:latest` is the slimmer image
+# built from the bentofile instead.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir uv==0.13.9 \
+    && uv venv /opt/venv \
+    && uv pip install --no-cache -r /tmp/requirements.txt \
+    && useradd --uid 50000 --gid 0 --create-home --home-dir /home/streamflow streamflow \
+    && mkdir -p /opt/streamflow \
+    && chown streamflow:0 /opt/streamflow \
+    && chmod -R g+rwX /opt/streamflow /home/streamflow
+
+COPY --chown=streamflow:0 plugins /app/plugins
+COPY --chown=streamflow:0 feature_repo /app/feature_repo
+COPY --chown=streamflow:0 bentos/churn_service /app/bentos/churn_service
+
+ENV PYTHONPATH=/app/plugins \
+    STREAMFLOW_REPO=/app
+WORKDIR /app/bentos/churn_service
+USER streamflow
+EXPOSE 3000
+CMD ["bentoml", "serve", "service:ChurnService", "--host", "0.0.0.0", "--port", "3000"]
