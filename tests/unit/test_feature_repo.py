@@ -1,0 +1,152 @@
+"""The Feast repo against the schema (one source of truth), its config, and the pure feature logic."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+from feast.protos.feast.types.Value_pb2 import Value
+from streamflow_mlops import features
+from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, TIMESTAMP
+from streamflow_mlops.settings import FEATURE_SERVICE, Settings, get_settings
+
+FEAST_DTYPES = {"str": "String", "int": "Int64", "float": "Float64", "bool": "Bool"}
+
+
+@pytest.fixture
+def settings(monkeypatch, tmp_path) -> Settings:
+    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://sf:s3cret@db.internal:6543/streamflow")
+    monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("STREAMFLOW_FEAST_ONLINE_STORE", raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def repo(settings):
+    return features._repo_contents(settings)
+
+
+def test_feature_service_is_exactly_the_schema_features(repo):
+    (service,) = [s for s in repo.feature_services if s.name == FEATURE_SERVICE]
+    listed = [f.name for p in service.feature_view_projections for f in p.features]
+    assert listed == list(FEATURE_NAMES)
+
+
+def test_one_feature_view_per_snapshot_table_typed_from_the_schema(repo):
+    views = {v.name: v for v in repo.feature_views}
+    assert set(views) == {g.name for g in FEATURE_GROUPS}
+    for group in FEATURE_GROUPS:
+        view = views[group.name]
+        assert view.entities == ["user"] and view.online
+        assert view.batch_source.get_table_query_string() == f"streamflow.{group.table}"
+        assert view.batch_source.timestamp_field == TIMESTAMP
+        assert {f.name: str(f.dtype) for f in view.features} == {c.name: FEAST_DTYPES[c.dtype] for c in group.columns}
+    (user,) = [e for e in repo.entities if e.name == "user"]
+    assert user.join_key == ENTITY
+
+
+def test_feature_store_yaml_holds_no_literal_connection_values(settings):
+    text = (settings.feature_repo / features.FEATURE_STORE_YAML).read_text()
+    assert "s3cret" not in text and "postgresql://" not in text
+    for key in ("host", "port", "database", "user", "password", "path", "online_store"):
+        for value in re.findall(rf"^\s*{key}:\s*(.+)$", text, flags=re.M):
+            assert value.strip().strip('"').startswith("${"), f"{key}: {value} is not from the environment"
+
+
+def test_repo_config_takes_everything_from_settings(settings):
+    config = features.repo_config(settings)
+    assert config.entity_key_serialization_version == 3
+    assert config.online_store.type == "sqlite" and config.online_store.path == str(
+        settings.state_dir / "online_store.db"
+    )
+    assert config.offline_store.type == "postgres" and config.offline_store.host == "db.internal"
+    assert config.offline_store.port == 6543 and config.offline_store.password == "s3cret"
+    assert config.registry.registry_type == "sql"
+    assert config.registry.path == "postgresql+psycopg://sf:s3cret@db.internal:6543/streamflow"
+
+
+def test_online_store_mapping_can_be_redis(settings, monkeypatch):
+    monkeypatch.setenv("STREAMFLOW_FEAST_ONLINE_STORE", "{type: redis, connection_string: 'redis:6379'}")
+    get_settings.cache_clear()
+    config = features.repo_config(get_settings())
+    assert config.online_store.type == "redis" and config.online_store.connection_string == "redis:6379"
+
+
+def test_expand_vars_substitutes_known_and_keeps_unknown():
+    env = {"A": "1", "B_C": "{type: sqlite, path: /x.db}"}
+    assert (
+        features.expand_vars("a: $A\nb: ${B_C}\nc: ${NOPE}", env) == "a: 1\nb: {type: sqlite, path: /x.db}\nc: ${NOPE}"
+    )
+
+
+def test_materialization_window_is_the_point_in_time_window():
+    as_of = datetime(2024, 2, 29, tzinfo=UTC)
+    assert features.materialization_window(as_of, timedelta(days=31)) == (datetime(2024, 1, 29, tzinfo=UTC), as_of)
+    with pytest.raises(ValueError):
+        features.materialization_window(as_of, timedelta(0))
+
+
+def test_month_as_of_ts_is_midnight_utc_of_the_last_day():
+    assert features.month_as_of_ts("month_001") == datetime(2024, 2, 29, tzinfo=UTC)
+
+
+def test_split_views_balances_weight():
+    weights = {"profile": 6, "usage": 5, "payments": 1, "support": 2}
+    groups = features.split_views(weights, 2)
+    assert sorted(sum(weights[v] for v in g) for g in groups) == [7, 7]
+    assert sorted(v for g in groups for v in g) == sorted(weights)
+    assert features.split_views(weights, 8) == [["profile"], ["usage"], ["support"], ["payments"]]
+    assert features.split_views(weights, 1) == [["profile", "usage", "support", "payments"]]
+
+
+def response(names, columns) -> GetOnlineFeaturesResponse:
+    """A GetOnlineFeaturesResponse: one vector per feature, (value, status) per user."""
+    proto = GetOnlineFeaturesResponse()
+    proto.metadata.feature_names.val.extend(names)
+    for cells in columns:
+        proto.results.append(
+            GetOnlineFeaturesResponse.FeatureVector(values=[v for v, _ in cells], statuses=[s for _, s in cells])
+        )
+    return proto
+
+
+def test_online_response_reports_unknown_users_and_missing_values():
+    present, absent = FieldStatus.PRESENT, FieldStatus.NOT_FOUND
+    proto = response(
+        [ENTITY, "skips_7d", "net_service"],
+        [
+            [(Value(string_val=u), present) for u in ("a", "b", "c")],
+            [(Value(int64_val=3), present), (Value(), absent), (Value(int64_val=5), present)],
+            [(Value(string_val="DSL"), present), (Value(), absent), (Value(), FieldStatus.NULL_VALUE)],
+        ],
+    )
+    lookup = features.read_online_response(["a", "b", "c"], ["net_service", "skips_7d"], proto)
+    assert lookup.feature_names == ("net_service", "skips_7d")
+    assert lookup.unknown == ("b",)
+    assert lookup.values == {"a": {"net_service": "DSL", "skips_7d": 3}, "c": {"net_service": None, "skips_7d": 5}}
+    assert lookup.missing == {"c": ("net_service",)}
+    assert lookup.complete == {"a": {"net_service": "DSL", "skips_7d": 3}}
+
+
+def test_parity_mismatches_finds_each_disagreement():
+    lookup = features.OnlineLookup(
+        ("x", "y"), {"a": {"x": 1.0, "y": "DSL"}, "b": {"x": 2.0, "y": None}}, unknown=("c",), missing={"b": ("y",)}
+    )
+    offline = {"a": {"x": 1.0, "y": "DSL"}, "b": {"x": 2.0000001, "y": "No"}, "c": {"x": 0.0, "y": "No"}}
+    problems = features.parity_mismatches(offline, lookup)
+    assert problems == [
+        "c: not in the online store",
+        "b.x: offline 2.0000001 != online 2.0",
+        "b.y: offline 'No' != online None",
+    ]
+    assert features.parity_mismatches({"a": {"x": 1.0, "y": "DSL"}}, lookup) == []
+
+
+def test_values_equal_handles_nan_none_and_exact_types():
+    assert features.values_equal(float("nan"), float("nan"))
+    assert not features.values_equal(None, 0)
+    assert features.values_equal(3, 3) and not features.values_equal(True, False)
