@@ -1,0 +1,209 @@
+"""Drift gate (pure) and real Evidently on generated months: drifted month_001, undrifted later months."""
+
+from __future__ import annotations
+
+from functools import reduce
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamflow_mlops import generate, schema
+from streamflow_mlops.drift import (
+    DEFAULT_DRIFT_THRESHOLD,
+    MIN_SERVED_ROWS,
+    RETRAIN,
+    SKIP,
+    compute_drift,
+    drift_gate,
+    save_reports,
+)
+
+SEED = 11
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def test_no_champion_triggers_the_first_training():
+    decision, reason = drift_gate(None, DEFAULT_DRIFT_THRESHOLD, has_champion=False)
+    assert decision == RETRAIN
+    assert "no champion" in reason
+
+
+@pytest.mark.parametrize(
+    ("share", "threshold", "expected"),
+    [
+        (0.5, 0.3, RETRAIN),
+        (0.3, 0.3, RETRAIN),
+        (0.29, 0.3, SKIP),
+        (0.0, 0.3, SKIP),
+        (0.0, 0.0, RETRAIN),
+        (1.0, 1.0, RETRAIN),
+    ],
+)
+def test_share_at_or_above_threshold_retrains(share, threshold, expected):
+    decision, reason = drift_gate(share, threshold, has_champion=True)
+    assert decision == expected
+    assert f"{share:.3f}" in reason and f"{threshold:.3f}" in reason
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_threshold_outside_unit_interval_is_refused(threshold):
+    with pytest.raises(ValueError, match="drift_threshold"):
+        drift_gate(0.5, threshold, has_champion=True)
+
+
+def test_champion_without_a_measured_share_is_an_error():
+    with pytest.raises(ValueError):
+        drift_gate(None, 0.3, has_champion=True)
+
+
+# ---------------------------------------------------------------- Evidently on generated months
+
+
+def month_features(month: int, seed: int = SEED) -> tuple[pd.DataFrame, pd.Series]:
+    """The month's feature frame as Feast would serve it (one row per user, schema feature names)."""
+    tables, _ = generate.build_drop(generate.DropSpec(month, seed=seed, drift=generate.default_drift(month)))
+    joined = reduce(lambda a, b: a.merge(b, on=schema.ENTITY), [tables[t.name] for t in schema.RAW_TABLES])
+    return joined[[schema.ENTITY, *schema.FEATURE_NAMES]], joined[schema.LABEL]
+
+
+@pytest.fixture(scope="module")
+def labelled_month_000() -> tuple[pd.DataFrame, pd.Series]:
+    return month_features(0)
+
+
+@pytest.fixture(scope="module")
+def months(labelled_month_000) -> dict[int, pd.DataFrame]:
+    return {0: labelled_month_000[0]} | {m: month_features(m)[0] for m in (1, 2, 3)}
+
+
+@pytest.fixture(scope="module")
+def champion(labelled_month_000):
+    """A real scikit-learn pipeline trained on month_000, standing in for the registered champion."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame, labels = labelled_month_000
+    pipeline = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), list(schema.NUMERIC_FEATURES)),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), list(schema.CATEGORICAL_FEATURES)),
+                    ]
+                ),
+            ),
+            ("model", LogisticRegression(max_iter=500)),
+        ]
+    )
+    return pipeline.fit(frame[list(schema.FEATURE_NAMES)], labels)
+
+
+def scores(pipeline, frame: pd.DataFrame) -> np.ndarray:
+    return pipeline.predict_proba(frame[list(schema.FEATURE_NAMES)])[:, 1]
+
+
+@pytest.fixture(scope="module")
+def drifted(months, champion):
+    reference, current = months[0], months[1]
+    return compute_drift(
+        reference,
+        current,
+        reference_scores=scores(champion, reference),
+        current_scores=scores(champion, current),
+        served_scores=scores(champion, current.iloc[:500]),
+    )
+
+
+@pytest.fixture(scope="module")
+def undrifted(months, champion):
+    reference, current = months[0], months[2]
+    return compute_drift(
+        reference,
+        current,
+        reference_scores=scores(champion, reference),
+        current_scores=scores(champion, current),
+        served_scores=scores(champion, current.iloc[: MIN_SERVED_ROWS - 1]),
+    )
+
+
+def test_evidently_columns_are_the_schema_features(drifted):
+    assert [c.column for c in drifted.columns] == list(schema.FEATURE_NAMES)
+
+
+def test_drift_share_agrees_with_the_per_column_verdicts(drifted, undrifted):
+    for result in (drifted, undrifted):
+        assert result.drift_share == pytest.approx(len(result.drifted_columns) / len(schema.FEATURE_NAMES))
+
+
+def test_drifted_month_001_triggers_a_retrain(drifted):
+    decision, _ = drift_gate(drifted.drift_share, DEFAULT_DRIFT_THRESHOLD, has_champion=True)
+    assert decision == RETRAIN
+    # The generator's drift: a fee rise, a usage drop and a rebuffering incident.
+    assert {"monthly_fee", "watch_hours_30d", "rebuffer_events_7d"} <= set(drifted.drifted_columns)
+    assert not {"paperless_billing", "plan_stream_tv", "plan_stream_movies"} & set(drifted.drifted_columns)
+
+
+def test_undrifted_month_does_not_trigger_a_retrain(undrifted):
+    decision, reason = drift_gate(undrifted.drift_share, DEFAULT_DRIFT_THRESHOLD, has_champion=True)
+    assert decision == SKIP, reason
+    assert undrifted.drift_share < DEFAULT_DRIFT_THRESHOLD / 2
+
+
+def test_threshold_param_changes_the_decision(months):
+    # month_003's users have aged three months since month_000: months_active moves, nothing else.
+    aged = compute_drift(months[0], months[3])
+    assert aged.drifted_columns == ["months_active"]
+    assert drift_gate(aged.drift_share, DEFAULT_DRIFT_THRESHOLD, True)[0] == SKIP
+    assert drift_gate(aged.drift_share, 0.05, True)[0] == RETRAIN
+
+
+def test_threshold_above_month_001_share_skips_it(drifted):
+    assert drift_gate(drifted.drift_share, min(1.0, drifted.drift_share + 0.1), True)[0] == SKIP
+
+
+def test_prediction_drift_follows_the_data(drifted, undrifted):
+    moved = drifted.prediction_drift["reference_vs_current"]
+    assert moved["drifted"] and moved["current_mean"] > moved["reference_mean"]
+    assert not undrifted.prediction_drift["reference_vs_current"]["drifted"]
+
+
+def test_served_scores_are_compared_only_with_enough_rows(drifted, undrifted):
+    served = drifted.prediction_drift["reference_vs_served"]
+    assert drifted.prediction_drift["served_rows"] == 500 and served["rows"] == 500
+    assert served["drifted"]
+    assert undrifted.prediction_drift["served_rows"] == MIN_SERVED_ROWS - 1
+    assert undrifted.prediction_drift["reference_vs_served"] is None
+
+
+def test_no_scores_means_no_prediction_drift(months):
+    result = compute_drift(months[0].iloc[:1000], months[2].iloc[:1000])
+    assert result.prediction_drift == {"reference_vs_current": None, "reference_vs_served": None, "served_rows": 0}
+    assert set(result.snapshots) == {"data"}
+
+
+class TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+
+
+def test_report_files_exist_and_open_as_html(drifted, tmp_path):
+    paths = save_reports(drifted, tmp_path / "reports", "drift_month_001_vs_month_000_v1")
+    assert set(paths) == {"data", "served"}
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        assert text.lstrip().lower().startswith("<!doctype html") or text.lstrip().lower().startswith("<html")
+        parser = TagCollector()
+        parser.feed(text)
+        assert {"html", "head", "body", "script"} <= parser.tags
+    assert "monthly_fee" in paths["data"].read_text(encoding="utf-8")
