@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from streamflow_mlops import features
+from streamflow_mlops.embedded import write_env_file
 from streamflow_mlops.generate import DropSpec, default_drift, write_drop
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
 from streamflow_mlops.warehouse import create_schema, load_drop
@@ -122,3 +128,18 @@ def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):
     features.apply_repo()
     with pytest.raises(ValueError, match="no snapshot rows"):
         features.materialize_month("month_005")
+
+
+@pytest.mark.slow
+def test_feast_cli_applies_and_materializes_with_the_env_file(stack_env, tmp_path):
+    """`feast apply` / `feast materialize` from a shell that sourced .streamflow/env."""
+    load_months(stack_env, tmp_path, (0,))
+    env_file = write_env_file(stack_env)
+    start, end = features.materialization_window(features.month_as_of_ts("month_000"), timedelta(days=31))
+    # Only PATH and HOME from here: everything Feast needs must come from the env file.
+    shell_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    for args in ("apply", f"materialize {start.isoformat()} {end.isoformat()}"):
+        script = f'source "{env_file}" && feast -c "{stack_env.feature_repo}" {args}'
+        done = subprocess.run(["bash", "-c", script], env=shell_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert features.check_parity("month_000")["mismatches"] == 0
