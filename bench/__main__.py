@@ -1,0 +1,36 @@
+"""Run the benchmarks: `python -m bench [name ...]` (names like `ingest`, `features`, `serving`)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def main(argv: list[str]) -> int:
+    names = argv or sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+    print(f"machine: {machine()}")
+    failed = []
+    for name in names:
+        print(f"\n=== bench {name} ===", flush=True)
+        started = time.perf_counter()
+        try:
+            importlib.import_module(f"bench.bench_{name}").main()
+        except Exception as exc:  # one broken benchmark should not hide the others' figures
+            failed.append(name)
+            print(f"bench {name} failed: {exc!r}")
+        print(f"(bench {name}: {time.perf_counter() - started:.0f}s)", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
