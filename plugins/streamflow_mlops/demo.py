@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -270,87 +270,118 @@ def ensure_drops(settings: Settings) -> None:
             say(f"generated {settings.drops_dir / month}")
 
 
-def run(settings: Settings, serve_forever: bool = True, lifecycle_timeout: float = 900) -> None:
-    started = time.monotonic()
-    say(f"state dir {settings.state_dir}")
-    url = embedded.up(settings)
-    say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {url})")
-    ensure_drops(settings)
+class Stack:
+    """The embedded stack as child processes: start, run the lifecycle, serve, stop."""
 
-    mlflow_uri = f"http://127.0.0.1:{settings.mlflow_port}"
-    env = {**os.environ, **settings.client_env(), **airflow_settings(settings), "MLFLOW_TRACKING_URI": mlflow_uri}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    embedded.write_env_file(settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")} | {
-        "MLFLOW_TRACKING_URI": mlflow_uri})
-    processes = Processes(settings.state_dir / "logs", env)
-    bin_dir = Path(sys.executable).parent
-    try:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started = time.monotonic()
+        self.mlflow_uri = f"http://127.0.0.1:{settings.mlflow_port}"
+        self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
+        self.service_url = f"http://127.0.0.1:{settings.service_port}"
+        # Clients in this process talk to the MLflow server, as the DAG tasks and the service do.
+        self.client_settings = replace(settings, mlflow_tracking_uri_override=self.mlflow_uri)
+        self.bin_dir = Path(sys.executable).parent
+        self.processes: Processes | None = None
+        self.api: AirflowAPI | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def start(self) -> None:
+        settings = self.settings
+        say(f"state dir {settings.state_dir}")
+        url = embedded.up(settings)
+        say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {url})")
+        ensure_drops(settings)
+        env = {**os.environ, **self.client_settings.client_env(), **airflow_settings(settings)}
+        env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        embedded.write_env_file(self.client_settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")})
+        self.processes = Processes(settings.state_dir / "logs", env)
         say("migrating the Airflow metadata database")
-        subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True,
+        subprocess.run([str(self.bin_dir / "airflow"), "db", "migrate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         say("starting MLflow, Airflow api-server, scheduler, dag-processor, triggerer")
         settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-        processes.start("mlflow", [
-            str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_backend_url,
+        self.processes.start("mlflow", [
+            str(self.bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_backend_url,
             "--artifacts-destination", str(settings.mlflow_artifacts_dir), "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(settings.mlflow_port), "--workers", "1",
         ])
         for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            processes.start(f"airflow-{component}", [str(bin_dir / "airflow"), component])
-        airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
-        wait_for("MLflow", lambda: http_ok(f"{mlflow_uri}/health"), 120, processes)
-        wait_for("Airflow api-server", lambda: http_ok(f"{airflow_url}/api/v2/monitor/health"), 180, processes)
-        password = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-        api = AirflowAPI(airflow_url, json.loads(Path(password).read_text())[AIRFLOW_USER])
-        api.login()
-        wait_for("DAGs parsed", lambda: all(api.has_dag(d) for d in LIFECYCLE_DAGS), 180, processes)
-        say(f"Airflow up after {time.monotonic() - started:.0f}s")
+            self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
+        wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
+        wait_for("Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240,
+                 self.processes)
+        passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        self.api = AirflowAPI(self.airflow_url, json.loads(passwords.read_text())[AIRFLOW_USER])
+        self.api.login()
+        wait_for("DAGs parsed", lambda: all(self.api.has_dag(d) for d in LIFECYCLE_DAGS), 240, self.processes)
+        say(f"Airflow up after {self.elapsed():.0f}s")
 
-        client_settings = _with_tracking(settings, mlflow_uri)
-        if lifecycle_done(client_settings):
+    def run_month(self, month: str, timeout: float = 900) -> dict:
+        """Trigger the ingest of one month and wait for the asset chain it starts to settle."""
+        before = {r["dag_run_id"] for d in LIFECYCLE_DAGS for r in self.api.runs(d)}
+        run_id = self.api.trigger("streamflow_ingest", {"month": month})
+        say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
+        runs = wait_for_chain(self.api, month, before, timeout, self.processes)
+        say(f"{month} done after {self.elapsed():.0f}s")
+        return runs
+
+    def lifecycle(self) -> None:
+        if lifecycle_done(self.client_settings):
             say("lifecycle already ran: reusing the warehouse, features and champion")
-        else:
-            for month in DEMO_MONTHS:
-                before = {r["dag_run_id"] for d in LIFECYCLE_DAGS for r in api.runs(d)}
-                run_id = api.trigger("streamflow_ingest", {"month": month})
-                say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
-                wait_for_chain(api, month, before, lifecycle_timeout, processes)
-                say(f"{month} done after {time.monotonic() - started:.0f}s")
+            return
+        for month in DEMO_MONTHS:
+            self.run_month(month)
 
-        processes.start("churn-service", [
-            str(bin_dir / "bentoml"), "serve", str(settings.repo_root / "bentos" / "churn_service"),
-            "--host", "127.0.0.1", "--port", str(settings.service_port),
+    def serve(self) -> None:
+        self.processes.start("churn-service", [
+            str(self.bin_dir / "bentoml"), "serve", str(self.settings.repo_root / "bentos" / "churn_service"),
+            "--host", "127.0.0.1", "--port", str(self.settings.service_port),
         ])
-        service = f"http://127.0.0.1:{settings.service_port}"
-        wait_for("churn service", lambda: http_ok(f"{service}/readyz"), 180, processes)
-        ready = time.monotonic() - started
-        curl, answer = sample_prediction(client_settings)
+        wait_for("churn service", lambda: http_ok(f"{self.service_url}/readyz"), 240, self.processes)
+
+    def report(self) -> None:
+        ready = self.elapsed()
+        curl, answer = sample_prediction(self.client_settings)
         print()
         print(f"StreamFlow is up ({ready:.0f}s).")
-        print(f"  Airflow UI   {airflow_url}   login {AIRFLOW_USER} / {api.password}")
-        print(f"  MLflow UI    {mlflow_uri}")
-        print(f"  Churn API    {service}   (docs at {service}/docs)")
-        print(f"  Shell env    source {settings.state_dir / 'env'}")
+        print(f"  Airflow UI   {self.airflow_url}   login {AIRFLOW_USER} / {self.api.password}")
+        print(f"  MLflow UI    {self.mlflow_uri}")
+        print(f"  Churn API    {self.service_url}   (docs at {self.service_url}/docs)")
+        print(f"  Shell env    source {self.settings.state_dir / 'env'}")
         print(f"\nSample prediction:\n  {curl}\n  {answer}\n\nLifecycle:")
-        for line in lifecycle_summary(client_settings):
+        for line in lifecycle_summary(self.client_settings):
             print(f"  {line}")
-        (settings.state_dir / "demo_ready_seconds").write_text(f"{ready:.1f}\n")
-        if serve_forever:
-            print("\nServing; press Ctrl-C to stop everything.", flush=True)
-            while True:
-                processes.check()
-                time.sleep(2)
-    except KeyboardInterrupt:
-        print()
-    finally:
+        (self.settings.state_dir / "demo_ready_seconds").write_text(f"{ready:.1f}\n")
+
+    def watch(self) -> None:
+        print("\nServing; press Ctrl-C to stop everything.", flush=True)
+        while True:
+            self.processes.check()
+            time.sleep(2)
+
+    def stop(self) -> None:
         say("stopping services")
-        processes.stop()
-        if settings.embedded:
-            embedded.stop_embedded(settings)
+        if self.processes is not None:
+            self.processes.stop()
+        if self.settings.embedded:
+            embedded.stop_embedded(self.settings)
         say("stopped")
 
 
-def _with_tracking(settings: Settings, uri: str) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, mlflow_tracking_uri_override=uri)
+def run(settings: Settings, serve_forever: bool = True) -> None:
+    """`make demo`: start, run the lifecycle, serve, report; Ctrl-C stops everything."""
+    stack = Stack(settings)
+    try:
+        stack.start()
+        stack.lifecycle()
+        stack.serve()
+        stack.report()
+        if serve_forever:
+            stack.watch()
+    except KeyboardInterrupt:
+        print()
+    finally:
+        stack.stop()

@@ -11,15 +11,15 @@ import logging
 import shlex
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
-from streamflow_mlops.settings import AIRFLOW_DB, MLFLOW_DB, WAREHOUSE_DB, Settings, replace_database
+from streamflow_mlops.settings import AIRFLOW_DB, MLFLOW_DB, Settings, replace_database
 
 log = logging.getLogger(__name__)
 
 POSTGRES_VERSION = 16
-DATABASES = (WAREHOUSE_DB, AIRFLOW_DB, MLFLOW_DB)
 
 
 def _server(pgdata: Path):
@@ -70,8 +70,9 @@ def stop_embedded(settings: Settings) -> None:
     log.info("embedded postgres stopped")
 
 
-def ensure_databases(url: str, databases: tuple[str, ...] = DATABASES) -> None:
-    """Create the warehouse, Airflow and MLflow databases on the server when missing."""
+def ensure_databases(url: str) -> None:
+    """Create the warehouse (the URL's database), Airflow and MLflow databases when missing."""
+    databases = (urlsplit(url).path.lstrip("/"), AIRFLOW_DB, MLFLOW_DB)
     with psycopg.connect(replace_database(url, "postgres"), autocommit=True) as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in databases:
