@@ -84,7 +84,8 @@ def create_schema(conn: psycopg.Connection) -> None:
 
 def _stage_table(conn: psycopg.Connection, table: Table, path: Path) -> None:
     """COPY a CSV into a temp table, taking the column order from the file's own header."""
-    with path.open(newline="") as handle:
+    # utf-8-sig: a byte-order mark from a spreadsheet export is not part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle))
     known = set(table.column_names)
     columns = [name.strip() for name in header]
