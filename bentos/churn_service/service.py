@@ -1,0 +1,122 @@
+"""StreamFlow churn service: the champion model scored on features read from the Feast online store.
+
+Thin HTTP shell over `streamflow_mlops.serving` (request logic, champion hot swap, prediction log).
+Routes and errors follow DESIGN "Service": 404 unknown user, 422 missing features, 400 malformed
+or oversize input, 503 while the model or the feature store can't answer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+# The library lives in plugins/ both in the repository and inside the built bento (same layout),
+# which is how Airflow finds it too; put it on the path the same way in both places.
+_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+if _PLUGINS.is_dir() and str(_PLUGINS) not in sys.path:
+    sys.path.insert(0, str(_PLUGINS))
+
+import bentoml  # noqa: E402
+from pydantic import BaseModel, Field  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+
+from streamflow_mlops import serving  # noqa: E402
+from streamflow_mlops.schema import USER_ID_REGEX  # noqa: E402
+from streamflow_mlops.settings import get_settings  # noqa: E402
+
+UserId = Annotated[
+    str, Field(pattern=USER_ID_REGEX, max_length=32, description="Telco-style user id", examples=["7590-VHVEG"])
+]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    user_id: str
+    churn_probability: float
+    churn: bool
+    threshold: float
+    model: ModelRef
+    features: dict[str, Any]
+
+
+def error_response(error: serving.ServingError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+@bentoml.service(
+    name="churn_service",
+    workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS", "1")),
+    traffic={"timeout": 30, "max_concurrency": 512},
+    http={"host": os.environ.get("STREAMFLOW_SERVICE_HOST", "127.0.0.1"), "port": get_settings().service_port},
+)
+class ChurnService:
+    """Churn probability of a subscriber from the current champion and its FeatureService's online features."""
+
+    def __init__(self) -> None:
+        poll_s = float(os.environ.get("STREAMFLOW_CHAMPION_POLL_S", serving.POLL_INTERVAL_S))
+        self.runtime = serving.ServiceRuntime(get_settings(), poll_interval_s=poll_s)
+        self.runtime.start()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready()
+
+    def __metrics__(self, content: str) -> str:
+        log = self.runtime.log
+        champion = self.runtime.holder.champion
+        worker = os.getpid()
+        lines = [
+            "# HELP streamflow_prediction_log_dropped_rows_total Log rows dropped (queue full or write failed).",
+            "# TYPE streamflow_prediction_log_dropped_rows_total counter",
+            f'streamflow_prediction_log_dropped_rows_total{{pid="{worker}"}} {log.dropped}',
+            "# HELP streamflow_prediction_log_written_rows_total Prediction log rows written.",
+            "# TYPE streamflow_prediction_log_written_rows_total counter",
+            f'streamflow_prediction_log_written_rows_total{{pid="{worker}"}} {log.written}',
+            "# HELP streamflow_champion_info The model version this worker serves.",
+            "# TYPE streamflow_champion_info gauge",
+            f'streamflow_champion_info{{pid="{worker}",version="{champion.version if champion else ""}"}} 1',
+        ]
+        return content + "\n".join(lines) + "\n"
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.runtime.stop()
+
+    @bentoml.api
+    async def predict(self, user_id: UserId) -> Prediction:
+        """Churn probability, decision, threshold, model version and the features used."""
+        try:
+            # Already plain JSON types: skip re-validating the answer through the Prediction model.
+            return JSONResponse(await self.runtime.batcher.submit(user_id))
+        except serving.ServingError as error:
+            return error_response(error)
+
+    @bentoml.api
+    def predict_batch(
+        self, user_ids: Annotated[list[UserId], Field(min_length=1, max_length=serving.MAX_BATCH_IDS)]
+    ) -> list[dict[str, Any]]:
+        """One answer per id, in order; an unknown id or one lacking features gets an error item."""
+        try:
+            outcomes = self.runtime.scorer.score(user_ids)
+        except serving.ServingError as error:
+            return error_response(error)
+        return [
+            outcome.body() | {"status": outcome.status} if isinstance(outcome, serving.ServingError) else outcome
+            for outcome in outcomes
+        ]
+
+    @bentoml.api
+    def features(self, user_id: UserId) -> dict[str, Any]:
+        """The online features of the champion's FeatureService for one user."""
+        try:
+            return self.runtime.scorer.features(user_id)
+        except serving.ServingError as error:
+            return error_response(error)
+
+
+ChurnService.add_asgi_middleware(serving.BodySizeLimit, max_bytes=serving.MAX_BODY_BYTES)

@@ -1,0 +1,317 @@
+"""The churn service over real Postgres, a real Feast repo (sqlite online store), MLflow and BentoML.
+
+One module-scoped stack: month_000 (500 users) loaded, applied and materialized; two models
+trained, registered in MLflow and imported into the BentoML store; `champion` on version 1.
+HTTP goes through `to_asgi()` and Starlette's TestClient.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streamflow_mlops import features, serving
+from streamflow_mlops.generate import DropSpec, write_drop
+from streamflow_mlops.schema import ENTITY
+from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL, Settings, get_settings, replace_database
+from streamflow_mlops.warehouse import create_schema, load_drop
+
+USERS = 500
+MONTH = "month_000"
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class ServedStack:
+    settings: Settings
+    db_name: str
+    users: list[str]
+    versions: list[str]
+
+
+def train_register_import(settings: Settings, seed: int, classifier: str) -> str:
+    """A model trained on the month, registered as a `streamflow_churn` version and imported to BentoML."""
+    import bentoml
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from streamflow_mlops.training import train_model
+
+    frame = features.build_training_set(MONTH)
+    names = features.feature_names()
+    trained = train_model(frame, seed, classifier=classifier, features=names)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment("streamflow")
+    from skops.io import dumps, get_untrusted_types
+
+    sample = trained.train[names].head(5)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            trained.pipeline,
+            name="model",
+            skops_trusted_types=get_untrusted_types(data=dumps(trained.pipeline)),
+            signature=infer_signature(sample, trained.pipeline.predict_proba(sample)[:, 1]),
+            registered_model_name=REGISTERED_MODEL,
+        )
+    version = str(info.registered_model_version)
+    bentoml.mlflow.import_model(
+        serving.bento_tag(version),
+        f"models:/{REGISTERED_MODEL}/{version}",
+        labels={"mlflow_version": version, "feature_service": "churn_model_v1", "month": MONTH},
+        metadata={"threshold": trained.threshold},
+    )
+    return version
+
+
+def set_champion(settings: Settings, version: str) -> None:
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    MlflowClient(uri, uri).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+
+
+@pytest.fixture(scope="module")
+def served_stack(pg_server, tmp_path_factory) -> Iterator[ServedStack]:
+    home = tmp_path_factory.mktemp("served")
+    db_name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STREAMFLOW_DB_URL", replace_database(pg_server, db_name))
+        env.setenv("STREAMFLOW_HOME", str(home / "state"))
+        env.setenv("STREAMFLOW_DROPS_DIR", str(home / "drops"))
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        env.setenv("BENTOML_HOME", str(home / "bentoml"))
+        env.setenv("STREAMFLOW_CHAMPION_POLL_S", "1")
+        env.delenv("STREAMFLOW_FEAST_ONLINE_STORE", raising=False)
+        get_settings.cache_clear()
+        settings = get_settings()
+        folder = write_drop(DropSpec(0, users=USERS), settings.drops_dir)
+        with psycopg.connect(settings.db_url) as conn:
+            create_schema(conn)
+            with conn.transaction():
+                load_drop(conn, folder, DropSpec(0).as_of)
+            users = [r[0] for r in conn.execute(f"SELECT {ENTITY} FROM streamflow.users ORDER BY {ENTITY}")]
+        features.apply_repo(settings)
+        features.materialize_month(MONTH, settings)
+        versions = [train_register_import(settings, 1, "hgb"), train_register_import(settings, 2, "logreg")]
+        set_champion(settings, versions[0])
+        yield ServedStack(settings, db_name, users, versions)
+        get_settings.cache_clear()
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def client(served_stack):
+    import importlib
+    import sys
+
+    from starlette.testclient import TestClient
+
+    repo = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(repo))
+    service_module = importlib.import_module("bentos.churn_service.service")
+    app = service_module.ChurnService.to_asgi()
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.2)
+        yield test_client
+
+
+def online_db(stack: ServedStack) -> Path:
+    return stack.settings.state_dir / "online_store.db"
+
+
+@contextmanager
+def sqlite_change(stack: ServedStack, do: str, undo: str, params=()):
+    with sqlite3.connect(online_db(stack)) as conn:
+        conn.execute(do, params)
+    try:
+        yield
+    finally:
+        with sqlite3.connect(online_db(stack)) as conn:
+            conn.execute(undo, params)
+
+
+# ------------------------------------------------------------------------------ readers
+
+
+def test_fast_reader_matches_the_feast_sdk(served_stack):
+    sdk = serving.FeastSdkReader(served_stack.settings)
+    fast = serving.build_reader(served_stack.settings)
+    assert isinstance(fast, serving.SqliteOnlineReader)
+    users = served_stack.users[::10] + ["0000-NOONE"]
+    expected = sdk.read(users, "churn_model_v1")
+    assert fast.read(users, "churn_model_v1") == expected
+    assert all(v is None for v in expected["0000-NOONE"].values())
+    assert [r.name for r in fast.feature_refs("churn_model_v1")] == features.feature_names()
+
+
+def test_load_champion_gives_the_raw_pipeline_with_its_threshold(served_stack):
+    champion = serving.load_champion(serving.bento_tag(served_stack.versions[0]))
+    assert champion.version == served_stack.versions[0]
+    assert 0 < champion.threshold < 1
+    assert isinstance(champion.model, serving.PipelineModel)
+    rows = serving.FeastSdkReader(served_stack.settings).read(served_stack.users[:3], champion.feature_service)
+    scores = champion.model.predict_proba([rows[u] for u in served_stack.users[:3]])
+    assert scores.shape == (3,)
+
+
+# ------------------------------------------------------------------------------ HTTP
+
+
+def test_predict_answers_with_model_threshold_and_features(client, served_stack):
+    user = served_stack.users[0]
+    answer = client.post("/predict", json={"user_id": user})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["user_id"] == user
+    assert body["model"] == {"name": REGISTERED_MODEL, "version": served_stack.versions[0]}
+    assert body["churn"] == (body["churn_probability"] >= body["threshold"])
+    assert list(body["features"]) == features.feature_names()
+    online = client.post("/features", json={"user_id": user}).json()
+    assert online["features"] == body["features"] and online["feature_service"] == "churn_model_v1"
+
+
+def test_predict_batch_reports_unknown_ids_per_item(client, served_stack):
+    ids = [served_stack.users[1], "0000-NOONE", served_stack.users[2]]
+    answer = client.post("/predict_batch", json={"user_ids": ids})
+    assert answer.status_code == 200, answer.text
+    first, unknown, last = answer.json()
+    assert first["user_id"] == ids[0] and last["user_id"] == ids[2]
+    assert unknown == {"error": "unknown_user", "user_id": "0000-NOONE", "status": 404}
+    single = client.post("/predict", json={"user_id": ids[0]}).json()
+    assert single["churn_probability"] == pytest.approx(first["churn_probability"])
+
+
+def test_unknown_user_is_404(client):
+    for route in ("/predict", "/features"):
+        answer = client.post(route, json={"user_id": "0000-NOONE"})
+        assert answer.status_code == 404
+        assert answer.json() == {"error": "unknown_user", "user_id": "0000-NOONE"}
+
+
+@pytest.mark.parametrize(
+    ("route", "payload"),
+    [
+        ("/predict", {"user_id": "not an id"}),
+        ("/predict", {"user_id": 42}),
+        ("/predict", {}),
+        ("/predict", {"user_id": "x" * 10_000}),
+        ("/predict_batch", {"user_ids": []}),
+        ("/predict_batch", {"user_ids": "7590-VHVEG"}),
+        ("/predict_batch", {"user_ids": ["7590-VHVEG"] * (serving.MAX_BATCH_IDS + 1)}),
+        ("/features", {"user_id": None}),
+    ],
+)
+def test_malformed_input_is_400(client, route, payload):
+    answer = client.post(route, json=payload)
+    assert answer.status_code == 400, answer.text
+    assert "error" in answer.text
+
+
+def test_broken_json_and_oversize_bodies_are_400(client):
+    broken = client.post("/predict", content=b'{"user_id": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 400
+    huge = client.post("/predict", content=b"[" + b"1," * 100_000 + b"1]", headers={"content-type": "application/json"})
+    assert huge.status_code == 400 and huge.json()["error"] == "request_too_large"
+
+
+def test_missing_features_are_422_with_the_list(client, served_stack):
+    user = served_stack.users[3]
+    key = serving.entity_key_bytes(user)
+    with sqlite3.connect(online_db(served_stack)) as conn:
+        saved = conn.execute("SELECT * FROM streamflow_payments_agg_90d WHERE entity_key = ?", (key,)).fetchall()
+        conn.execute("DELETE FROM streamflow_payments_agg_90d WHERE entity_key = ?", (key,))
+    try:
+        answer = client.post("/predict", json={"user_id": user})
+        assert answer.status_code == 422
+        assert answer.json() == {"error": "missing_features", "user_id": user, "missing": ["failed_payments_90d"]}
+        item = client.post("/predict_batch", json={"user_ids": [user]}).json()[0]
+        assert item["error"] == "missing_features" and item["status"] == 422
+    finally:
+        with sqlite3.connect(online_db(served_stack)) as conn:
+            marks = ",".join("?" * len(saved[0]))
+            conn.executemany(f"INSERT INTO streamflow_payments_agg_90d VALUES ({marks})", saved)
+    assert client.post("/predict", json={"user_id": user}).status_code == 200
+
+
+def test_online_store_down_is_503_and_recovers(client, served_stack):
+    user = served_stack.users[4]
+    with sqlite_change(
+        served_stack,
+        "ALTER TABLE streamflow_usage_agg_30d RENAME TO usage_away",
+        "ALTER TABLE usage_away RENAME TO streamflow_usage_agg_30d",
+    ):
+        for route in ("/predict", "/features"):
+            answer = client.post(route, json={"user_id": user})
+            assert answer.status_code == 503
+            assert answer.json()["error"] == "feature_store_unavailable"
+        assert client.post("/predict_batch", json={"user_ids": [user]}).status_code == 503
+    assert client.post("/predict", json={"user_id": user}).status_code == 200
+
+
+def logged_rows(stack: ServedStack, user: str) -> list[tuple]:
+    with psycopg.connect(stack.settings.db_url) as conn:
+        return conn.execute(
+            "SELECT user_id, model_version, churn_probability, features FROM streamflow.prediction_log "
+            "WHERE user_id = %s",
+            (user,),
+        ).fetchall()
+
+
+def wait_for(condition, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+    return result
+
+
+def test_predictions_are_logged_off_the_request_path(client, served_stack):
+    user = served_stack.users[5]
+    body = client.post("/predict", json={"user_id": user}).json()
+    rows = wait_for(lambda: logged_rows(served_stack, user))
+    assert rows[0][0] == user and rows[0][1] == served_stack.versions[0]
+    assert rows[0][2] == pytest.approx(body["churn_probability"])
+    assert rows[0][3] == body["features"]
+
+
+def test_database_down_drops_log_rows_but_not_requests_and_recovers(client, served_stack, pg_server):
+    user, later = served_stack.users[6], served_stack.users[7]
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{served_stack.db_name}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (served_stack.db_name,)
+        )
+        try:
+            for _ in range(5):
+                assert client.post("/predict", json={"user_id": user}).status_code == 200
+
+            def dropped() -> float:
+                metrics = client.get("/metrics").text
+                line = next(x for x in metrics.splitlines() if x.startswith("streamflow_prediction_log_dropped"))
+                return float(line.rsplit(" ", 1)[1])
+
+            wait_for(lambda: dropped() >= 5)
+        finally:
+            admin.execute(f'ALTER DATABASE "{served_stack.db_name}" ALLOW_CONNECTIONS true')
+    assert client.post("/predict", json={"user_id": later}).status_code == 200
+    assert wait_for(lambda: logged_rows(served_stack, later))
+    assert logged_rows(served_stack, user) == []
+
+
+def test_readyz_is_ready_and_metrics_show_the_champion(client, served_stack):
+    assert client.get("/readyz").status_code == 200
+    assert f'version="{served_stack.versions[0]}"' in client.get("/metrics").text
