@@ -21,9 +21,12 @@ COPY --chown=streamflow:0 plugins /app/plugins
 COPY --chown=streamflow:0 feature_repo /app/feature_repo
 COPY --chown=streamflow:0 bentos/churn_service /app/bentos/churn_service
 
+# The service's own config (service.py) reads its bind address and port from these.
 ENV PYTHONPATH=/app/plugins \
-    STREAMFLOW_REPO=/app
+    STREAMFLOW_REPO=/app \
+    STREAMFLOW_SERVICE_HOST=0.0.0.0 \
+    STREAMFLOW_SERVICE_PORT=3000
 WORKDIR /app/bentos/churn_service
 USER streamflow
 EXPOSE 3000
-CMD ["bentoml", "serve", "service:ChurnService", "--host", "0.0.0.0", "--port", "3000"]
+CMD ["bentoml", "serve", "service:ChurnService"]
