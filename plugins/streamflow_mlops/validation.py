@@ -327,7 +327,7 @@ def describe_reason(reason: dict[str, Any]) -> str:
     (monthly_fee, min_value=0, max_value=1000) failed on 35 of 7043 rows, e.g. -64.3, -20.1` (pure)."""
     args = [reason["column"]] if reason.get("column") else []
     args += [f"{k}={v!r}" for k, v in (reason.get("kwargs") or {}).items() if k != "column_set"]
-    head = f"{reason['file']}: {reason['expectation']}({', '.join(args)})"
+    head = f"{reason['file']}: {reason['expectation']}" + (f"({', '.join(args)})" if args else "")
     if "detail" in reason:
         return f"{head}: {reason['detail']}"
     if "unexpected_count" in reason:
