@@ -1,0 +1,148 @@
+"""Ingestion throughput: GE validation and the COPY load against the naive pandas `to_sql` load.
+
+For 7,043 and 1,000,000 users (six CSVs, one row per user each): seconds and rows/s of
+validating the drop with the committed GE suites (`validate_drop`), of loading it with
+`load_drop` (COPY into staging, raw tables and the four snapshot tables, one transaction), and
+of the naive load (`pd.read_csv` + `DataFrame.to_sql` into the same raw tables, no snapshots).
+Goal: a 1M-user month validated and loaded in under 2 minutes, the load at least 5x the naive.
+
+Postgres: `STREAMFLOW_BENCH_DB_URL` (a server's `postgres` database), else a temporary embedded
+server. Sizes: `BENCH_INGEST_USERS=7043,1000000` (default).
+Run: `python -m bench.bench_ingest` (or `make bench`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+
+import pandas as pd  # noqa: E402
+import psycopg  # noqa: E402
+import sqlalchemy  # noqa: E402
+from streamflow_mlops import embedded  # noqa: E402
+from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
+from streamflow_mlops.schema import RAW_TABLES  # noqa: E402
+from streamflow_mlops.settings import REPO_ROOT, Settings, replace_database, with_driver  # noqa: E402
+from streamflow_mlops.validation import validate_drop  # noqa: E402
+from streamflow_mlops.warehouse import create_schema, load_drop  # noqa: E402
+
+PANDAS_DTYPES = {"str": "string", "int": "int64", "float": "float64", "bool": "bool"}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+@contextmanager
+def postgres_server(workdir: Path):
+    """URL of a server's `postgres` database: the given one, or an embedded one for the run."""
+    external = os.environ.get("STREAMFLOW_BENCH_DB_URL")
+    if external:
+        yield replace_database(external, "postgres")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(
+        repo_root=REPO_ROOT,
+        state_dir=workdir / "pg",
+        drops_dir=workdir,
+        db_url_override=None,
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=port,
+        online_store_override=None,
+    )
+    url = embedded.start_embedded(settings)
+    try:
+        yield replace_database(url, "postgres")
+    finally:
+        embedded.stop_embedded(settings)
+
+
+@contextmanager
+def scratch_database(server: str):
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield replace_database(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def copy_load(url: str, folder: Path, spec: DropSpec) -> float:
+    with psycopg.connect(url) as conn:
+        create_schema(conn)
+        started = time.perf_counter()
+        with conn.transaction():
+            load_drop(conn, folder, spec.as_of)
+        return time.perf_counter() - started
+
+
+def naive_load(url: str, folder: Path) -> float:
+    """What a first version would do: typed read_csv, then to_sql into the same raw tables."""
+    with psycopg.connect(url) as conn:
+        create_schema(conn)
+    engine = sqlalchemy.create_engine(with_driver(url, "psycopg"))
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for t in RAW_TABLES:
+            dtypes = {"user_id": "string"} | {c.name: PANDAS_DTYPES[c.dtype] for c in t.columns}
+            frame = pd.read_csv(folder / t.file, dtype=dtypes)
+            frame.insert(1, "as_of", pd.Timestamp("2024-01-31").date())
+            frame.to_sql(t.name, conn, schema="streamflow", if_exists="append", index=False)
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def measure(server: str, workdir: Path, users: int) -> list[tuple[str, int, float]]:
+    spec = DropSpec(0, users=users)
+    folder = write_drop(spec, workdir / f"u{users}")
+    rows = users * len(RAW_TABLES)
+    validation = validate_drop(folder, REPO_ROOT / "expectations")
+    assert validation.success, validation.reasons
+    with scratch_database(server) as url:
+        load = copy_load(url, folder, spec)
+    with scratch_database(server) as url:
+        naive = naive_load(url, folder)
+    return [
+        ("GE validation (2 views, 6 suites)", rows, validation.seconds),
+        ("COPY load (raw + snapshots, 1 txn)", rows, load),
+        ("validate + load", rows, validation.seconds + load),
+        ("naive load: read_csv + to_sql (raw only)", rows, naive),
+    ]
+
+
+def main() -> None:
+    sizes = [int(s) for s in os.environ.get("BENCH_INGEST_USERS", "7043,1000000").split(",")]
+    print(f"machine: {machine()}")
+    print(f"{'users':>9}  {'step':<42} {'rows':>10} {'seconds':>8} {'rows/s':>11}")
+    with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp, postgres_server(Path(tmp)) as server:
+        for users in sizes:
+            results = measure(server, Path(tmp), users)
+            for step, rows, seconds in results:
+                print(f"{users:>9,}  {step:<42} {rows:>10,} {seconds:>8.1f} {rows / seconds:>11,.0f}", flush=True)
+            copy_s, naive_s = results[1][2], results[3][2]
+            print(
+                f"{users:>9,}  COPY load is {naive_s / copy_s:.1f}x the naive load (while also building the snapshots)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
