@@ -27,18 +27,25 @@ CHAMPION = Asset("streamflow_champion")
     default_args={"owner": "streamflow-ml", "retries": 1},
     tags=["streamflow", "registry", "mlflow"],
     params={
-        "version": Param("", type="string", pattern=r"^[0-9]*$",
-                         description="Model version to serve; empty = the previous champion"),
+        "version": Param(
+            "", type="string", pattern=r"^[0-9]*$", description="Model version to serve; empty = the previous champion"
+        ),
         "reason": Param("manual rollback", type="string", description="Why (recorded on the version)"),
     },
 )
 def streamflow_rollback():
     @task(outlets=[CHAMPION])
     def rollback(params=None, dag_run=None, outlet_events=None) -> dict:
-        from streamflow_mlops.registry import rollback_champion
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from streamflow_mlops.registry import UnknownVersionError, rollback_champion
 
         who = (dag_run.conf or {}).get("by") or getattr(dag_run, "triggering_user_name", None) or "airflow"
-        champion = rollback_champion(params["version"] or None, by=str(who), reason=params["reason"])
+        try:
+            champion = rollback_champion(params["version"] or None, by=str(who), reason=params["reason"])
+        except UnknownVersionError as error:
+            # Retrying can't make a missing version appear: fail at once with the versions that exist.
+            raise AirflowFailException(str(error)) from error
         outlet_events[CHAMPION].extra = {"version": champion["version"], "month": champion["month"]}
         return champion
 

@@ -32,8 +32,13 @@ CHAMPION = Asset("streamflow_champion")
     params={
         "month": Param("month_000", type="string", pattern=r"^month_\d{3}$", description="Month to train on"),
         "seed": Param(42, type="integer", minimum=0, description="Split and model seed"),
-        "delta": Param(0.005, type="number", minimum=0, maximum=1,
-                       description="Minimum validation-AUC gain over the champion to promote"),
+        "delta": Param(
+            0.005,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Minimum validation-AUC gain over the champion to promote",
+        ),
     },
 )
 def streamflow_train():
@@ -53,7 +58,7 @@ def streamflow_train():
 
     @task(outlets=[CHAMPION])
     def promote(decision: dict, outlet_events=None) -> dict:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from streamflow_mlops.registry import promote_and_import
 
