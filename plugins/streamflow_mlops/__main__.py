@@ -57,6 +57,17 @@ def _expectations(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _bento(args: argparse.Namespace) -> None:
+    from streamflow_mlops.bento_build import build_bento
+
+    bento = build_bento(get_settings())
+    dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"
+    print(f"built bento {bento.tag} at {bento.path}")
+    print(f"  models: {', '.join(str(m.tag) for m in bento.info.all_models)}")
+    print(f"  Dockerfile: {dockerfile}{'' if dockerfile.exists() else ' (missing)'}")
+    print(f"  serve: bentoml serve {bento.tag}   image: bentoml containerize {bento.tag}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streamflow_mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     suites = commands.add_parser("expectations", help="regenerate the GE suites (expectations/*.json) from the schema")
     suites.add_argument("--out", help="folder (default: expectations/ in the repo)")
     suites.set_defaults(func=_expectations)
+
+    bento = commands.add_parser("bento", help="build the churn service bento with the current champion")
+    bento.set_defaults(func=_bento)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

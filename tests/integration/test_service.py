@@ -315,3 +315,108 @@ def test_database_down_drops_log_rows_but_not_requests_and_recovers(client, serv
 def test_readyz_is_ready_and_metrics_show_the_champion(client, served_stack):
     assert client.get("/readyz").status_code == 200
     assert f'version="{served_stack.versions[0]}"' in client.get("/metrics").text
+
+
+# ------------------------------------------------------------------------------ the built bento, served
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_built_bento_serves_outside_the_tree_and_hot_swaps_under_load(served_stack, tmp_path):
+    """`make bento`'s build, `bentoml serve <tag>` from another folder, the alias moved while clients hammer it."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import bentoml
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STREAMFLOW_REPO")}
+    env.update(STREAMFLOW_CHAMPION_POLL_S="1", PYTHONPATH=str(repo / "plugins"))
+    built = subprocess.run(
+        [sys.executable, "-m", "streamflow_mlops", "bento"], env=env, cwd=repo, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr
+    assert "(missing)" not in built.stdout and serving.bento_tag(served_stack.versions[0]) in built.stdout
+    tag = built.stdout.split("built bento ", 1)[1].split()[0]
+    bento = bentoml.bentos.get(tag)
+    assert (Path(bento.path) / "env" / "docker" / "Dockerfile").exists()
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "bentoml==" in requirements and "apache-airflow" not in requirements
+
+    port = free_port()
+    env.pop("PYTHONPATH")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("bentoml")), "serve", tag, "--port", str(port)],
+        env=env,
+        cwd=outside,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("w"),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with bentoml.SyncHTTPClient(url, server_ready_timeout=5) as probe:
+                    if probe.is_ready(timeout=5):
+                        break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "bento never became ready"
+            time.sleep(0.5)
+
+        with bentoml.SyncHTTPClient(url) as client:
+            answer = client.predict(user_id=served_stack.users[0])
+        assert answer["model"]["version"] == served_stack.versions[0]
+
+        import httpx
+
+        stop = threading.Event()
+        seen: list[list[str]] = [[] for _ in range(4)]
+        failures: list[str] = []
+
+        def hammer(user: str, versions: list[str]) -> None:
+            with httpx.Client(base_url=url, timeout=10) as http:
+                while not stop.is_set():
+                    response = http.post("/predict", json={"user_id": user})
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                    else:
+                        versions.append(response.json()["model"]["version"])
+
+        threads = [
+            threading.Thread(target=hammer, args=(user, versions))
+            for user, versions in zip(served_stack.users[10:14], seen, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        set_champion(served_stack.settings, served_stack.versions[1])
+        try:
+            wait_for(lambda: all(v and v[-1] == served_stack.versions[1] for v in seen), 40)
+            time.sleep(1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            set_champion(served_stack.settings, served_stack.versions[0])
+        assert failures == []
+        old, new = served_stack.versions
+        for versions in seen:
+            assert versions[0] == old and versions[-1] == new
+            switch = versions.index(new)
+            assert set(versions[:switch]) == {old} and set(versions[switch:]) == {new}, "went back after the swap"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

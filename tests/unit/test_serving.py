@@ -349,3 +349,19 @@ def test_body_size_limit_rejects_large_bodies_with_400():
 
     assert client.post("/", content=chunks(2)).json() == {"size": 100}
     assert client.post("/", content=chunks(3)).status_code == 400
+
+
+def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():
+    from pathlib import Path
+
+    from streamflow_mlops.bento_build import read_pins, serving_requirements
+
+    lock = Path(__file__).resolve().parents[2] / "requirements.txt"
+    pins = read_pins(lock)
+    serving_pins = serving_requirements(lock)
+    assert set(serving_pins) <= set(pins.values())
+    names = {line.split("==")[0].lower() for line in serving_pins}
+    assert {"bentoml", "feast", "mlflow", "scikit-learn", "pandas", "psycopg"} <= names
+    assert not any(name.startswith(("apache-airflow", "great-expectations", "evidently")) for name in names)
+    with pytest.raises(ValueError):
+        serving_requirements(lock, roots=["no-such-package-here"])
