@@ -37,12 +37,10 @@ log = logging.getLogger(__name__)
 
 FEATURE_STORE_YAML = "feature_store.yaml"
 PARITY_SAMPLE = 200
-# Above this many users per month, materialization splits the feature views over worker
-# processes: below it, spawning interpreters that import Feast costs more than it saves.
-PARALLEL_MIN_USERS = 100_000
 # Feast cannot infer the timestamp column of a SQL entity dataframe (it sees only object dtypes), so
 # the query names it the way Feast expects and the result is renamed back to the schema's `as_of`.
 EVENT_TIMESTAMP = "event_timestamp"
+SQLITE_BUSY_TIMEOUT_MS = 600_000
 _VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
 
 
@@ -130,6 +128,11 @@ def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
     contents = _repo_contents(settings)
     apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
     store.refresh_registry()
+    conn = _sqlite_connection(store)
+    if conn is not None:
+        # WAL (a property of the file, kept across connections): the service keeps reading while a
+        # materialization writes, instead of waiting on, or timing out behind, the writer's lock.
+        conn.execute("PRAGMA journal_mode = WAL")
     summary = {
         "entities": sorted(e.name for e in contents.entities if e.name != "__dummy"),
         "feature_views": sorted(v.name for v in contents.feature_views),
@@ -176,17 +179,32 @@ def split_views(weights: Mapping[str, int], workers: int) -> list[list[str]]:
     return [b for b in bins if b]
 
 
+def _sqlite_connection(store: FeatureStore):
+    """Feast's own sqlite connection of the store, or None for another online store."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    online = store._get_provider().online_store
+    return online._get_conn(store.config) if isinstance(online, SqliteOnlineStore) else None
+
+
 def _materialize_views(settings: Settings, views: list[str], start: datetime, end: datetime) -> None:
     """Materialize some feature views (also the entry point of a worker process)."""
-    feature_store(settings).materialize(start_date=start, end_date=end, feature_views=views)
+    store = feature_store(settings)
+    conn = _sqlite_connection(store)
+    if conn is not None:
+        # Workers take turns on sqlite's single write lock, one batch at a time; Feast's 5 s
+        # default busy timeout is shorter than another worker's batch on a loaded machine.
+        conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    store.materialize(start_date=start, end_date=end, feature_views=views)
 
 
-def materialize_month(month: str | int, settings: Settings | None = None, workers: int | None = None) -> dict[str, Any]:
+def materialize_month(month: str | int, settings: Settings | None = None, workers: int = 1) -> dict[str, Any]:
     """Materialize the window ending at the month's as_of into the online store.
 
     Stateless and idempotent: the window comes from the month, not from Feast's "last
-    materialized" bookmark. Fails when the month's snapshots are not loaded. With many users the
-    feature views are split over worker processes (one per core by default).
+    materialized" bookmark. Fails when the month's snapshots are not loaded. `workers > 1` splits
+    the feature views over that many processes; one is the default because on this 2-core machine
+    the split did not pay (see bench/bench_features.py).
     """
     settings = settings or get_settings()
     store = feature_store(settings)
@@ -211,8 +229,7 @@ def materialize_month(month: str | int, settings: Settings | None = None, worker
         raise ValueError(f"feature views disagree on ttl ({ttls}); one window per month needs one ttl")
     start, end = materialization_window(as_of, ttls.pop())
     weights = {name: users[name] * len(v.features) for name, v in views.items()}
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    groups = split_views(weights, workers) if max(users.values()) >= PARALLEL_MIN_USERS else [sorted(views)]
+    groups = split_views(weights, workers)
 
     started = time.perf_counter()
     if len(groups) == 1:
