@@ -327,10 +327,10 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
     champion = champion_version(client)
     champion_auc: float | None = None
     bootstrap = None
-    if champion is not None and champion.version == version:
+    if champion is not None and str(champion.version) == version:
         raise ValueError(f"version {version} is already the champion")
     if champion is not None:
-        champion_scores = score_version(champion.version, rows)
+        champion_scores = score_version(str(champion.version), rows)
         if champion_scores is None or not np.all(np.isfinite(champion_scores)):
             champion_auc = float("nan")
         else:
@@ -344,7 +344,7 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
         "reason": decision.reason,
         "delta": repr(delta),
         "challenger_auc": repr(challenger_auc),
-        "champion_version": champion.version if champion else "",
+        "champion_version": str(champion.version) if champion else "",
         "champion_auc": repr(champion_auc) if champion_auc is not None else "",
         "auc_gain": repr(bootstrap.gain) if bootstrap else "",
         "auc_gain_ci_low": repr(bootstrap.ci_low) if bootstrap else "",
@@ -353,14 +353,14 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
     }
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
-    log.info("version %s vs champion %s: %s", version, champion.version if champion else None, decision.reason)
+    log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
     return {
         **challenger,
         "promote": decision.promote,
         "reason": decision.reason,
         "delta": delta,
         "challenger_auc": challenger_auc,
-        "champion_version": champion.version if champion else None,
+        "champion_version": str(champion.version) if champion else None,
         "champion_auc": _finite(champion_auc),
         "auc_gain": bootstrap.gain if bootstrap else None,
         "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
@@ -410,7 +410,10 @@ def import_to_bentoml(client: MlflowClient, version: str, settings: Settings | N
         "val_auc": float(tags.get("val_auc", "nan")),
     }
     with bento_model_store(settings):
-        models = sorted(bentoml.models.list(REGISTERED_MODEL), key=lambda m: m.info.creation_time)
+        try:
+            models = sorted(bentoml.models.list(REGISTERED_MODEL), key=lambda m: m.info.creation_time)
+        except NotFound:  # BentoML raises rather than return [] before the first import of a name
+            models = []
         if models and str(models[-1].tag) == tag:
             return tag
         try:
@@ -439,8 +442,8 @@ def set_champion(client: MlflowClient, version: str, tags: dict[str, str]) -> di
     bento = import_to_bentoml(client, version)
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
     now = utc_now()
-    if previous is not None and previous.version != version:
-        _set_tags(client, previous.version, {"replaced_at": now, "replaced_by": version})
+    if previous is not None and str(previous.version) != version:
+        _set_tags(client, str(previous.version), {"replaced_at": now, "replaced_by": version})
     _set_tags(client, version, {"champion_since": now, **tags})
     model_version = client.get_model_version(REGISTERED_MODEL, version)
     return {
@@ -449,7 +452,7 @@ def set_champion(client: MlflowClient, version: str, tags: dict[str, str]) -> di
         "as_of": model_version.tags.get("as_of", ""),
         "run_id": model_version.run_id,
         "bento_tag": bento,
-        "previous_version": previous.version if previous else None,
+        "previous_version": str(previous.version) if previous else None,
     }
 
 
@@ -461,7 +464,7 @@ def promote_and_import(decision: dict[str, Any]) -> dict[str, Any]:
     version = str(decision["version"])
     previous = champion_version(client)
     champion = set_champion(
-        client, version, {"previous_champion": previous.version if previous else "", "decision": "promoted"}
+        client, version, {"previous_champion": str(previous.version) if previous else "", "decision": "promoted"}
     )
     log.info("version %s is the champion (was %s)", version, champion["previous_version"])
     return champion
@@ -469,7 +472,7 @@ def promote_and_import(decision: dict[str, Any]) -> dict[str, Any]:
 
 def _existing_versions(client: MlflowClient) -> list[str]:
     versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
-    return sorted((v.version for v in versions), key=int)
+    return sorted((str(v.version) for v in versions), key=int)
 
 
 def rollback_champion(version: str | int | None, by: str, reason: str) -> dict[str, Any]:
@@ -503,7 +506,7 @@ def rollback_champion(version: str | int | None, by: str, reason: str) -> dict[s
             "rollback_by": by,
             "rollback_at": utc_now(),
             "rollback_reason": reason,
-            "rolled_back_from": current.version if current else "",
+            "rolled_back_from": str(current.version) if current else "",
         },
     )
     log.info(

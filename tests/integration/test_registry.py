@@ -1,0 +1,158 @@
+"""Champion/challenger, promotion, rollback and the BentoML import against a real MLflow registry
+(sqlite in tmp_path) and a real BentoML store, with models really trained on a generated drop."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamflow_mlops.generate import DropSpec, build_drop
+from streamflow_mlops.registry import (
+    UnknownVersionError,
+    bento_model_store,
+    bento_tag,
+    configure_mlflow,
+    evaluate_and_decide,
+    promote_and_import,
+    rollback_champion,
+)
+from streamflow_mlops.schema import FEATURE_NAMES
+from streamflow_mlops.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from streamflow_mlops.training import TrainedModel, frame_from_tables, log_challenger, train_model
+
+pytestmark = pytest.mark.slow
+
+SPEC = DropSpec(month=0, users=1500, seed=11)
+# A champion that only knows the price and the plan: clearly beatable on the same rows.
+WEAK_FEATURES = ["monthly_fee", "paperless_billing", "net_service"]
+
+
+@lru_cache(maxsize=1)
+def month_000() -> pd.DataFrame:
+    tables, _ = build_drop(SPEC)
+    return frame_from_tables(tables, SPEC.as_of)
+
+
+def register(trained: TrainedModel) -> dict:
+    return log_challenger(trained, month="month_000", as_of=SPEC.as_of, feature_service=FEATURE_SERVICE)
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version)
+
+
+def version_tags(client, version: str) -> dict[str, str]:
+    return client.get_model_version(REGISTERED_MODEL, version).tags
+
+
+def newest_bento(settings) -> tuple[str, dict[str, str]]:
+    import bentoml
+
+    with bento_model_store(settings):
+        models = sorted(bentoml.models.list(REGISTERED_MODEL), key=lambda m: m.info.creation_time)
+        return str(models[-1].tag), dict(models[-1].info.labels)
+
+
+def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
+    import bentoml
+
+    frame = month_000()
+    client = configure_mlflow(stack_env)
+
+    # 1. No champion yet: the first challenger is promoted and imported into BentoML.
+    weak = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
+    decision = evaluate_and_decide(weak, delta=0.005)
+    json.dumps(decision)
+    assert decision["promote"] and "no champion" in decision["reason"]
+    first = promote_and_import(decision)
+    assert first == {**first, "version": weak["version"], "month": "month_000", "previous_version": None}
+    assert champion(client) == weak["version"]
+    assert version_tags(client, weak["version"])["decision"] == "promoted"
+    tag, labels = newest_bento(stack_env)
+    assert tag == bento_tag(weak["version"])
+    assert labels["mlflow_version"] == weak["version"] and labels["run_id"] == weak["run_id"]
+    assert labels["month"] == "month_000" and labels["as_of"] == "2024-01-31"
+    assert labels["feature_service"] == FEATURE_SERVICE and float(labels["threshold"]) == weak["threshold"]
+
+    # 2. The same model again: no gain, the champion stays, the reason is on the version.
+    same = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
+    kept = evaluate_and_decide(same, delta=0.005)
+    assert not kept["promote"] and kept["auc_gain"] == 0
+    tags = version_tags(client, same["version"])
+    assert tags["decision"] == "keep_champion" and "below delta" in tags["reason"]
+    assert tags["champion_version"] == weak["version"]
+    assert champion(client) == weak["version"]
+
+    # 3. A clearly better challenger, judged on its own validation rows, takes over.
+    strong = register(train_model(frame, seed=5))
+    better = evaluate_and_decide(strong, delta=0.005)
+    assert better["promote"], better["reason"]
+    assert better["champion_auc"] < better["challenger_auc"] and better["auc_gain_ci"][0] > 0
+    tags = version_tags(client, strong["version"])
+    for key in ("challenger_auc", "champion_auc", "auc_gain", "auc_gain_ci_low", "auc_gain_ci_high", "reason"):
+        assert tags[key], key
+    promoted = promote_and_import(better)
+    assert promoted["previous_version"] == weak["version"]
+    assert champion(client) == strong["version"]
+    old = version_tags(client, weak["version"])
+    assert old["replaced_by"] == strong["version"] and old["replaced_at"]
+    assert version_tags(client, strong["version"])["previous_champion"] == weak["version"]
+    assert newest_bento(stack_env)[0] == bento_tag(strong["version"])
+
+    # The imported champion serves probabilities from raw features.
+    with bento_model_store(stack_env):
+        pyfunc = bentoml.mlflow.load_model(bento_tag(strong["version"]))
+    probabilities = np.asarray(pyfunc.predict(frame[list(FEATURE_NAMES)].head(3)))
+    assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1)
+
+    # 4. Rollback with no version: the champion the current one replaced, re-imported as newest.
+    back = rollback_champion(None, by="alice", reason="complaints from the retention team")
+    assert back["version"] == weak["version"] and champion(client) == weak["version"]
+    tags = version_tags(client, weak["version"])
+    assert tags["rollback_by"] == "alice" and tags["rollback_reason"] == "complaints from the retention team"
+    assert tags["rolled_back_from"] == strong["version"]
+    assert version_tags(client, strong["version"])["replaced_by"] == weak["version"]
+    assert newest_bento(stack_env)[0] == bento_tag(weak["version"])
+
+    # The first champion replaced nobody: rolling back further is a clear failure.
+    with pytest.raises(UnknownVersionError, match="replaced no earlier champion"):
+        rollback_champion(None, by="alice", reason="again")
+
+    # 5. Roll forward to a named version; an unknown one fails and lists those that exist.
+    forward = rollback_champion(strong["version"], by="bob", reason="fixed upstream")
+    assert forward["version"] == strong["version"] and champion(client) == strong["version"]
+    assert newest_bento(stack_env)[0] == bento_tag(strong["version"])
+    with pytest.raises(UnknownVersionError, match=r"no version '99'.*\['1', '2', '3'\]"):
+        rollback_champion("99", by="bob", reason="typo")
+    assert champion(client) == strong["version"]
+
+    # A re-import of the current champion is a no-op (deterministic tag, already newest).
+    assert rollback_champion(strong["version"], by="bob", reason="re-import")["bento_tag"] == bento_tag(
+        strong["version"]
+    )
+
+
+def test_rollback_without_any_champion_fails_clearly(stack_env):
+    configure_mlflow(stack_env)
+    with pytest.raises(UnknownVersionError, match="no champion"):
+        rollback_champion(None, by="carol", reason="nothing to roll back")
+
+
+def test_a_gain_above_delta_that_could_be_noise_keeps_the_champion(stack_env):
+    """A gradient-boosting champion and a spline logistic challenger on 300 validation rows: the
+    challenger's AUC is higher by more than delta, but the paired bootstrap interval includes 0."""
+    frame = month_000()
+    configure_mlflow(stack_env)
+    incumbent = register(train_model(frame, seed=5, classifier="hgb"))
+    promote_and_import(evaluate_and_decide(incumbent, delta=0.005))
+    challenger = register(train_model(frame, seed=5))
+    decision = evaluate_and_decide(challenger, delta=0.005)
+    assert decision["auc_gain"] >= 0.005
+    low, high = decision["auc_gain_ci"]
+    assert low < 0 < high
+    assert not decision["promote"] and "could be noise" in decision["reason"]
+    with pytest.raises(ValueError, match="not to promote"):
+        promote_and_import(decision)
