@@ -279,7 +279,8 @@ class Champion:
 
 def champion_labels(labels: Mapping[str, str], metadata: Mapping[str, Any]) -> tuple[str, float, str]:
     """(MLflow version, decision threshold, feature service) from an imported model's labels/metadata."""
-    merged = {**metadata, **labels}
+    # Labels are strings and may be empty; metadata keeps typed values and wins when both are set.
+    merged = {**{k: v for k, v in labels.items() if v != ""}, **metadata}
     version = str(merged.get("mlflow_version", "")).strip()
     if not version:
         raise ValueError("model lacks the mlflow_version label")

@@ -21,7 +21,7 @@ import pytest
 from streamflow_mlops import features, serving
 from streamflow_mlops.generate import DropSpec, write_drop
 from streamflow_mlops.schema import ENTITY
-from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL, Settings, get_settings, replace_database
+from streamflow_mlops.settings import FEATURE_SERVICE, REGISTERED_MODEL, Settings, get_settings, replace_database
 from streamflow_mlops.warehouse import create_schema, load_drop
 
 USERS = 500
@@ -38,44 +38,23 @@ class ServedStack:
 
 
 def train_register_import(settings: Settings, seed: int, classifier: str) -> str:
-    """A model trained on the month, registered as a `streamflow_churn` version and imported to BentoML."""
-    import bentoml
-    import mlflow
-    from mlflow.models import infer_signature
-
+    """A model trained on the month and registered as a `streamflow_churn` version (the training DAG's path)."""
+    from streamflow_mlops import registry
     from streamflow_mlops.training import train_model
 
     frame = features.build_training_set(MONTH)
-    names = features.feature_names()
-    trained = train_model(frame, seed, classifier=classifier, features=names)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment("streamflow")
-    from skops.io import dumps, get_untrusted_types
-
-    sample = trained.train[names].head(5)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            trained.pipeline,
-            name="model",
-            skops_trusted_types=get_untrusted_types(data=dumps(trained.pipeline)),
-            signature=infer_signature(sample, trained.pipeline.predict_proba(sample)[:, 1]),
-            registered_model_name=REGISTERED_MODEL,
-        )
-    version = str(info.registered_model_version)
-    bentoml.mlflow.import_model(
-        serving.bento_tag(version),
-        f"models:/{REGISTERED_MODEL}/{version}",
-        labels={"mlflow_version": version, "feature_service": "churn_model_v1", "month": MONTH},
-        metadata={"threshold": trained.threshold},
+    trained = train_model(frame, seed, classifier=classifier, features=features.feature_names())
+    logged = registry.log_trained_model(
+        trained, month=MONTH, as_of=DropSpec(0).as_of, feature_service=FEATURE_SERVICE, settings=settings
     )
-    return version
+    return logged["version"]
 
 
 def set_champion(settings: Settings, version: str) -> None:
-    from mlflow import MlflowClient
+    """Promotion or rollback as the DAGs do it: import into BentoML, then move the alias."""
+    from streamflow_mlops import registry
 
-    uri = settings.mlflow_tracking_uri
-    MlflowClient(uri, uri).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+    registry.set_champion(registry.configure_mlflow(settings), version, {"decision": "test"})
 
 
 @pytest.fixture(scope="module")

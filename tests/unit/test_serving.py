@@ -178,6 +178,8 @@ def test_champion_labels_read_version_threshold_and_feature_service():
     labels = {"mlflow_version": "7", "threshold": "0.42", "feature_service": "churn_model_v1"}
     assert serving.champion_labels(labels, {}) == ("7", 0.42, "churn_model_v1")
     assert serving.champion_labels({"mlflow_version": "3"}, {"threshold": 0.3}) == ("3", 0.3, "churn_model_v1")
+    registry_style = {"mlflow_version": "4", "threshold": "", "feature_service": ""}
+    assert serving.champion_labels(registry_style, {"threshold": 0.25}) == ("4", 0.25, "churn_model_v1")
     with pytest.raises(ValueError):
         serving.champion_labels({}, {})
     with pytest.raises(ValueError):
