@@ -122,3 +122,29 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
     for name, value in run.data.metrics.items():
         if name not in ("train_seconds", "best_achievable_auc", "val_auc_vs_best"):
             assert again_metrics[name] == value, name
+
+
+@pytest.mark.slow
+def test_train_and_register_reads_the_feature_service_through_feast(stack_env):
+    import psycopg
+    from mlflow import MlflowClient
+    from streamflow_mlops import features
+    from streamflow_mlops.generate import write_drop
+    from streamflow_mlops.training import train_and_register
+    from streamflow_mlops.warehouse import create_schema, load_drop
+
+    spec = DropSpec(month=0, users=800, seed=11)
+    folder = write_drop(spec, stack_env.drops_dir)
+    with psycopg.connect(stack_env.db_url) as conn:
+        create_schema(conn)
+        with conn.transaction():
+            load_drop(conn, folder, spec.as_of)
+    features.apply_repo()
+
+    challenger = train_and_register("month_000", seed=3)
+    assert challenger["month"] == "month_000" and challenger["as_of"] == "2024-01-31"
+    assert challenger["feature_service"] == FEATURE_SERVICE
+    # The truth file sits in the drop folder, so the ceiling is logged next to the model's AUC.
+    assert 0.5 < challenger["val_auc"] <= 1 and challenger["best_achievable_auc"] is not None
+    run = MlflowClient(stack_env.mlflow_tracking_uri).get_run(challenger["run_id"])
+    assert run.data.params["n_train"] == "640" and run.data.params["n_features"] == str(len(FEATURE_NAMES))
