@@ -63,6 +63,8 @@ def airflow_settings(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
         "AIRFLOW__CORE__FERNET_KEY": _secret(home / "fernet_key", _fernet_key),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # A retry on a laptop should come while the user is still watching, not after 5 minutes.
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "20",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
     }
