@@ -267,14 +267,23 @@ def record_drift_report(db_url: str, row: dict[str, Any]) -> None:
 
 
 def _monitoring_experiment(client: Any, settings: Settings) -> str:
+    from mlflow.exceptions import MlflowException
+
     existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
     if existing is not None:
         return existing.experiment_id
     # A tracking server stores artifacts itself; talking to the backend store directly, MLflow would
     # default to ./mlruns under whatever the working directory is, so point it at the state dir.
     remote = settings.mlflow_tracking_uri.startswith(("http://", "https://"))
-    location = None if remote else settings.mlflow_artifacts_dir.as_uri()
-    return client.create_experiment(MONITORING_EXPERIMENT, artifact_location=location)
+    location = None if remote else settings.mlflow_artifacts_dir.resolve().as_uri()
+    try:
+        return client.create_experiment(MONITORING_EXPERIMENT, artifact_location=location)
+    except MlflowException:
+        # Another drift run created it between the look-up and the create.
+        existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: float, reports: Sequence[Path]) -> str:
@@ -332,11 +341,13 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
         mlflow.set_registry_uri(settings.mlflow_tracking_uri)
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         pipeline = mlflow.sklearn.load_model(f"models:/{REGISTERED_MODEL}/{champion.version}")
+        # Score with exactly the columns the champion was fitted on, in its order.
+        needed = list(getattr(pipeline, "feature_names_in_", names))
         drift = compute_drift(
             reference,
             current,
-            reference_scores=pipeline.predict_proba(reference[names])[:, 1],
-            current_scores=pipeline.predict_proba(current[names])[:, 1],
+            reference_scores=pipeline.predict_proba(reference[needed])[:, 1],
+            current_scores=pipeline.predict_proba(current[needed])[:, 1],
             served_scores=served_scores(settings.db_url, champion.version),
             feature_names=names,
         )
