@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.schema import ENTITY, FEATURE_NAMES, feature_column
 from streamflow_mlops.settings import (
-    CHAMPION_ALIAS,
     REGISTERED_MODEL,
     WAREHOUSE_SCHEMA,
     Settings,
@@ -214,18 +213,13 @@ class ChampionRef:
     feature_service: str | None
 
 
-def find_champion(tracking_uri: str) -> ChampionRef | None:
+def find_champion(settings: Settings) -> ChampionRef | None:
     """The version behind the `champion` alias and its training month, or None when there is none."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from streamflow_mlops.registry import champion_version, configure_mlflow
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
+    version = champion_version(configure_mlflow(settings))
+    if version is None:
+        return None
     month = version.tags.get("month")
     if not month:
         raise ValueError(f"{REGISTERED_MODEL} v{version.version} (champion) has no `month` tag")
@@ -318,7 +312,7 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
     decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
     prediction_drift, decision, reason, report_path, mlflow_run_id)."""
     settings = settings or get_settings()
-    champion = find_champion(settings.mlflow_tracking_uri)
+    champion = find_champion(settings)
     result: dict[str, Any] = {
         "month": month,
         "reference_month": None,
@@ -332,15 +326,14 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
         import mlflow.sklearn
 
         from streamflow_mlops import features
+        from streamflow_mlops.registry import model_uri
         from streamflow_mlops.settings import FEATURE_SERVICE
 
         service = champion.feature_service or FEATURE_SERVICE
         reference = features.feature_frame(champion.month, service, settings)
         current = features.feature_frame(month, service, settings)
         names = [c for c in reference.columns if c in FEATURE_NAMES]
-        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        pipeline = mlflow.sklearn.load_model(f"models:/{REGISTERED_MODEL}/{champion.version}")
+        pipeline = mlflow.sklearn.load_model(model_uri(champion.version))
         # Score with exactly the columns the champion was fitted on, in its order.
         needed = list(getattr(pipeline, "feature_names_in_", names))
         drift = compute_drift(

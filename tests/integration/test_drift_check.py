@@ -11,8 +11,7 @@ import pytest
 from streamflow_mlops import features
 from streamflow_mlops.drift import MONITORING_EXPERIMENT, RETRAIN, SKIP, run_drift_check
 from streamflow_mlops.generate import DropSpec, default_drift, write_drop
-from streamflow_mlops.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, LABEL, NUMERIC_FEATURES
-from streamflow_mlops.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 from streamflow_mlops.warehouse import create_schema, load_drop
 
 # Above 1,000 reference rows Evidently picks the same tests (normed Wasserstein, Jensen-Shannon)
@@ -31,50 +30,20 @@ def load_months(settings, tmp_path: Path, months) -> None:
 
 
 def register_champion(settings, month: str) -> str:
-    """A real scikit-learn pipeline trained on `month`, registered and aliased as the training DAG does."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow import MlflowClient
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    """Train and register through the training DAG's own code, then point the alias at it."""
+    from streamflow_mlops.registry import configure_mlflow
+    from streamflow_mlops.training import train_and_register
 
-    training = features.build_training_set(month)
-    pipeline = Pipeline(
-        [
-            (
-                "prep",
-                ColumnTransformer(
-                    [
-                        ("num", StandardScaler(), list(NUMERIC_FEATURES)),
-                        ("cat", OneHotEncoder(handle_unknown="ignore"), list(CATEGORICAL_FEATURES)),
-                    ]
-                ),
-            ),
-            ("model", LogisticRegression(max_iter=500)),
-        ]
-    ).fit(training[list(FEATURE_NAMES)], training[LABEL])
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("streamflow", artifact_location=settings.mlflow_artifacts_dir.as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.sklearn.log_model(pipeline, name="model", registered_model_name=REGISTERED_MODEL)
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(REGISTERED_MODEL, version, "month", month)
-    client.set_model_version_tag(REGISTERED_MODEL, version, "feature_service", FEATURE_SERVICE)
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+    version = train_and_register(month, seed=42)["version"]
+    configure_mlflow(settings).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
     return version
 
 
 def log_served_predictions(settings, version: str, month: str, rows: int) -> None:
-    import mlflow.sklearn
+    from streamflow_mlops.registry import score_version
 
-    pipeline = mlflow.sklearn.load_model(f"models:/{REGISTERED_MODEL}/{version}")
     frame = features.feature_frame(month).iloc[:rows]
-    scores = pipeline.predict_proba(frame[list(FEATURE_NAMES)])[:, 1]
+    scores = score_version(version, frame)
     now = datetime(2024, 3, 1, tzinfo=UTC)
     with psycopg.connect(settings.db_url) as conn:
         with conn.cursor() as cur:
