@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import reduce
 from html.parser import HTMLParser
 
 import numpy as np
@@ -18,6 +17,7 @@ from streamflow_mlops.drift import (
     drift_gate,
     save_reports,
 )
+from streamflow_mlops.training import DEFAULT_CLASSIFIER, build_pipeline, frame_from_tables
 
 SEED = 11
 
@@ -63,10 +63,11 @@ def test_champion_without_a_measured_share_is_an_error():
 
 
 def month_features(month: int, seed: int = SEED) -> tuple[pd.DataFrame, pd.Series]:
-    """The month's feature frame as Feast would serve it (one row per user, schema feature names)."""
-    tables, _ = generate.build_drop(generate.DropSpec(month, seed=seed, drift=generate.default_drift(month)))
-    joined = reduce(lambda a, b: a.merge(b, on=schema.ENTITY), [tables[t.name] for t in schema.RAW_TABLES])
-    return joined[[schema.ENTITY, *schema.FEATURE_NAMES]], joined[schema.LABEL]
+    """The month's feature frame in the shape Feast returns it, and its labels."""
+    spec = generate.DropSpec(month, seed=seed, drift=generate.default_drift(month))
+    tables, _ = generate.build_drop(spec)
+    frame = frame_from_tables(tables, spec.as_of)
+    return frame.drop(columns=[schema.LABEL]), frame[schema.LABEL]
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +82,9 @@ def months(labelled_month_000) -> dict[int, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def champion(labelled_month_000):
-    """A real scikit-learn pipeline trained on month_000, standing in for the registered champion."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
+    """The training DAG's own pipeline fitted on month_000, standing in for the registered champion."""
     frame, labels = labelled_month_000
-    pipeline = Pipeline(
-        [
-            (
-                "prep",
-                ColumnTransformer(
-                    [
-                        ("num", StandardScaler(), list(schema.NUMERIC_FEATURES)),
-                        ("cat", OneHotEncoder(handle_unknown="ignore"), list(schema.CATEGORICAL_FEATURES)),
-                    ]
-                ),
-            ),
-            ("model", LogisticRegression(max_iter=500)),
-        ]
-    )
-    return pipeline.fit(frame[list(schema.FEATURE_NAMES)], labels)
+    return build_pipeline(DEFAULT_CLASSIFIER, seed=42).fit(frame[list(schema.FEATURE_NAMES)], labels)
 
 
 def scores(pipeline, frame: pd.DataFrame) -> np.ndarray:
