@@ -339,9 +339,9 @@ class Stack:
 
     def serve(self) -> None:
         self.processes.start("churn-service", [
-            str(self.bin_dir / "bentoml"), "serve", str(self.settings.repo_root / "bentos" / "churn_service"),
+            str(self.bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService",
             "--host", "127.0.0.1", "--port", str(self.settings.service_port),
-        ])
+        ], cwd=self.settings.repo_root)
         wait_for("churn service", lambda: http_ok(f"{self.service_url}/readyz"), 240, self.processes)
 
     def report(self) -> None:
