@@ -53,6 +53,9 @@ def error_response(error: serving.ServingError) -> JSONResponse:
     name="churn_service",
     workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS", "1")),
     traffic={"timeout": 30, "max_concurrency": 512},
+    # A log line per request costs more than the prediction itself at a few hundred req/s; requests
+    # are counted in /metrics and every prediction is in prediction_log.
+    logging={"access": {"enabled": os.environ.get("STREAMFLOW_SERVICE_ACCESS_LOG", "") == "1"}},
     http={"host": os.environ.get("STREAMFLOW_SERVICE_HOST", "127.0.0.1"), "port": get_settings().service_port},
 )
 class ChurnService:

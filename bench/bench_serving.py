@@ -1,0 +1,356 @@
+"""Serving speed: the churn bento against the seeds' design and the in-process floor.
+
+A private stack (embedded Postgres on a free port, temp state, sqlite MLflow): one generated month
+(BENCH_SERVING_USERS users, default 7,043) loaded, materialized, an HGB champion trained,
+registered and imported. Then, side by side in one run, on 127.0.0.1:
+
+- `seeds`: the seeds' design, a FastAPI app that per request calls the Feast SDK and an
+  `mlflow.pyfunc` model (uvicorn, one worker);
+- `bento`: `bentoml serve` of bentos/churn_service (micro-batched /predict);
+- `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process,
+  one user per call (and 32 per call, the batched floor).
+
+Each HTTP target gets a bounded closed-loop load (keep-alive connections from a separate load
+process) at concurrency 1, 8 and 32 for BENCH_SERVING_SECONDS seconds (default 20): requests/s,
+p50, p99 and errors. Run: `python -m bench serving` (or `make bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+CONCURRENCY = (1, 8, 32)
+SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
+USERS = int(os.environ.get("BENCH_SERVING_USERS", "7043"))
+BENTO_WORKERS = os.environ.get("BENCH_SERVING_WORKERS", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+# ------------------------------------------------------------------------------ the seeds' design
+
+
+def seed_app():
+    """The seeds' service: FastAPI, Feast SDK read and pyfunc predict on every request."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from fastapi import FastAPI, HTTPException
+
+    from streamflow_mlops import features
+    from streamflow_mlops.settings import FEATURE_SERVICE, get_settings
+
+    settings = get_settings()
+    store = features.feature_store(settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/streamflow_churn@champion")
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(body: dict) -> dict:
+        online = store.get_online_features(
+            features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"user_id": body["user_id"]}]
+        ).to_dict()
+        online.pop("user_id")
+        if any(v[0] is None for v in online.values()):
+            raise HTTPException(404, "unknown user")
+        scores = model.predict(pd.DataFrame(online))
+        probability = float(scores[0][1] if getattr(scores, "ndim", 1) == 2 else scores[0])
+        return {"user_id": body["user_id"], "churn_probability": probability}
+
+    return app
+
+
+# ------------------------------------------------------------------------------ load generator
+
+
+def _client_thread(port: int, users: list[str], offset: int, deadline: float, out: list, errors: list) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    i = offset
+    headers = {"Content-Type": "application/json"}
+    while time.perf_counter() < deadline:
+        body = json.dumps({"user_id": users[i % len(users)]})
+        i += 7
+        started = time.perf_counter()
+        try:
+            conn.request("POST", "/predict", body, headers)
+            response = conn.getresponse()
+            response.read()
+            ok = response.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        out.append(time.perf_counter() - started)
+        if not ok:
+            errors.append(1)
+    conn.close()
+
+
+def load_process(port: int, users: list[str], concurrency: int, seconds: float) -> dict:
+    """Run in a child process: `concurrency` keep-alive clients in a closed loop for `seconds`."""
+    import threading
+
+    latencies: list[float] = []
+    errors: list[int] = []
+    deadline = time.perf_counter() + seconds
+    threads = [
+        threading.Thread(target=_client_thread, args=(port, users, k * 977, deadline, latencies, errors))
+        for k in range(concurrency)
+    ]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"elapsed": time.perf_counter() - started, "latencies": latencies, "errors": len(errors)}
+
+
+def run_load(port: int, users: list[str], concurrency: int, seconds: float) -> dict:
+    """Closed-loop load from a separate interpreter, so the generator's GIL isn't the server's."""
+    code = (
+        "import json, sys; from bench.bench_serving import load_process; "
+        "a = json.load(sys.stdin); json.dump(load_process(a['port'], a['users'], a['c'], a['s']), sys.stdout)"
+    )
+    payload = json.dumps({"port": port, "users": users, "c": concurrency, "s": seconds})
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, text=True, cwd=REPO, timeout=seconds + 120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    result = json.loads(done.stdout)
+    return summarize(result["latencies"], result["elapsed"], result["errors"])
+
+
+def summarize(latencies: list[float], elapsed: float, errors: int) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+    return {
+        "requests": len(ordered),
+        "rps": len(ordered) / elapsed if elapsed else 0.0,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+    }
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready on :{port}: {log.read_text()[-3000:]}")
+
+
+def warm_up(port: int, users: list[str]) -> None:
+    run_load(port, users, 4, 2)
+
+
+# ------------------------------------------------------------------------------ stack
+
+
+def build_stack(home: Path) -> dict:
+    """Embedded Postgres + one month loaded, materialized, a champion trained, registered and imported."""
+    import psycopg
+
+    env = {
+        "STREAMFLOW_HOME": str(home / "state"),
+        "STREAMFLOW_DROPS_DIR": str(home / "drops"),
+        "STREAMFLOW_PG_EMBEDDED_PORT": str(free_port()),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "PYTHONPATH": str(REPO / "plugins"),
+    }
+    for name in ("STREAMFLOW_DB_URL", "STREAMFLOW_FEAST_ONLINE_STORE"):
+        os.environ.pop(name, None)
+    os.environ.update(env)
+
+    from streamflow_mlops import embedded, features, registry
+    from streamflow_mlops.generate import DropSpec, write_drop
+    from streamflow_mlops.settings import FEATURE_SERVICE, get_settings
+    from streamflow_mlops.training import train_model
+    from streamflow_mlops.warehouse import create_schema, load_drop
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    embedded.up(settings)
+    spec = DropSpec(0, users=USERS)
+    folder = write_drop(spec, settings.drops_dir)
+    with psycopg.connect(settings.db_url) as conn:
+        create_schema(conn)
+        with conn.transaction():
+            load_drop(conn, folder, spec.as_of)
+        users = [r[0] for r in conn.execute("SELECT user_id FROM streamflow.users ORDER BY md5(user_id)")]
+    features.apply_repo(settings)
+    features.materialize_month("month_000", settings)
+    trained = train_model(features.build_training_set("month_000"), 42, features=features.feature_names())
+    logged = registry.log_trained_model(
+        trained, month="month_000", as_of=spec.as_of, feature_service=FEATURE_SERVICE, settings=settings
+    )
+    registry.set_champion(registry.configure_mlflow(settings), logged["version"], {"decision": "bench"})
+    return {"settings": settings, "env": {**os.environ, **env}, "users": users, "version": logged["version"]}
+
+
+# ------------------------------------------------------------------------------ floor
+
+
+def floor(settings, users: list[str], seconds: float) -> dict:
+    """In-process: one SQL read of the features + one pipeline call per user (and per 32 users)."""
+    from streamflow_mlops import serving
+
+    reader = serving.build_reader(settings)
+    champion = serving.load_champion(serving.newest_imported_tag())
+    fs = champion.feature_service
+    reader.read(users[:32], fs)
+
+    def single(u: str) -> None:
+        champion.model.predict_proba([reader.read([u], fs)[u]])
+
+    latencies, read_s, model_s = [], 0.0, 0.0
+    deadline = time.perf_counter() + seconds / 2
+    i = 0
+    while time.perf_counter() < deadline:
+        u = users[i % len(users)]
+        t0 = time.perf_counter()
+        rows = reader.read([u], fs)
+        t1 = time.perf_counter()
+        champion.model.predict_proba([rows[u]])
+        t2 = time.perf_counter()
+        latencies.append(t2 - t0)
+        read_s += t1 - t0
+        model_s += t2 - t1
+        i += 1
+    single_stats = summarize(latencies, sum(latencies), 0)
+    batch_lat = []
+    deadline = time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline:
+        batch = [users[(i + k) % len(users)] for k in range(32)]
+        t0 = time.perf_counter()
+        rows = reader.read(batch, fs)
+        champion.model.predict_proba([rows[u] for u in batch])
+        batch_lat.append(time.perf_counter() - t0)
+        i += 32
+    return {
+        "single": single_stats,
+        "read_ms": read_s / len(latencies) * 1000,
+        "model_ms": model_s / len(latencies) * 1000,
+        "batch32_per_user_ms": statistics.mean(batch_lat) / 32 * 1000,
+    }
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def serve(cmd: list[str], env: dict, port: int, ready_path: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    wait_ready(port, ready_path, proc, log)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    print(f"machine: {machine()}")
+    print(f"users {USERS:,}, {SECONDS:.0f}s per level, bento workers {BENTO_WORKERS}")
+    with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
+        home = Path(tmp)
+        started = time.perf_counter()
+        stack = build_stack(home)
+        print(f"stack ready in {time.perf_counter() - started:.0f}s (champion v{stack['version']})")
+        users = stack["users"][:2000]
+        bin_dir = Path(sys.executable).parent
+        results: dict[str, dict[int, dict]] = {}
+        targets = {
+            "seeds": (
+                [str(bin_dir / "uvicorn"), "--factory", "bench.bench_serving:seed_app", "--host", "127.0.0.1",
+                 "--log-level", "warning", "--no-access-log"],
+                "/docs",
+            ),
+            "bento": (
+                [str(bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService"],
+                "/readyz",
+            ),
+        }
+        env = {**stack["env"], "STREAMFLOW_SERVICE_WORKERS": BENTO_WORKERS}
+        try:
+            for name, (cmd, ready) in targets.items():
+                port = free_port()
+                proc = serve([*cmd, "--port", str(port)], env, port, ready, home / f"{name}.log")
+                try:
+                    warm_up(port, users)
+                    results[name] = {c: run_load(port, users, c, SECONDS) for c in CONCURRENCY}
+                finally:
+                    stop(proc)
+            floor_stats = floor(stack["settings"], users, SECONDS)
+        finally:
+            from streamflow_mlops import embedded
+
+            embedded.stop_embedded(stack["settings"])
+
+    print(f"\n{'target':<8}{'conc':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for name, by_c in results.items():
+        for c, r in by_c.items():
+            print(f"{name:<8}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}")
+    single = floor_stats["single"]
+    print(
+        f"{'floor':<8}{1:>6}{single['rps']:>10.0f}{single['p50_ms']:>10.2f}{single['p99_ms']:>10.2f}{0:>8}"
+        f"   (read {floor_stats['read_ms']:.2f} ms + model {floor_stats['model_ms']:.2f} ms per user;"
+        f" 32 per call: {floor_stats['batch32_per_user_ms']:.3f} ms per user)"
+    )
+    seeds32, bento32 = results["seeds"][32]["rps"], results["bento"][32]["rps"]
+    per_request_ms = 1000 / bento32 if bento32 else float("nan")
+    print(
+        f"\nbento vs seeds at c=32: {bento32 / seeds32:.1f}x; bento p99 at c=8: {results['bento'][8]['p99_ms']:.1f} ms;"
+        f" bento cost per request at c=32: {per_request_ms:.2f} ms of wall time on 2 cores"
+        f" vs the floor's {1000 / single['rps']:.2f} ms single / {floor_stats['batch32_per_user_ms']:.3f} ms batched"
+    )
+
+
+if __name__ == "__main__":
+    main()
