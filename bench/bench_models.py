@@ -67,13 +67,21 @@ def measure(frame, truth, classifier: str, seed: int) -> dict[str, float]:
     }
 
 
+def table_row(label: str, seed: str, r: dict[str, float]) -> str:
+    return (
+        f"{label:<14}{seed:>6}{r['val_auc']:>9.4f}{r['best_auc']:>8.4f}{r['val_auc'] / r['best_auc']:>7.3f}"
+        f"{r['val_f1']:>7.3f}{r['fit_s']:>8.2f}{r['pipe_1_ms']:>11.2f}{r['pipe_100_ms']:>13.2f}"
+        f"{r['raw_1_ms']:>10.2f}{r['raw_100_ms']:>12.2f}"
+    )
+
+
 def main() -> None:
     spec = DropSpec(month=0)
     tables, truth = build_drop(spec)
     frame = frame_from_tables(tables, spec.as_of)
     print(f"bench_models: month_000, {len(frame)} users, seeds {SEEDS}; machine: {machine()}")
     header = (
-        f"{'model':<8}{'seed':>6}{'val_auc':>9}{'best':>8}{'ratio':>7}{'f1':>7}{'fit s':>8}"
+        f"{'model':<14}{'seed':>6}{'val_auc':>9}{'best':>8}{'ratio':>7}{'f1':>7}{'fit s':>8}"
         f"{'pipe 1 ms':>11}{'pipe 100 ms':>13}{'raw 1 ms':>10}{'raw 100 ms':>12}"
     )
     print(header)
@@ -81,20 +89,11 @@ def main() -> None:
     for classifier in CLASSIFIERS:
         rows = [measure(frame, truth, classifier, seed) for seed in SEEDS]
         for seed, r in zip(SEEDS, rows, strict=True):
-            print(
-                f"{classifier:<8}{seed:>6}{r['val_auc']:>9.4f}{r['best_auc']:>8.4f}{r['val_auc'] / r['best_auc']:>7.3f}"
-                f"{r['val_f1']:>7.3f}{r['fit_s']:>8.2f}{r['pipe_1_ms']:>11.2f}{r['pipe_100_ms']:>13.2f}"
-                f"{r['raw_1_ms']:>10.2f}{r['raw_100_ms']:>12.2f}"
-            )
+            print(table_row(classifier, str(seed), r))
         summary[classifier] = {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
-    print("mean over seeds:")
-    print(header.replace("seed", "    "))
+    print("mean over seeds (best = AUC of the true probabilities on the same rows; ratio = val_auc / best):")
     for classifier, r in summary.items():
-        print(
-            f"{classifier:<8}{'':>6}{r['val_auc']:>9.4f}{r['best_auc']:>8.4f}{r['val_auc'] / r['best_auc']:>7.3f}"
-            f"{r['val_f1']:>7.3f}{r['fit_s']:>8.2f}{r['pipe_1_ms']:>11.2f}{r['pipe_100_ms']:>13.2f}"
-            f"{r['raw_1_ms']:>10.2f}{r['raw_100_ms']:>12.2f}"
-        )
+        print(table_row(classifier, "mean", r))
 
 
 if __name__ == "__main__":
