@@ -110,22 +110,26 @@ def naive_load(url: str, folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def measure(server: str, workdir: Path, users: int) -> list[tuple[str, int, float]]:
+def measure(server: str, workdir: Path, users: int) -> None:
+    """Print each step's figures as soon as it is measured (the naive 1M load takes minutes)."""
     spec = DropSpec(0, users=users)
     folder = write_drop(spec, workdir / f"u{users}")
     rows = users * len(RAW_TABLES)
+
+    def show(step: str, seconds: float) -> None:
+        print(f"{users:>9,}  {step:<42} {rows:>10,} {seconds:>8.1f} {rows / seconds:>11,.0f}", flush=True)
+
     validation = validate_drop(folder, REPO_ROOT / "expectations")
     assert validation.success, validation.reasons
+    show("GE validation (2 views, 6 suites)", validation.seconds)
     with scratch_database(server) as url:
         load = copy_load(url, folder, spec)
+    show("COPY load (raw + snapshots, 1 txn)", load)
+    show("validate + load", validation.seconds + load)
     with scratch_database(server) as url:
         naive = naive_load(url, folder)
-    return [
-        ("GE validation (2 views, 6 suites)", rows, validation.seconds),
-        ("COPY load (raw + snapshots, 1 txn)", rows, load),
-        ("validate + load", rows, validation.seconds + load),
-        ("naive load: read_csv + to_sql (raw only)", rows, naive),
-    ]
+    show("naive load: read_csv + to_sql (raw only)", naive)
+    print(f"{users:>9,}  COPY load is {naive / load:.1f}x the naive load (while also building the snapshots)")
 
 
 def main() -> None:
@@ -134,14 +138,7 @@ def main() -> None:
     print(f"{'users':>9}  {'step':<42} {'rows':>10} {'seconds':>8} {'rows/s':>11}")
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp, postgres_server(Path(tmp)) as server:
         for users in sizes:
-            results = measure(server, Path(tmp), users)
-            for step, rows, seconds in results:
-                print(f"{users:>9,}  {step:<42} {rows:>10,} {seconds:>8.1f} {rows / seconds:>11,.0f}", flush=True)
-            copy_s, naive_s = results[1][2], results[3][2]
-            print(
-                f"{users:>9,}  COPY load is {naive_s / copy_s:.1f}x the naive load (while also building the snapshots)",
-                flush=True,
-            )
+            measure(server, Path(tmp), users)
 
 
 if __name__ == "__main__":
