@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
+
+# One OpenMP/BLAS thread per worker, set before numpy or sklearn load their runtimes: requests
+# already run side by side, and on a small machine a model's thread team spinning at its
+# barriers costs more than it gives on a few rows (an operator's own setting wins).
+for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads_var, "1")
+# BentoML 1.4 reads `model_fields` off each request's input model, a pydantic 2.11 deprecation:
+# printed again whenever a library resets the warning registry, it wrote a log line every few requests.
+warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance")
 
 # The library lives in plugins/ both in the repository and inside the built bento (same layout),
 # which is how Airflow finds it too; put it on the path the same way in both places.
@@ -45,6 +55,9 @@ class Prediction(BaseModel):
     features: dict[str, Any]
 
 
+API_ROUTES = ["/predict", "/predict_batch", "/features"]
+
+
 def error_response(error: serving.ServingError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
@@ -56,6 +69,9 @@ def error_response(error: serving.ServingError) -> JSONResponse:
     # A log line per request costs more than the prediction itself at a few hundred req/s; requests
     # are counted in /metrics and every prediction is in prediction_log.
     logging={"access": {"enabled": os.environ.get("STREAMFLOW_SERVICE_ACCESS_LOG", "") == "1"}},
+    # OpenTelemetry's middleware builds a span per request even with no exporter configured, about a
+    # fifth of a request's CPU here; STREAMFLOW_SERVICE_TRACING=1 traces the API routes again.
+    tracing={} if os.environ.get("STREAMFLOW_SERVICE_TRACING", "") == "1" else {"excluded_urls": API_ROUTES},
     http={"host": os.environ.get("STREAMFLOW_SERVICE_HOST", "127.0.0.1"), "port": get_settings().service_port},
 )
 class ChurnService:

@@ -202,6 +202,86 @@ def test_pipeline_model_runs_single_threaded():
     assert scores.shape == (1,) and 0.0 <= scores[0] <= 1.0
 
 
+@functools.cache
+def generated_month() -> pd.DataFrame:
+    from streamflow_mlops.generate import DropSpec, build_drop
+    from streamflow_mlops.training import frame_from_tables
+
+    spec = DropSpec(0, users=1200)
+    return frame_from_tables(build_drop(spec)[0], spec.as_of)
+
+
+@pytest.mark.parametrize("classifier", ["hgb", "spline_logreg", "logreg", "rf"])
+def test_array_scoring_gives_the_pipeline_probabilities_exactly(classifier):
+    from streamflow_mlops.schema import FEATURE_NAMES
+    from streamflow_mlops.training import build_pipeline
+
+    frame = generated_month()
+    columns = list(FEATURE_NAMES)
+    pipeline = build_pipeline(classifier, 0, columns).fit(frame[columns], frame["churn_label"])
+    model = PipelineModel(pipeline, columns)
+    assert model.fast is not None
+    rows = frame[columns].to_dict("records")
+    # Beyond the fitted range (spline extrapolation), an unseen category (one-hot "ignore"), ints as floats.
+    rows[:3] = [
+        rows[0] | {"monthly_fee": 10_000.0, "watch_hours_30d": -5.0},
+        rows[1] | {"net_service": "Satellite", "paperless_billing": True},
+        rows[2] | {"months_active": 0, "support_tickets_90d": 40},
+    ]
+    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=columns))[:, 1]
+    assert np.array_equal(model.fast.predict_proba(rows), expected)
+    # One row at a time too (BLAS may sum a single row in another order than a batch, for both paths).
+    for row in rows[:40]:
+        one = pipeline.predict_proba(pd.DataFrame([row], columns=columns))[:, 1]
+        assert np.array_equal(model.fast.predict_proba([row]), one)
+    assert model.verify(rows[:5]) and model.fast is not None
+
+
+@pytest.mark.parametrize("extrapolation", ["linear", "constant"])
+@pytest.mark.parametrize(("degree", "include_bias"), [(2, True), (3, False), (3, True)])
+def test_spline_step_repeats_spline_transformer_exactly(extrapolation, degree, include_bias):
+    from sklearn.preprocessing import SplineTransformer
+
+    rng = np.random.default_rng(0)
+    fitted = SplineTransformer(
+        n_knots=5, degree=degree, extrapolation=extrapolation, include_bias=include_bias
+    ).fit(rng.normal(size=(200, 3)))
+    values = rng.normal(scale=3.0, size=(300, 3))  # a good share beyond the fitted range on both sides
+    assert np.array_equal(serving.spline_step(fitted)(values), fitted.transform(values))
+    with pytest.raises(ValueError):
+        serving.spline_step(fitted)(np.array([[np.nan, 0.0, 0.0]]))
+    assert serving.spline_step(SplineTransformer(degree=1).fit(rng.normal(size=(50, 1)))) is None
+
+
+def test_a_fast_path_that_disagrees_is_dropped_for_the_pipeline():
+    model = PipelineModel(fitted_model().pipeline, FEATURES)
+    assert model.fast is not None
+    rows = [{"monthly_fee": 15.0, "net_service": "DSL"}, {"monthly_fee": 85.0, "net_service": "No"}]
+    expected = model.frame_predict_proba(rows)
+    classifier = model.fast.classifier
+    model.fast = serving.ArrayPipeline(model.fast.branches, (lambda values: values * 2,), classifier, model.fast.scores)
+    assert not model.verify(rows)
+    assert model.fast is None
+    assert np.array_equal(model.predict_proba(rows), expected)
+
+
+def test_pipelines_of_other_shapes_are_scored_through_the_pipeline():
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame({"monthly_fee": [10.0, 90.0, 20.0, 80.0], "net_service": ["DSL", "No", "DSL", "No"]})
+    bare = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(frame[["monthly_fee"]], [0, 1, 0, 1])
+    dropping = Pipeline(
+        [
+            ("encode", ColumnTransformer([("cat", OneHotEncoder(drop="first"), ["net_service"])])),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(frame, [0, 1, 0, 1])
+    assert serving.compile_pipeline(bare) is None
+    assert serving.compile_pipeline(dropping) is None
+    model = PipelineModel(dropping, FEATURES)
+    assert model.predict_proba([{"monthly_fee": 1.0, "net_service": "No"}]).shape == (1,)
+
+
 def test_watcher_swaps_only_when_the_alias_moves():
     holder = ModelHolder()
     wanted = {"version": "1"}
