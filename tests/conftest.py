@@ -7,8 +7,10 @@ otherwise they start the embedded server from the pip wheel, exactly as `make de
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def pg_server(tmp_path_factory) -> str:
     if external:
         yield replace_database(external, "postgres")
         return
-    home = tmp_path_factory.mktemp("embedded")
+    # Not under pytest's basetemp: pytest prunes old basetemp folders, and a second pytest run on
+    # the same machine would delete this server's data directory under it.
+    home = Path(tempfile.mkdtemp(prefix="streamflow-test-pg-"))
     settings = Settings(
         repo_root=REPO, state_dir=home, drops_dir=home / "drops", db_url_override=None,
         mlflow_tracking_uri_override=None, embedded_pg_port=free_port(), online_store_override=None,
@@ -43,6 +47,7 @@ def pg_server(tmp_path_factory) -> str:
     url = embedded.start_embedded(settings)
     yield replace_database(url, "postgres")
     embedded.stop_embedded(settings)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
