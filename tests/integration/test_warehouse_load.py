@@ -25,7 +25,8 @@ def partitions(conn) -> dict[str, list[str]]:
         "SELECT parent.relname, child.relname || ' ' || pg_get_expr(child.relpartbound, child.oid) || ' '"
         " || coalesce((SELECT string_agg(conname, ',') FROM pg_constraint WHERE conrelid = child.oid), '') "
         "FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent JOIN pg_class child ON child.oid = inhrelid "
-        "JOIN pg_namespace n ON n.oid = parent.relnamespace WHERE n.nspname = 'streamflow' AND parent.relkind = 'p' ORDER BY 1, 2"
+        "JOIN pg_namespace n ON n.oid = parent.relnamespace "
+        "WHERE n.nspname = 'streamflow' AND parent.relkind = 'p' ORDER BY 1, 2"
     ).fetchall()
     found: dict[str, list[str]] = {}
     for parent, child in rows:
