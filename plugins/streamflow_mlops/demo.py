@@ -286,6 +286,7 @@ class Stack:
         self.bin_dir = Path(sys.executable).parent
         self.processes: Processes | None = None
         self.api: AirflowAPI | None = None
+        self.warm = False
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -312,6 +313,10 @@ class Stack:
         ])
         for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
+        # A second run has a champion already: the service can start while Airflow boots.
+        self.warm = lifecycle_done(self.settings)
+        if self.warm:
+            self.launch_service()
         wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
         wait_for("Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240,
                  self.processes)
@@ -331,17 +336,21 @@ class Stack:
         return runs
 
     def lifecycle(self) -> None:
-        if lifecycle_done(self.client_settings):
+        if self.warm:
             say("lifecycle already ran: reusing the warehouse, features and champion")
             return
         for month in DEMO_MONTHS:
             self.run_month(month)
 
+    def launch_service(self) -> None:
+        if "churn-service" not in self.processes.running:
+            self.processes.start("churn-service", [
+                str(self.bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService",
+                "--host", "127.0.0.1", "--port", str(self.settings.service_port),
+            ], cwd=self.settings.repo_root)
+
     def serve(self) -> None:
-        self.processes.start("churn-service", [
-            str(self.bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService",
-            "--host", "127.0.0.1", "--port", str(self.settings.service_port),
-        ], cwd=self.settings.repo_root)
+        self.launch_service()
         wait_for("churn service", lambda: http_ok(f"{self.service_url}/readyz"), 240, self.processes)
 
     def report(self) -> None:
