@@ -64,7 +64,10 @@ def error_response(error: serving.ServingError) -> JSONResponse:
 
 @bentoml.service(
     name="churn_service",
-    workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS", "1")),
+    # A worker's event loop tops out near one core (HTTP parsing and BentoML's request path are
+    # most of a request's CPU), so one worker per core, up to 4: on 2 cores 2 workers gave ~1.6x
+    # one worker's requests/s at concurrency 32 (bench/bench_serving.py).
+    workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1)),
     traffic={"timeout": 30, "max_concurrency": 512},
     # A log line per request costs more than the prediction itself at a few hundred req/s; requests
     # are counted in /metrics and every prediction is in prediction_log.

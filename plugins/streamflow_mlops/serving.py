@@ -35,6 +35,8 @@ MAX_COALESCED = 64
 # A request waits at most this long for its batch; past it the answer is a 503, never a hang.
 REQUEST_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 10.0
+# How long a request waits for a starting worker's first champion (loading one takes a few seconds).
+FIRST_LOAD_WAIT_S = 8.0
 
 
 class ServingError(Exception):
@@ -579,6 +581,8 @@ class ModelHolder:
     def __init__(self) -> None:
         self._champion: Champion | None = None
         self._lock = threading.Lock()
+        self._settled = threading.Event()
+        self._settled.set()
 
     @property
     def champion(self) -> Champion | None:
@@ -587,7 +591,20 @@ class ModelHolder:
     def swap(self, champion: Champion) -> Champion | None:
         with self._lock:
             previous, self._champion = self._champion, champion
+        self._settled.set()
         return previous
+
+    def loading(self) -> None:
+        """A first champion is being loaded: `wait_for_first` waits for it."""
+        self._settled.clear()
+
+    def settle(self) -> None:
+        """The first load attempt is over (with or without a champion): nobody waits any more."""
+        self._settled.set()
+
+    def wait_for_first(self, timeout_s: float) -> Champion | None:
+        self._settled.wait(timeout_s)
+        return self._champion
 
 
 def newest_imported_tag() -> str | None:
@@ -823,6 +840,10 @@ class ChurnScorer:
     def require_champion(self) -> Champion:
         champion = self.holder.champion
         if champion is None:
+            # A worker that just started takes requests while its first champion loads (several
+            # workers share one port and /readyz answers from one of them): wait rather than 503.
+            champion = self.holder.wait_for_first(FIRST_LOAD_WAIT_S)
+        if champion is None:
             raise Unavailable("model", "no champion loaded yet")
         return champion
 
@@ -1050,12 +1071,16 @@ class ServiceRuntime:
             return False
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        try:
             self.poll()
-            self._stop.wait(self.poll_interval_s)
+        finally:
+            self.holder.settle()
+        while not self._stop.wait(self.poll_interval_s):
+            self.poll()
 
     def start(self) -> None:
         self.log.start()
+        self.holder.loading()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
         self._thread.start()
 

@@ -147,6 +147,24 @@ def test_load_champion_gives_the_raw_pipeline_with_its_threshold(served_stack):
     assert scores.shape == (3,)
 
 
+def test_array_scoring_equals_the_pipeline_on_feast_features(served_stack):
+    import numpy as np
+
+    from streamflow_mlops import registry
+
+    reader = serving.FeastSdkReader(served_stack.settings)
+    client = registry.configure_mlflow(served_stack.settings)
+    # v1 last, so the store's newest model stays the champion the other tests expect.
+    for version in reversed(served_stack.versions):  # a logistic regression and an HGB champion
+        champion = serving.load_champion(registry.import_to_bentoml(client, version, served_stack.settings))
+        assert champion.model.fast is not None, f"v{version} is scored through the DataFrame path"
+        rows = reader.read(served_stack.users, champion.feature_service)
+        batch = [rows[u] for u in served_stack.users]
+        assert np.array_equal(champion.model.predict_proba(batch), champion.model.frame_predict_proba(batch))
+        for row in batch[:25]:
+            assert np.array_equal(champion.model.predict_proba([row]), champion.model.frame_predict_proba([row]))
+
+
 # ------------------------------------------------------------------------------ HTTP
 
 

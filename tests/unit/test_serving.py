@@ -156,6 +156,27 @@ def test_no_champion_or_store_down_is_unavailable():
     assert no_store.value.what == "feature_store"
 
 
+def test_requests_wait_for_a_starting_workers_first_champion():
+    holder = ModelHolder()
+    holder.loading()
+    outcomes: list = []
+    waiting = threading.Thread(target=lambda: outcomes.append(ChurnScorer(holder, TableReader(ROWS)).score(["0001-AAAAA"])))
+    waiting.start()
+    time.sleep(0.2)
+    assert outcomes == []  # still waiting, not a 503
+    holder.swap(champion())
+    waiting.join(timeout=5)
+    assert outcomes[0][0]["user_id"] == "0001-AAAAA"
+
+    empty = ModelHolder()
+    empty.loading()
+    empty.settle()  # the first load attempt found nothing: no more waiting
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        ChurnScorer(empty, TableReader(ROWS)).score(["0001-AAAAA"])
+    assert time.monotonic() - started < serving.FIRST_LOAD_WAIT_S
+
+
 def test_features_answers_the_champion_feature_service():
     assert scorer().features("0002-BBBBB") == {
         "user_id": "0002-BBBBB",
