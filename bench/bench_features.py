@@ -1,20 +1,26 @@
-"""Feast: materialization throughput and online lookup latency, next to the floor.
+"""Feast: materialization throughput, Feast's stock path next to the bulk engine; online lookups.
 
 For each size (default 7,043 and 1,000,000 users, one month): a drop is generated and loaded
 into the snapshot tables (setup, not timed here: see bench_ingest), `feast apply` runs in-process,
-then `materialize_month` writes the month into the sqlite online store (the embedded default)
-with 1 and with 2 worker processes; figures are users/s and feature values/s. Goal: 1,000,000
-users in under 4 minutes.
+then the month is materialized into a fresh sqlite online store (the embedded default) by:
+- `feast stock`: Feast's own local engine (`batch_engine: local`): a proto per value, one INSERT
+  per feature value;
+- `bulk`: `materialize_month`, i.e. the repo's `BulkComputeEngine` (one `executemany` per batch
+  of Arrow rows, see plugins/streamflow_mlops/bulk_materialization.py), with 1 and 2 worker
+  processes, then once more over the filled store (`bulk, update`: what a monthly re-run does).
+Figures: seconds, users/s and rows/s (a row is one feature value of one user, as stored). Both
+paths leave byte-identical tables (tests/unit/test_feature_repo.py). Goal: 1M users < 4 minutes.
 
-Online lookups on the materialized store, 1 and 100 users per call, p50/p99 of:
+Then online lookups on the materialized store, 1 and 100 users per call, p50/p99 of:
 - `sdk`: `FeatureStore.get_online_features(FeatureService)`, what serving calls;
 - `lookup`: `streamflow_mlops.features.online_features` (the SDK plus unknown/missing reporting);
 - `floor`: one direct SQL read of the same sqlite rows (one UNION over the four view tables) and
   the protobuf parse, i.e. the least work that returns the same values.
-Then a profile of the SDK's 1-user call, to say where the time above the floor goes.
+And the point-in-time training set (`build_training_set`, Feast's historical retrieval).
 
 Postgres: `STREAMFLOW_BENCH_DB_URL` (a server's `postgres` database), else a temporary embedded
-server. Knobs: `BENCH_FEATURES_USERS=7043,1000000`, `BENCH_FEATURES_WORKERS=1,2`.
+server. Knobs: `BENCH_FEATURES_USERS=7043,1000000`, `BENCH_FEATURES_WORKERS=1,2`,
+`BENCH_FEATURES_STOCK_MAX_USERS=1000000` (larger sizes skip Feast's stock path: ~15 min at 1M).
 Run: `python -m bench.bench_features` (or `make bench`).
 """
 
@@ -24,6 +30,7 @@ import cProfile
 import os
 import platform
 import pstats
+import resource
 import socket
 import sqlite3
 import sys
@@ -37,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 import psycopg  # noqa: E402
+
 from streamflow_mlops import embedded, features  # noqa: E402
 from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES  # noqa: E402
@@ -167,6 +175,99 @@ def sdk_profile(store, service, users: list[str], calls: int = 300) -> list[tupl
     return shares
 
 
+def variant_settings(db_url: str, state_dir: Path) -> Settings:
+    return Settings(
+        repo_root=REPO_ROOT,
+        state_dir=state_dir,
+        drops_dir=state_dir,
+        db_url_override=db_url,
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=0,
+        online_store_override=None,
+    )
+
+
+def fresh_online_tables(store) -> None:
+    """Create the views' sqlite tables in this store's (new) file.
+
+    Not `feast apply`: the registry is shared by the variants, and its plan would drop the tables
+    of the file it last recorded (the previous variant's) to create this one's.
+    """
+    store._get_provider().update_infra(
+        store.project,
+        tables_to_delete=[],
+        tables_to_keep=store.list_feature_views(),
+        entities_to_delete=[],
+        entities_to_keep=store.list_entities(),
+        partial=False,
+    )
+    features._sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the worker processes), not Postgres's."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def clock():
+    """Wall and CPU seconds of the block: on a shared machine the wall time says how busy it was."""
+    spent = {}
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    yield spent
+    spent.update(wall=time.perf_counter() - wall, cpu=cpu_seconds() - cpu)
+
+
+def materialize_line(label: str, users: int, spent: dict[str, float]) -> str:
+    seconds, rows = spent["wall"], users * len(FEATURE_NAMES)
+    return (
+        f"  materialize {users:>9,} users  {label:<19} {seconds:8.1f} s (cpu {spent['cpu']:6.1f} s)  "
+        f"{users / seconds:9,.0f} users/s  {rows / seconds:10,.0f} rows/s  "
+        f"(1M users in ~{1_000_000 / (users / seconds) / 60:.1f} min)"
+    )
+
+
+def bench_materialization(
+    db_url: str, workdir: Path, users: int, workers_list: list[int]
+) -> tuple[list[str], Settings]:
+    """Feast's stock engine, then the bulk engine per worker count, each into a new sqlite file."""
+    from feast import FeatureStore
+
+    lines = []
+    as_of = features.month_as_of_ts(MONTH)
+    stock_max = int(os.environ.get("BENCH_FEATURES_STOCK_MAX_USERS", "1000000"))
+    if users <= stock_max:
+        settings = variant_settings(db_url, workdir / f"stock_{users}")
+        config = features.repo_config(settings)
+        config.batch_engine_config = "local"
+        settings.state_dir.mkdir(parents=True)
+        store = FeatureStore(repo_path=str(settings.feature_repo), config=config)
+        fresh_online_tables(store)
+        ttl = store.list_feature_views()[0].ttl
+        start, end = features.materialization_window(as_of, ttl)
+        with clock() as spent:
+            store.materialize(start_date=start, end_date=end)
+        lines.append(materialize_line("feast stock", users, spent))
+        print(lines[-1], flush=True)
+    else:
+        lines.append(f"  materialize {users:>9,} users  feast stock       skipped (BENCH_FEATURES_STOCK_MAX_USERS)")
+    for workers in workers_list:
+        settings = variant_settings(db_url, workdir / f"bulk_{users}_w{workers}")
+        settings.state_dir.mkdir(parents=True)
+        fresh_online_tables(features.feature_store(settings))
+        with clock() as spent:
+            features.materialize_month(MONTH, settings, workers=workers)
+        lines.append(materialize_line(f"bulk, workers={workers}", users, spent))
+        print(lines[-1], flush=True)
+    with clock() as spent:
+        features.materialize_month(MONTH, settings, workers=workers_list[-1])
+    lines.append(materialize_line(f"bulk update, workers={workers_list[-1]}", users, spent))
+    print(lines[-1], flush=True)
+    features.check_parity(MONTH, settings=settings)
+    return lines, settings
+
+
 def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) -> list[str]:
     lines = []
     with scratch_database(server) as db_url:
@@ -177,26 +278,17 @@ def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) 
             with conn.transaction():
                 load_drop(conn, folder, DropSpec(0).as_of)
         print(f"  setup {users:,} users: generated and loaded in {time.perf_counter() - started:.0f}s", flush=True)
-        settings = Settings(
-            repo_root=REPO_ROOT,
-            state_dir=workdir / f"state_{users}",
-            drops_dir=workdir,
-            db_url_override=db_url,
-            mlflow_tracking_uri_override=None,
-            embedded_pg_port=0,
-            online_store_override=None,
+        features.apply_repo(variant_settings(db_url, workdir / f"apply_{users}"))
+        materialized, settings = bench_materialization(db_url, workdir, users, workers_list)
+        lines += materialized
+
+        started = time.perf_counter()
+        training = features.build_training_set(MONTH, settings=settings)
+        seconds = time.perf_counter() - started
+        lines.append(
+            f"  training set {len(training):>8,} users x {len(FEATURE_NAMES)} features (PIT join)  {seconds:8.1f} s"
         )
-        features.apply_repo(settings)
-        for workers in workers_list:
-            report = features.materialize_month(MONTH, settings, workers=workers)
-            seconds = report["seconds"]
-            lines.append(
-                f"  materialize {users:>9,} users  workers={workers}  {seconds:8.1f} s  "
-                f"{users / seconds:9,.0f} users/s  {users * len(FEATURE_NAMES) / seconds:10,.0f} values/s"
-                + (f"  (1M users in ~{1_000_000 / (users / seconds) / 60:.1f} min)" if users < 1_000_000 else "")
-            )
-            print(lines[-1], flush=True)
-        features.check_parity(MONTH, settings=settings)
+        print(lines[-1], flush=True)
 
         with psycopg.connect(db_url) as conn:
             sample = features.parity_sample_users(conn, features.month_as_of_ts(MONTH), 100)
@@ -230,6 +322,7 @@ def main() -> None:
     workers_list = [int(s) for s in os.environ.get("BENCH_FEATURES_WORKERS", "1,2").split(",")]
     print(f"machine: {machine()}")
     print(f"online store: sqlite (embedded default); month {MONTH}; {len(FEATURE_NAMES)} features in 4 views")
+    print("(machine load matters: other processes may share these cores; the load average is printed above)")
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp, postgres_server(Path(tmp)) as server:
         for users in sizes:

@@ -4,6 +4,10 @@ and look users up online.
 One `FeatureStore` per settings, built from `feature_repo/feature_store.yaml` with the `${VARS}`
 of `Settings.feast_env()` laid over the process environment, so the CLI (`source .streamflow/env`)
 and the in-process code read the same file the same way without touching `os.environ`.
+
+Two Feast extension classes named in that file do the heavy lifting: `BulkComputeEngine`
+(`bulk_materialization.py`) materializes into the sqlite online store in bulk, and
+`HashJoinPostgreSQLOfflineStore` (`offline_store.py`) keeps the point-in-time join linear.
 """
 
 from __future__ import annotations
@@ -203,8 +207,8 @@ def materialize_month(month: str | int, settings: Settings | None = None, worker
 
     Stateless and idempotent: the window comes from the month, not from Feast's "last
     materialized" bookmark. Fails when the month's snapshots are not loaded. `workers > 1` splits
-    the feature views over that many processes; one is the default because on this 2-core machine
-    the split did not pay (see bench/bench_features.py).
+    the feature views over that many processes (they take turns on sqlite's one write lock); one
+    is the default, see bench/bench_features.py for both.
     """
     settings = settings or get_settings()
     store = feature_store(settings)

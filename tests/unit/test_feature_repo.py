@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value
+
 from streamflow_mlops import features
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, TIMESTAMP
 from streamflow_mlops.settings import FEATURE_SERVICE, Settings, get_settings
@@ -63,7 +65,7 @@ def test_repo_config_takes_everything_from_settings(settings):
     assert config.online_store.type == "sqlite" and config.online_store.path == str(
         settings.state_dir / "online_store.db"
     )
-    assert config.offline_store.type == "postgres" and config.offline_store.host == "db.internal"
+    assert config.offline_store.host == "db.internal"
     assert config.offline_store.port == 6543 and config.offline_store.password == "s3cret"
     assert config.registry.registry_type == "sql"
     assert config.registry.path == "postgresql+psycopg://sf:s3cret@db.internal:6543/streamflow"
@@ -150,3 +152,129 @@ def test_values_equal_handles_nan_none_and_exact_types():
     assert features.values_equal(float("nan"), float("nan"))
     assert not features.values_equal(None, 0)
     assert features.values_equal(3, 3) and not features.values_equal(True, False)
+
+
+# ---------------------------------------------------------------- bulk materialization, offline store
+
+
+def test_repo_config_names_the_bulk_engine_and_the_hash_join_offline_store(settings):
+    from streamflow_mlops.bulk_materialization import BulkComputeEngine
+    from streamflow_mlops.offline_store import HashJoinPostgreSQLOfflineStore
+
+    config = features.repo_config(settings)
+    assert config.batch_engine_config["type"].endswith(BulkComputeEngine.__name__)
+    assert config.offline_store.type.endswith(HashJoinPostgreSQLOfflineStore.__name__)
+    assert type(config.batch_engine).__name__ == "BulkComputeEngineConfig"
+
+
+def test_string_key_encoder_is_feasts_serialize_entity_key():
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+
+    from streamflow_mlops.bulk_materialization import string_key_encoder
+
+    ids = ["7590-VHVEG", "", "x" * 300, "ключ-ü", "0000-AAAAA"]
+    expected = [
+        serialize_entity_key(EntityKey(join_keys=[ENTITY], entity_values=[Value(string_val=u)]), 3) for u in ids
+    ]
+    assert string_key_encoder(ENTITY, 3).encode_many(ids) == expected
+
+
+def test_bulk_write_leaves_the_rows_feasts_own_write_leaves(tmp_path):
+    """Every feature type the bulk path takes, nulls, two timestamps and created timestamps: the
+    bulk write and Feast's stock proto path leave identical sqlite rows, and Feast reads them."""
+    import sqlite3
+
+    import pyarrow as pa
+    from feast import Entity, FeatureView, Field, ValueType
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.repo_config import RepoConfig
+    from feast.types import Bool, Bytes, Float32, Float64, Int32, Int64, String
+    from feast.utils import _convert_arrow_to_proto
+
+    from streamflow_mlops.bulk_materialization import can_write_in_bulk, write_arrow_batch
+
+    user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
+    types = {"s": String, "i": Int64, "i32": Int32, "f": Float64, "f32": Float32, "b": Bool, "raw": Bytes}
+    view = FeatureView(
+        name="view",
+        entities=[user],
+        ttl=timedelta(days=31),
+        schema=[Field(name=n, dtype=t) for n, t in types.items()],
+        source=PostgreSQLSource(name="src", table="t", timestamp_field="ts", created_timestamp_column="created"),
+    )
+    t1, t2 = datetime(2024, 1, 31, tzinfo=UTC), datetime(2024, 2, 29, 12, 30, tzinfo=UTC)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            ENTITY: ["b-2", "a-1", "ключ", "c-3"],
+            "s": ["DSL", None, "Fiber optic", "DSL"],
+            "i": [3, None, -7, 3],
+            "i32": pa.array([1, 2, None, 1], pa.int32()),
+            "f": [1.25, float("nan"), None, 70.43],
+            "f32": pa.array([0.5, None, 2.0, 0.5], pa.float32()),
+            "b": [True, False, None, True],
+            "raw": [b"\x00\x01", None, b"", b"\x00\x01"],
+            "ts": [t1, t2, t1, t2],
+            "created": [t2, t1, t1, t2],  # Feast's own write fails on a null created timestamp
+        }
+    )
+    join_keys = {ENTITY: ValueType.STRING}
+
+    def written(bulk: bool, rows: pa.RecordBatch) -> tuple[list, SqliteOnlineStore, RepoConfig]:
+        path = tmp_path / f"{'bulk' if bulk else 'feast'}.db"
+        config = RepoConfig(
+            project="p",
+            provider="local",
+            registry=str(tmp_path / "registry.db"),
+            online_store={"type": "sqlite", "path": str(path)},
+            entity_key_serialization_version=3,
+        )
+        store = SqliteOnlineStore()
+        store.update(config, [], [view], [], [user], partial=False)
+        if bulk:
+            assert can_write_in_bulk(store, config, view, join_keys)
+            write_arrow_batch(store, config, view, rows, ENTITY)
+        else:
+            store.online_write_batch(config, view, _convert_arrow_to_proto(rows, view, join_keys), None)
+        dump = sorted(sqlite3.connect(path).execute("SELECT *, typeof(event_ts), typeof(created_ts) FROM p_view"))
+        return dump, store, config
+
+    feast_rows, _, _ = written(False, batch)
+    bulk_rows, store, config = written(True, batch)
+    assert len(bulk_rows) == 4 * len(types) and bulk_rows == feast_rows
+    keys = [EntityKeyProto(join_keys=[ENTITY], entity_values=[Value(string_val=u)]) for u in ("ключ", "zz")]
+    (found_ts, found), (missing_ts, missing) = store.online_read(config, view, keys)
+    assert found_ts == t1 and found["i"].int64_val == -7 and found["s"].string_val == "Fiber optic"
+    assert found["b"] == Value() and missing is None and missing_ts is None
+
+    # An upsert over existing rows (the next month) also matches Feast's.
+    changed = batch.set_column(batch.schema.get_field_index("i"), "i", pa.array([9, 9, None, 1]))
+    assert written(True, changed)[0] == written(False, changed)[0]
+
+
+def test_bulk_write_is_only_for_feasts_sqlite_store(tmp_path):
+    from feast import Entity, FeatureView, Field, ValueType
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+    from feast.repo_config import RepoConfig
+    from feast.types import Array, Int64
+
+    from streamflow_mlops.bulk_materialization import can_write_in_bulk
+
+    user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
+    source = PostgreSQLSource(name="src", table="t", timestamp_field="ts")
+    scalar = FeatureView(name="v", entities=[user], schema=[Field(name="i", dtype=Int64)], source=source)
+    listed = FeatureView(name="w", entities=[user], schema=[Field(name="l", dtype=Array(Int64))], source=source)
+    config = RepoConfig(
+        project="p",
+        provider="local",
+        registry=str(tmp_path / "registry.db"),
+        online_store={"type": "sqlite", "path": str(tmp_path / "o.db")},
+        entity_key_serialization_version=3,
+    )
+    keys = {ENTITY: ValueType.STRING}
+    assert can_write_in_bulk(SqliteOnlineStore(), config, scalar, keys)
+    assert not can_write_in_bulk(object(), config, scalar, keys)  # Redis and friends: Feast's own step
+    assert not can_write_in_bulk(SqliteOnlineStore(), config, listed, keys)
+    assert not can_write_in_bulk(SqliteOnlineStore(), config, scalar, {ENTITY: ValueType.INT64})
