@@ -132,6 +132,17 @@ def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
     contents = _repo_contents(settings)
     apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
     store.refresh_registry()
+    # Feast's plan for sqlite diffs against the tables the shared registry recorded, not against the
+    # file: a new state dir over the same registry (an external Postgres) would get no tables at all.
+    # Creating them is idempotent (CREATE TABLE IF NOT EXISTS).
+    store._get_provider().update_infra(
+        store.project,
+        tables_to_delete=[],
+        tables_to_keep=contents.feature_views,
+        entities_to_delete=[],
+        entities_to_keep=contents.entities,
+        partial=False,
+    )
     conn = _sqlite_connection(store)
     if conn is not None:
         # WAL (a property of the file, kept across connections): the service keeps reading while a

@@ -17,6 +17,7 @@ from streamflow_mlops import features
 from streamflow_mlops.embedded import write_env_file
 from streamflow_mlops.generate import DropSpec, default_drift, write_drop
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
+from streamflow_mlops.settings import get_settings
 from streamflow_mlops.warehouse import create_schema, load_drop
 
 USERS = 300
@@ -130,6 +131,17 @@ def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path
         )
     with pytest.raises(features.FeatureParityError, match=rf"{sample[1]}\.skips_7d"):
         features.check_parity("month_000")
+
+
+def test_apply_makes_online_tables_in_a_new_state_dir_over_the_same_registry(stack_env, tmp_path, monkeypatch):
+    """An external Postgres keeps the registry; a new STREAMFLOW_HOME starts an empty sqlite file."""
+    load_months(stack_env, tmp_path, (0,))
+    features.apply_repo()
+    monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path / "another_state"))
+    get_settings.cache_clear()
+    features.apply_repo()
+    assert set(features.materialize_month("month_000")["users"].values()) == {USERS}
+    assert features.check_parity("month_000")["mismatches"] == 0
 
 
 def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):
