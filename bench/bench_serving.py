@@ -13,7 +13,8 @@ registered and imported. Then, side by side in one run, on 127.0.0.1:
 Each HTTP target gets a bounded closed-loop load (keep-alive connections on one asyncio loop in a
 separate load process) at concurrency 1, 8 and 32 for BENCH_SERVING_SECONDS seconds (default 20):
 requests/s, p50, p99, errors, the CPU the server's processes and the load generator spent per
-request, and the 1-minute load average (other work on the machine shows there). Run: `python -m bench serving` (or `make bench`).
+request, and the 1-minute load average (other work on the machine shows there).
+Run: `python -m bench serving` (or `make bench`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ def seed_app():
 
 def request_bytes(user_id: str) -> bytes:
     body = json.dumps({"user_id": user_id}).encode()
-    head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -360,8 +364,16 @@ def main() -> None:
         results: dict[str, dict[int, dict]] = {}
         targets = {
             "seeds": (
-                [str(bin_dir / "uvicorn"), "--factory", "bench.bench_serving:seed_app", "--host", "127.0.0.1",
-                 "--log-level", "warning", "--no-access-log"],
+                [
+                    str(bin_dir / "uvicorn"),
+                    "--factory",
+                    "bench.bench_serving:seed_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
                 "/docs",
             ),
             "bento": (

@@ -160,7 +160,9 @@ def test_requests_wait_for_a_starting_workers_first_champion():
     holder = ModelHolder()
     holder.loading()
     outcomes: list = []
-    waiting = threading.Thread(target=lambda: outcomes.append(ChurnScorer(holder, TableReader(ROWS)).score(["0001-AAAAA"])))
+    waiting = threading.Thread(
+        target=lambda: outcomes.append(ChurnScorer(holder, TableReader(ROWS)).score(["0001-AAAAA"]))
+    )
     waiting.start()
     time.sleep(0.2)
     assert outcomes == []  # still waiting, not a 503
@@ -264,9 +266,9 @@ def test_spline_step_repeats_spline_transformer_exactly(extrapolation, degree, i
     from sklearn.preprocessing import SplineTransformer
 
     rng = np.random.default_rng(0)
-    fitted = SplineTransformer(
-        n_knots=5, degree=degree, extrapolation=extrapolation, include_bias=include_bias
-    ).fit(rng.normal(size=(200, 3)))
+    fitted = SplineTransformer(n_knots=5, degree=degree, extrapolation=extrapolation, include_bias=include_bias).fit(
+        rng.normal(size=(200, 3))
+    )
     values = rng.normal(scale=3.0, size=(300, 3))  # a good share beyond the fitted range on both sides
     assert np.array_equal(serving.spline_step(fitted)(values), fitted.transform(values))
     with pytest.raises(ValueError):
@@ -290,7 +292,9 @@ def test_pipelines_of_other_shapes_are_scored_through_the_pipeline():
     from sklearn.preprocessing import StandardScaler
 
     frame = pd.DataFrame({"monthly_fee": [10.0, 90.0, 20.0, 80.0], "net_service": ["DSL", "No", "DSL", "No"]})
-    bare = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(frame[["monthly_fee"]], [0, 1, 0, 1])
+    bare = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(
+        frame[["monthly_fee"]], [0, 1, 0, 1]
+    )
     dropping = Pipeline(
         [
             ("encode", ColumnTransformer([("cat", OneHotEncoder(drop="first"), ["net_service"])])),
