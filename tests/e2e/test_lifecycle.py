@@ -110,18 +110,42 @@ def test_served_prediction_reads_online_features(stack):
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_user"
 
 
+def wait_for_run(stack, dag_id: str, run_id: str, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = next(r["state"] for r in stack.api.runs(dag_id) if r["dag_run_id"] == run_id)
+        if state in ("success", "failed"):
+            return state
+        stack.processes.check()
+        time.sleep(2)
+    raise TimeoutError(f"{dag_id} {run_id} still running after {timeout:.0f}s")
+
+
+def test_rollback_from_airflow_changes_the_served_model(stack):
+    client = MlflowClient(stack.mlflow_uri)
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version
+    other = next(v.version for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+                 if v.version != champion)
+    run_id = stack.api.trigger("streamflow_rollback", {"version": str(other), "reason": "e2e rollback"})
+    assert wait_for_run(stack, "streamflow_rollback", run_id) == "success"
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version == other
+    with psycopg.connect(stack.settings.db_url) as conn:
+        user = conn.execute("SELECT user_id FROM streamflow.labels ORDER BY user_id LIMIT 1").fetchone()[0]
+    served = None
+    for _ in range(60):  # the service polls the alias about every 10 s
+        served = httpx.post(f"{stack.service_url}/predict", json={"user_id": user}, timeout=10).json()
+        if served["model"]["version"] == str(other):
+            break
+        time.sleep(1)
+    assert served["model"]["version"] == str(other)
+
+
 def test_broken_batch_is_rejected_and_changes_nothing(stack):
     write_drop(DropSpec(2, users=7043, broken="negative_fee"), stack.settings.drops_dir)
     with psycopg.connect(stack.settings.db_url) as conn:
         before = warehouse_state(conn)
     run_id = stack.api.trigger("streamflow_ingest", {"month": "month_002"})
-    for _ in range(300):
-        state = next(r["state"] for r in stack.api.runs("streamflow_ingest") if r["dag_run_id"] == run_id)
-        if state in ("success", "failed"):
-            break
-        stack.processes.check()
-        time.sleep(2)
-    assert state == "failed"
+    assert wait_for_run(stack, "streamflow_ingest", run_id) == "failed"
     with psycopg.connect(stack.settings.db_url) as conn:
         assert warehouse_state(conn) == before
         status, failed = conn.execute(
