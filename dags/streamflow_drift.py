@@ -41,6 +41,7 @@ from __future__ import annotations
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, Param, dag, task
+
 from streamflow_mlops.drift import DEFAULT_DRIFT_THRESHOLD
 
 FEATURES = Asset("streamflow_features")

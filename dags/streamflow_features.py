@@ -30,8 +30,12 @@ FEATURES = Asset("streamflow_features")
     default_args={"owner": "streamflow-ml", "retries": 1},
     tags=["streamflow", "features", "feast"],
     params={
-        "month": Param("month_000", type="string", pattern=r"^month_\d{3}$",
-                       description="Month to materialize; an asset-triggered run takes it from the event"),
+        "month": Param(
+            "month_000",
+            type="string",
+            pattern=r"^month_\d{3}$",
+            description="Month to materialize; an asset-triggered run takes it from the event",
+        ),
     },
 )
 def streamflow_features():

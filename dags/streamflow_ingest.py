@@ -31,8 +31,9 @@ WAREHOUSE_CONN_ID = "streamflow_warehouse"
     default_args={"owner": "streamflow-data", "retries": 1},
     tags=["streamflow", "ingestion"],
     params={
-        "month": Param("month_000", type="string", pattern=r"^month_\d{3}$",
-                       description="Drop folder to ingest, e.g. month_001"),
+        "month": Param(
+            "month_000", type="string", pattern=r"^month_\d{3}$", description="Drop folder to ingest, e.g. month_001"
+        ),
     },
 )
 def streamflow_ingest():

@@ -6,6 +6,7 @@ nothing later.
 """
 
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
 from streamflow_mlops.schema import FEATURE_GROUPS, TIMESTAMP, FeatureGroup
 from streamflow_mlops.settings import WAREHOUSE_SCHEMA
 

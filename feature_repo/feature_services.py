@@ -6,6 +6,7 @@ Feast for exactly this service's features (Feast ADR-0001: hand-listed features 
 
 from feast import FeatureService
 from features import payments_agg_90d, subscriptions_profile, support_agg_90d, usage_agg_30d
+
 from streamflow_mlops.settings import FEATURE_SERVICE
 
 churn_model_v1 = FeatureService(

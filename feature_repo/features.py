@@ -13,6 +13,7 @@ from entities import user
 from feast import FeatureView, Field
 from feast.data_source import DataSource
 from feast.types import Bool, Float64, Int64, String
+
 from streamflow_mlops.schema import FeatureGroup
 
 FEAST_TYPES = {"str": String, "int": Int64, "float": Float64, "bool": Bool}

@@ -41,8 +41,13 @@ def pg_server(tmp_path_factory) -> str:
     # the same machine would delete this server's data directory under it.
     home = Path(tempfile.mkdtemp(prefix="streamflow-test-pg-"))
     settings = Settings(
-        repo_root=REPO, state_dir=home, drops_dir=home / "drops", db_url_override=None,
-        mlflow_tracking_uri_override=None, embedded_pg_port=free_port(), online_store_override=None,
+        repo_root=REPO,
+        state_dir=home,
+        drops_dir=home / "drops",
+        db_url_override=None,
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=free_port(),
+        online_store_override=None,
     )
     url = embedded.start_embedded(settings)
     yield replace_database(url, "postgres")

@@ -20,15 +20,24 @@ def _generate(args: argparse.Namespace) -> None:
         drift = default_drift(month) if args.drift == "default" else NO_DRIFT
         drift = replace(
             drift,
-            **{k: v for k, v in (("fee_rise", args.fee_rise), ("usage_drop", args.usage_drop),
-                                 ("rebuffer_factor", args.rebuffer_factor)) if v is not None},
+            **{
+                k: v
+                for k, v in (
+                    ("fee_rise", args.fee_rise),
+                    ("usage_drop", args.usage_drop),
+                    ("rebuffer_factor", args.rebuffer_factor),
+                )
+                if v is not None
+            },
         )
         spec = DropSpec(month=month, users=args.users, seed=args.seed, drift=drift, broken=args.broken)
         started = time.perf_counter()
         folder = write_drop(spec, out, Path(args.telco) if args.telco else None)
         note = f", broken: {BREAKAGES[args.broken]}" if args.broken else ""
         drifted = "" if drift == Drift() else f", drift {drift}"
-        print(f"{folder}: {args.users:,} users, as_of {spec.as_of}{drifted}{note} ({time.perf_counter() - started:.1f}s)")
+        print(
+            f"{folder}: {args.users:,} users, as_of {spec.as_of}{drifted}{note} ({time.perf_counter() - started:.1f}s)"
+        )
 
 
 def _stack(args: argparse.Namespace) -> None:
@@ -79,13 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--users", type=int, default=7043, help="users per month (default 7043)")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--telco", help="calibrate profile columns on the IBM Telco churn CSV at this path")
-    gen.add_argument("--drift", choices=("default", "none"), default="default",
-                     help="default: month_001 drifted, others not; none: no month drifted")
+    gen.add_argument(
+        "--drift",
+        choices=("default", "none"),
+        default="default",
+        help="default: month_001 drifted, others not; none: no month drifted",
+    )
     gen.add_argument("--fee-rise", type=float, help="override: relative fee rise, e.g. 0.15")
     gen.add_argument("--usage-drop", type=float, help="override: relative usage drop, e.g. 0.3")
     gen.add_argument("--rebuffer-factor", type=float, help="override: rebuffering multiplier, e.g. 2")
-    gen.add_argument("--broken", help="write a deliberately broken batch: negative_fee, unknown_net_service, "
-                     "duplicate_users, missing_column, orphan_keys, bad_label, non_numeric, empty_labels")
+    gen.add_argument(
+        "--broken",
+        help="write a deliberately broken batch: negative_fee, unknown_net_service, "
+        "duplicate_users, missing_column, orphan_keys, bad_label, non_numeric, empty_labels",
+    )
     gen.set_defaults(func=_generate)
 
     stack = commands.add_parser("stack", help="start or stop the embedded Postgres and write .streamflow/env")

@@ -192,8 +192,10 @@ def lifecycle_done(settings: Settings) -> bool:
     """Both demo months ingested and a champion exists: a second run only starts the services."""
     try:
         with psycopg.connect(settings.db_url) as conn:
-            months = {r[0] for r in conn.execute(
-                "SELECT DISTINCT month FROM streamflow.ingestion_runs WHERE status = 'success'")}
+            months = {
+                r[0]
+                for r in conn.execute("SELECT DISTINCT month FROM streamflow.ingestion_runs WHERE status = 'success'")
+            }
             trained = conn.execute("SELECT count(*) FROM streamflow.drift_reports").fetchone()[0]
     except psycopg.Error:
         return False
@@ -207,8 +209,11 @@ def _champion_version(settings: Settings) -> str | None:
     from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 
     try:
-        return MlflowClient(settings.mlflow_tracking_uri).get_model_version_by_alias(
-            REGISTERED_MODEL, CHAMPION_ALIAS).version
+        return (
+            MlflowClient(settings.mlflow_tracking_uri)
+            .get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+            .version
+        )
     except MlflowException:
         return None
 
@@ -302,15 +307,33 @@ class Stack:
         embedded.write_env_file(self.client_settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")})
         self.processes = Processes(settings.state_dir / "logs", env)
         say("migrating the Airflow metadata database")
-        subprocess.run([str(self.bin_dir / "airflow"), "db", "migrate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [str(self.bin_dir / "airflow"), "db", "migrate"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         say("starting MLflow, Airflow api-server, scheduler, dag-processor, triggerer")
         settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.processes.start("mlflow", [
-            str(self.bin_dir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_backend_url,
-            "--artifacts-destination", str(settings.mlflow_artifacts_dir), "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(settings.mlflow_port), "--workers", "1",
-        ])
+        self.processes.start(
+            "mlflow",
+            [
+                str(self.bin_dir / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_backend_url,
+                "--artifacts-destination",
+                str(settings.mlflow_artifacts_dir),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+            ],
+        )
         for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
         # A second run has a champion already: the service can start while Airflow boots.
@@ -318,8 +341,9 @@ class Stack:
         if self.warm:
             self.launch_service()
         wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
-        wait_for("Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240,
-                 self.processes)
+        wait_for(
+            "Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240, self.processes
+        )
         passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
         self.api = AirflowAPI(self.airflow_url, json.loads(passwords.read_text())[AIRFLOW_USER])
         self.api.login()
@@ -344,10 +368,19 @@ class Stack:
 
     def launch_service(self) -> None:
         if "churn-service" not in self.processes.running:
-            self.processes.start("churn-service", [
-                str(self.bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService",
-                "--host", "127.0.0.1", "--port", str(self.settings.service_port),
-            ], cwd=self.settings.repo_root)
+            self.processes.start(
+                "churn-service",
+                [
+                    str(self.bin_dir / "bentoml"),
+                    "serve",
+                    "bentos.churn_service.service:ChurnService",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.settings.service_port),
+                ],
+                cwd=self.settings.repo_root,
+            )
 
     def serve(self) -> None:
         self.launch_service()

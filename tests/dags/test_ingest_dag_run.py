@@ -12,6 +12,7 @@ import json
 
 import psycopg
 import pytest
+
 from streamflow_mlops.generate import DropSpec, write_drop
 
 

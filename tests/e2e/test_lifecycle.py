@@ -62,12 +62,17 @@ def stack(pg_server, tmp_path_factory):
 
 def test_ingestion_and_snapshots(stack):
     with psycopg.connect(stack.settings.db_url) as conn:
-        runs = conn.execute("SELECT month, status, row_counts FROM streamflow.ingestion_runs "
-                            "WHERE status = 'success' ORDER BY month").fetchall()
+        runs = conn.execute(
+            "SELECT month, status, row_counts FROM streamflow.ingestion_runs WHERE status = 'success' ORDER BY month"
+        ).fetchall()
         assert [r[0] for r in runs] == ["month_000", "month_001"]
         assert all(r[2]["users"] == 7043 for r in runs)
-        for table in ("subscriptions_profile_snapshots", "usage_agg_30d_snapshots",
-                      "payments_agg_90d_snapshots", "support_agg_90d_snapshots"):
+        for table in (
+            "subscriptions_profile_snapshots",
+            "usage_agg_30d_snapshots",
+            "payments_agg_90d_snapshots",
+            "support_agg_90d_snapshots",
+        ):
             per_month = conn.execute(f"SELECT as_of::date, count(*) FROM streamflow.{table} GROUP BY 1 ORDER BY 1")
             assert [n for _, n in per_month] == [7043, 7043], table
 
@@ -86,8 +91,10 @@ def test_models_and_champion(stack):
 
 def test_drift_decisions(stack):
     with psycopg.connect(stack.settings.db_url) as conn:
-        rows = conn.execute("SELECT month, reference_month, drift_share, decision, report_path "
-                            "FROM streamflow.drift_reports ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT month, reference_month, drift_share, decision, report_path "
+            "FROM streamflow.drift_reports ORDER BY id"
+        ).fetchall()
     assert [(r[0], r[3]) for r in rows] == [("month_000", "retrain"), ("month_001", "retrain")]
     assert rows[1][1] == "month_000" and rows[1][2] >= 0.3
     html = open(rows[1][4]).read()
@@ -98,7 +105,8 @@ def test_served_prediction_reads_online_features(stack):
     with psycopg.connect(stack.settings.db_url) as conn:
         user, fee = conn.execute(
             "SELECT user_id, monthly_fee FROM streamflow.subscriptions_profile_snapshots "
-            "WHERE as_of = '2024-02-29' ORDER BY user_id LIMIT 1").fetchone()
+            "WHERE as_of = '2024-02-29' ORDER BY user_id LIMIT 1"
+        ).fetchone()
     answer = httpx.post(f"{stack.service_url}/predict", json={"user_id": user}, timeout=10)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -124,8 +132,7 @@ def wait_for_run(stack, dag_id: str, run_id: str, timeout: float = 600) -> str:
 def test_rollback_from_airflow_changes_the_served_model(stack):
     client = MlflowClient(stack.mlflow_uri)
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version
-    other = next(v.version for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'")
-                 if v.version != champion)
+    other = next(v.version for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'") if v.version != champion)
     run_id = stack.api.trigger("streamflow_rollback", {"version": str(other), "reason": "e2e rollback"})
     assert wait_for_run(stack, "streamflow_rollback", run_id) == "success"
     assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version == other
@@ -149,5 +156,6 @@ def test_broken_batch_is_rejected_and_changes_nothing(stack):
     with psycopg.connect(stack.settings.db_url) as conn:
         assert warehouse_state(conn) == before
         status, failed = conn.execute(
-            "SELECT status, failed_expectations FROM streamflow.ingestion_runs WHERE month = 'month_002'").fetchone()
+            "SELECT status, failed_expectations FROM streamflow.ingestion_runs WHERE month = 'month_002'"
+        ).fetchone()
     assert status == "rejected" and "monthly_fee" in str(failed)

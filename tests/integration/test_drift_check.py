@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from streamflow_mlops import features
 from streamflow_mlops.drift import MONITORING_EXPERIMENT, RETRAIN, SKIP, run_drift_check
 from streamflow_mlops.generate import DropSpec, default_drift, write_drop

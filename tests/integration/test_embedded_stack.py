@@ -40,6 +40,8 @@ def test_existing_server_is_used_not_started(stack_env):
     with psycopg.connect(url) as conn:
         create_schema(conn)
         create_schema(conn)  # idempotent
-        tables = {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'streamflow'")}
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'streamflow'")
+        }
     assert {"users", "labels", "usage_agg_30d_snapshots", "ingestion_runs", "prediction_log"} <= tables

@@ -9,6 +9,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 import pytest
+
 from streamflow_mlops.generate import DropSpec, build_drop
 from streamflow_mlops.registry import (
     UnknownVersionError,

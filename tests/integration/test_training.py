@@ -8,6 +8,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 import pytest
+
 from streamflow_mlops.generate import DropSpec, build_drop
 from streamflow_mlops.schema import FEATURE_NAMES, LABEL
 from streamflow_mlops.settings import EXPERIMENT, FEATURE_SERVICE, REGISTERED_MODEL
@@ -128,6 +129,7 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
 def test_train_and_register_reads_the_feature_service_through_feast(stack_env):
     import psycopg
     from mlflow import MlflowClient
+
     from streamflow_mlops import features
     from streamflow_mlops.generate import write_drop
     from streamflow_mlops.training import train_and_register

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import yaml
+
 from streamflow_mlops.settings import with_driver
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+
 from streamflow_mlops import generate, schema
 from streamflow_mlops.drift import (
     DEFAULT_DRIFT_THRESHOLD,

@@ -36,7 +36,11 @@ def test_drop_layout_and_manifest(tmp_path):
 
 def test_as_of_dates():
     assert [month_as_of(m).isoformat() for m in (0, 1, 2, 11, 12)] == [
-        "2024-01-31", "2024-02-29", "2024-03-31", "2024-12-31", "2025-01-31",
+        "2024-01-31",
+        "2024-02-29",
+        "2024-03-31",
+        "2024-12-31",
+        "2025-01-31",
     ]
     assert parse_month("month_007") == parse_month("7") == 7
 
@@ -56,7 +60,10 @@ def test_churn_is_realistic_and_learnable(telco):
     # churn follows the drivers a real service sees
     merged = tables["users"].merge(tables["labels"]).merge(tables["payments_agg_90d"])
     assert merged[merged.months_active < 6].churn_label.mean() > merged[merged.months_active > 36].churn_label.mean()
-    assert merged[merged.failed_payments_90d > 0].churn_label.mean() > merged[merged.failed_payments_90d == 0].churn_label.mean()
+    assert (
+        merged[merged.failed_payments_90d > 0].churn_label.mean()
+        > merged[merged.failed_payments_90d == 0].churn_label.mean()
+    )
 
 
 def test_month_001_drifts_by_default():

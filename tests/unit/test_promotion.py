@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+
 from streamflow_mlops.promotion import BootstrapGain, auc_by_rank, paired_bootstrap_auc_gain, should_promote
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from streamflow_mlops.schema import LABEL, NET_SERVICES, RAW_TABLES, SUBSCRIPTIONS, USAGE, USERS
 from streamflow_mlops.validation import (
     FLOAT_REGEX,
@@ -216,8 +217,7 @@ def test_a_missing_column_is_reported_once_and_an_unreadable_file_once():
     reasons = failure_reasons(results, {"labels.csv": "labels.csv is empty (no header)"})
     assert [describe_reason(r) for r in reasons] == [
         "labels.csv: file_readable: labels.csv is empty (no header)",
-        "usage_agg_30d.csv: expect_table_columns_to_match_set failed: missing ['skips_7d'], "
-        "unexpected []",
+        "usage_agg_30d.csv: expect_table_columns_to_match_set failed: missing ['skips_7d'], unexpected []",
         "usage_agg_30d.csv: expect_column_values_to_be_between(watch_hours_30d, min_value=0, max_value=720): boom",
     ]
 
