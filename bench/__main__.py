@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-
-def machine() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+from bench.harness import machine
 
 
 def main(argv: list[str]) -> int:

@@ -11,8 +11,6 @@ Run: `python -m bench.bench_drift` (or `make bench`).
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -20,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
+from bench.harness import machine  # noqa: E402
 from streamflow_mlops.drift import DEFAULT_DRIFT_THRESHOLD, compute_drift  # noqa: E402
 from streamflow_mlops.generate import DEFAULT_DRIFT, NO_DRIFT, Drift, DropSpec, build_drop, default_drift  # noqa: E402
 from streamflow_mlops.training import frame_from_tables  # noqa: E402
@@ -27,18 +26,6 @@ from streamflow_mlops.training import frame_from_tables  # noqa: E402
 SEEDS = (1, 2, 3, 4, 5, 42)
 # (reference month, current month): the champion's training month and the month being checked.
 PAIRS = ((0, 1), (0, 2), (0, 3), (0, 6), (0, 12), (2, 3), (1, 2))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def features(month: int, seed: int, drift: Drift):

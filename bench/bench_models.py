@@ -11,8 +11,6 @@ Run: `python -m bench.bench_models` (or `make bench`).
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
 import time
@@ -20,23 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
+from bench.harness import machine  # noqa: E402
 from streamflow_mlops.generate import DropSpec, build_drop  # noqa: E402
 from streamflow_mlops.training import CLASSIFIERS, best_achievable_auc, frame_from_tables, train_model  # noqa: E402
 
 SEEDS = (42, 7, 2024)
 LATENCY_CALLS = 100
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def median_ms(call, repeats: int = LATENCY_CALLS) -> float:

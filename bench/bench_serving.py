@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
+from bench.harness import machine  # noqa: E402
+
 CONCURRENCY = (1, 8, 32)
 SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
 USERS = int(os.environ.get("BENCH_SERVING_USERS", "7043"))
@@ -43,17 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def machine() -> str:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 # ------------------------------------------------------------------------------ the seeds' design
