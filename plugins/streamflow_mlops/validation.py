@@ -153,6 +153,19 @@ def read_text(table: Table, path: Path) -> FileRead:
     return FileRead(table, digest, text)
 
 
+def parse_well_formed(raw: pd.Series, dtype: str) -> pd.Series:
+    """Numbers where the text has the declared format, null elsewhere (pure).
+
+    The format is checked once per distinct text, not per row: a month's counts, fees and hours
+    repeat, so 1M rows hold at most tens of thousands of distinct texts, and Python's regex per
+    row was the biggest cost of validating a 1M-user drop.
+    """
+    distinct = pd.Series(raw.dropna().unique(), dtype=object)
+    well_formed = distinct[distinct.str.fullmatch(TYPE_REGEX[dtype]).astype(bool)]
+    numbers = pd.Series(pd.to_numeric(well_formed, errors="coerce").to_numpy(), index=well_formed.to_numpy())
+    return pd.to_numeric(raw.map(numbers))
+
+
 def values_view(text: pd.DataFrame, table: Table, user_ids: pd.Series) -> pd.DataFrame:
     """Text parsed to the declared types; cells without the declared format become null (pure)."""
     values = {}
@@ -160,9 +173,7 @@ def values_view(text: pd.DataFrame, table: Table, user_ids: pd.Series) -> pd.Dat
         # Booleans and categories have no value checks; their text checks say it all.
         if column.name not in text or column.dtype not in ("int", "float"):
             continue
-        raw = text[column.name]
-        well_formed = raw.where(raw.str.fullmatch(TYPE_REGEX[column.dtype]).astype("boolean").fillna(False))
-        values[column.name] = pd.to_numeric(well_formed, errors="coerce")
+        values[column.name] = parse_well_formed(text[column.name], column.dtype)
     frame = pd.DataFrame(values, index=text.index)
     if table.name != USERS.name:
         ids = text[ENTITY] if ENTITY in text else pd.Series(pd.NA, index=text.index, dtype=object)
