@@ -249,6 +249,7 @@ def load_drop(conn: psycopg.Connection, folder: Path, as_of: date) -> dict[str, 
     Each table's month is built as a new standalone table (COPY, then the primary key in one
     sort), then swapped in for the month's old partition at the end, so readers of other months
     are blocked only for the swap and a failure anywhere leaves the old partitions untouched.
+    Raises memory for sorts and hashes (`SET LOCAL`) for the rest of the caller's transaction.
     """
     counts: dict[str, int] = {}
     # Sorting for the primary keys and hashing for the profile join are the bulk of the work once
