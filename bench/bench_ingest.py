@@ -17,13 +17,9 @@ Run: `python -m bench.bench_ingest` (or `make bench`).
 from __future__ import annotations
 
 import os
-import platform
-import socket
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,68 +29,15 @@ import pandas as pd  # noqa: E402
 import psycopg  # noqa: E402
 import sqlalchemy  # noqa: E402
 
-from streamflow_mlops import embedded  # noqa: E402
+from bench.harness import machine, postgres_server, scratch_database  # noqa: E402
 from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
 from streamflow_mlops.schema import RAW_TABLES  # noqa: E402
-from streamflow_mlops.settings import (  # noqa: E402
-    REPO_ROOT,
-    WAREHOUSE_SCHEMA,
-    Settings,
-    replace_database,
-    with_driver,
-)
+from streamflow_mlops.settings import REPO_ROOT, WAREHOUSE_SCHEMA, with_driver  # noqa: E402
 from streamflow_mlops.validation import validate_drop  # noqa: E402
 from streamflow_mlops.warehouse import create_schema, load_drop  # noqa: E402
 
 NAIVE_SCHEMA = "naive"
 PANDAS_DTYPES = {"str": "string", "int": "int64", "float": "float64", "bool": "bool"}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
-
-
-@contextmanager
-def postgres_server(workdir: Path):
-    """URL of a server's `postgres` database: the given one, or an embedded one for the run."""
-    external = os.environ.get("STREAMFLOW_BENCH_DB_URL")
-    if external:
-        yield replace_database(external, "postgres")
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = Settings(
-        repo_root=REPO_ROOT,
-        state_dir=workdir / "pg",
-        drops_dir=workdir,
-        db_url_override=None,
-        mlflow_tracking_uri_override=None,
-        embedded_pg_port=port,
-        online_store_override=None,
-    )
-    url = embedded.start_embedded(settings)
-    try:
-        yield replace_database(url, "postgres")
-    finally:
-        embedded.stop_embedded(settings)
-
-
-@contextmanager
-def scratch_database(server: str):
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield replace_database(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def copy_load(url: str, folder: Path, spec: DropSpec) -> float:
@@ -180,7 +123,7 @@ def load_average() -> str:
 
 def main() -> None:
     sizes = [int(s) for s in os.environ.get("BENCH_INGEST_USERS", "7043,1000000").split(",")]
-    print(f"machine: {machine()}; {load_average()}")
+    print(f"machine: {machine()}")
     print(f"{'users':>9}  {'step':<44} {'rows':>10} {'seconds':>8} {'rows/s':>11}")
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp, postgres_server(Path(tmp)) as server:
         figures = [measure(server, Path(tmp), users) for users in sizes]

@@ -56,7 +56,8 @@ def test_load_is_idempotent_and_months_coexist(fresh_db, tmp_path):
         assert again == first
         row = conn.execute(
             "SELECT monthly_fee, net_service, paperless_billing FROM streamflow.subscriptions_profile_snapshots "
-            "WHERE as_of = '2024-01-31' LIMIT 1").fetchone()
+            "WHERE as_of = '2024-01-31' LIMIT 1"
+        ).fetchone()
         assert isinstance(row[0], float) and row[1] in ("DSL", "Fiber optic", "No") and isinstance(row[2], bool)
     assert sorted(layout) == sorted(TABLES)
     assert layout["users"] == [
