@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import cProfile
 import os
-import platform
 import pstats
 import resource
-import socket
 import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,62 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 import psycopg  # noqa: E402
 
-from streamflow_mlops import embedded, features  # noqa: E402
+from bench.harness import machine, postgres_server, scratch_database  # noqa: E402
+from streamflow_mlops import features  # noqa: E402
 from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES  # noqa: E402
-from streamflow_mlops.settings import FEATURE_SERVICE, REPO_ROOT, Settings, replace_database  # noqa: E402
+from streamflow_mlops.settings import FEATURE_SERVICE, REPO_ROOT, Settings  # noqa: E402
 from streamflow_mlops.warehouse import create_schema, load_drop  # noqa: E402
 
 MONTH = "month_000"
 LOOKUP_CALLS = {1: 500, 100: 100}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    load = ", load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}{load}"
-
-
-@contextmanager
-def postgres_server(workdir: Path):
-    """URL of a server's `postgres` database: the given one, or an embedded one for the run."""
-    external = os.environ.get("STREAMFLOW_BENCH_DB_URL")
-    if external:
-        yield replace_database(external, "postgres")
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = Settings(
-        repo_root=REPO_ROOT,
-        state_dir=workdir / "pg",
-        drops_dir=workdir,
-        db_url_override=None,
-        mlflow_tracking_uri_override=None,
-        embedded_pg_port=port,
-        online_store_override=None,
-    )
-    url = embedded.start_embedded(settings)
-    try:
-        yield replace_database(url, "postgres")
-    finally:
-        embedded.stop_embedded(settings)
-
-
-@contextmanager
-def scratch_database(server: str):
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield replace_database(server, name)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def percentile(samples: list[float], q: float) -> float:
