@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from streamflow_mlops.generate import DropSpec, default_drift, write_drop
 from streamflow_mlops.ingest import BatchRejected, load_month, validate_month
 from streamflow_mlops.schema import RAW_TABLES
