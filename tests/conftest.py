@@ -12,6 +12,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -76,5 +77,34 @@ def stack_env(monkeypatch, tmp_path, fresh_db) -> Settings:
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     monkeypatch.delenv("STREAMFLOW_FEAST_ONLINE_STORE", raising=False)
     get_settings.cache_clear()
-    yield get_settings()
+    with bentoml_home(tmp_path / "bentoml"):
+        yield get_settings()
     get_settings.cache_clear()
+
+
+@contextmanager
+def bentoml_home(home: Path):
+    """Point BentoML's stores at `home` for one test.
+
+    BentoML reads BENTOML_HOME once per process and caches its stores; in production a process
+    has one home, but a test session would otherwise keep using the first test's.
+    """
+    from bentoml._internal.bento import BentoStore
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    for sub in ("models", "bentos", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    overrides = {
+        BentoMLContainer.bentoml_home: str(home),
+        BentoMLContainer.model_store: ModelStore(str(home / "models")),
+        BentoMLContainer.bento_store: BentoStore(str(home / "bentos")),
+        BentoMLContainer.tmp_bento_store_dir: str(home / "tmp"),
+    }
+    for provider, value in overrides.items():
+        provider.set(value)
+    try:
+        yield
+    finally:
+        for provider in overrides:
+            provider.reset()
