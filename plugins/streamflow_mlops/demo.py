@@ -209,11 +209,9 @@ def _champion_version(settings: Settings) -> str | None:
     from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 
     try:
-        return (
-            MlflowClient(settings.mlflow_tracking_uri)
-            .get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
-            .version
-        )
+        # The SQL store answers an int, the REST client a str.
+        client = MlflowClient(settings.mlflow_tracking_uri)
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version)
     except MlflowException:
         return None
 
@@ -244,10 +242,12 @@ def lifecycle_summary(settings: Settings) -> list[str]:
             share_text = "n/a" if share is None else f"{share:.2f}"
             lines.append(f"drift {month} vs {ref or '-'}: share {share_text} -> {decision} ({reason})")
     client = MlflowClient(settings.mlflow_tracking_uri)
+    # search_model_versions leaves `aliases` empty; ask for the alias itself.
+    champion = _champion_version(settings)
     for mv in sorted(client.search_model_versions(f"name='{REGISTERED_MODEL}'"), key=lambda v: int(v.version)):
         auc = client.get_run(mv.run_id).data.metrics.get("val_auc")
         tags = mv.tags
-        aliases = f" [{', '.join(mv.aliases)}]" if mv.aliases else ""
+        aliases = " [champion]" if str(mv.version) == champion else ""
         lines.append(
             f"model v{mv.version}{aliases} ({tags.get('month')}): val_auc {auc:.3f}, "
             f"decision {tags.get('decision')}: {tags.get('reason')}"
