@@ -43,18 +43,17 @@ CHAMPION = Asset("streamflow_champion")
 )
 def streamflow_train():
     @task
-    def train_challenger(params=None, dag_run=None) -> dict:
+    def train_challenger(params=None) -> dict:
         from streamflow_mlops.training import train_and_register
 
-        conf = dag_run.conf or {}
-        return train_and_register(conf.get("month", params["month"]), seed=int(conf.get("seed", params["seed"])))
+        # A run triggered by the drift gate passes conf {"month": ...}; Airflow merges it into params.
+        return train_and_register(params["month"], seed=int(params["seed"]))
 
     @task
-    def compare_with_champion(challenger: dict, params=None, dag_run=None) -> dict:
+    def compare_with_champion(challenger: dict, params=None) -> dict:
         from streamflow_mlops.registry import evaluate_and_decide
 
-        delta = float((dag_run.conf or {}).get("delta", params["delta"]))
-        return evaluate_and_decide(challenger, delta=delta)
+        return evaluate_and_decide(challenger, delta=float(params["delta"]))
 
     @task(outlets=[CHAMPION])
     def promote(decision: dict, outlet_events=None) -> dict:

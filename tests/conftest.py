@@ -108,3 +108,17 @@ def bentoml_home(home: Path):
     finally:
         for provider in overrides:
             provider.reset()
+
+
+def load_months(db_url: str, drops_dir: Path, months, users: int, seed: int = 42) -> None:
+    """Generate the months (month_001 drifted, as by default) and load them into the warehouse."""
+    from streamflow_mlops.generate import DropSpec, default_drift, write_drop
+    from streamflow_mlops.warehouse import create_schema, load_drop
+
+    with psycopg.connect(db_url) as conn:
+        create_schema(conn)
+        for m in months:
+            spec = DropSpec(m, users=users, seed=seed, drift=default_drift(m))
+            folder = write_drop(spec, drops_dir)
+            with conn.transaction():
+                load_drop(conn, folder, spec.as_of)

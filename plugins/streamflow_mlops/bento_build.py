@@ -88,7 +88,8 @@ def champion_tag(settings: Settings) -> str:
     """The BentoML tag of the MLflow champion, or the newest imported model when MLflow can't say."""
     import bentoml
 
-    from streamflow_mlops.serving import bento_tag, champion_version_from_mlflow, newest_imported_tag
+    from streamflow_mlops.registry import bento_tag
+    from streamflow_mlops.serving import champion_version_from_mlflow, newest_imported_tag
 
     try:
         tag = bento_tag(champion_version_from_mlflow(settings.mlflow_tracking_uri))

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamflow_mlops.registry import bento_tag
 from streamflow_mlops.schema import ENTITY
 from streamflow_mlops.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
 
@@ -615,10 +616,6 @@ def newest_imported_tag() -> str | None:
     if not models:
         return None
     return str(max(models, key=lambda model: model.info.creation_time).tag)
-
-
-def bento_tag(mlflow_version: str) -> str:
-    return f"{REGISTERED_MODEL}:v{mlflow_version}"
 
 
 def champion_version_from_mlflow(tracking_uri: str) -> str:

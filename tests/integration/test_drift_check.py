@@ -11,23 +11,13 @@ import pytest
 
 from streamflow_mlops import features
 from streamflow_mlops.drift import MONITORING_EXPERIMENT, RETRAIN, SKIP, run_drift_check
-from streamflow_mlops.generate import DropSpec, default_drift, write_drop
 from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL
-from streamflow_mlops.warehouse import create_schema, load_drop
+from tests.conftest import load_months
 
 # Above 1,000 reference rows Evidently picks the same tests (normed Wasserstein, Jensen-Shannon)
 # as on a full 7,043-user month, so the decision here is the one production would take.
 USERS = 1500
 SERVED = 200
-
-
-def load_months(settings, tmp_path: Path, months) -> None:
-    with psycopg.connect(settings.db_url) as conn:
-        create_schema(conn)
-        for m in months:
-            folder = write_drop(DropSpec(m, users=USERS, drift=default_drift(m)), tmp_path / "drops")
-            with conn.transaction():
-                load_drop(conn, folder, DropSpec(m).as_of)
 
 
 def register_champion(settings, month: str) -> str:
@@ -84,7 +74,7 @@ def monitoring_runs(settings):
 
 
 def test_empty_system_triggers_the_first_training(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0,))
+    load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     result = run_drift_check("month_000", 0.3)
     assert result["decision"] == RETRAIN and "no champion" in result["reason"]
     assert result["reference_month"] is None and result["report_path"] is None
@@ -96,7 +86,7 @@ def test_empty_system_triggers_the_first_training(stack_env, tmp_path):
 
 @pytest.mark.slow
 def test_drifted_month_retrains_and_undrifted_skips(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0, 1))
+    load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
     features.apply_repo()
     version = register_champion(stack_env, "month_000")
     log_served_predictions(stack_env, version, "month_001", SERVED)

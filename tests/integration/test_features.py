@@ -15,21 +15,11 @@ from feast import FeatureStore
 
 from streamflow_mlops import features
 from streamflow_mlops.embedded import write_env_file
-from streamflow_mlops.generate import DropSpec, default_drift, write_drop
 from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
 from streamflow_mlops.settings import get_settings
-from streamflow_mlops.warehouse import create_schema, load_drop
+from tests.conftest import load_months
 
 USERS = 300
-
-
-def load_months(settings, tmp_path, months) -> None:
-    with psycopg.connect(settings.db_url) as conn:
-        create_schema(conn)
-        for m in months:
-            folder = write_drop(DropSpec(m, users=USERS, drift=default_drift(m)), tmp_path / "drops")
-            with conn.transaction():
-                load_drop(conn, folder, DropSpec(m).as_of)
 
 
 def snapshot_rows(settings, as_of) -> dict[str, dict]:
@@ -59,7 +49,7 @@ def online_table_digest(settings) -> list[tuple]:
 
 
 def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0, 1))
+    load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
     features.apply_repo()
     assert features.feature_names() == list(FEATURE_NAMES)
 
@@ -82,7 +72,7 @@ def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_pat
 
 
 def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0, 1))
+    load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
     features.apply_repo()
 
     first = features.materialize_month("month_000")
@@ -113,7 +103,7 @@ def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
 
 
 def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0,))
+    load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     as_of = features.month_as_of_ts("month_000")
     with psycopg.connect(stack_env.db_url) as conn:
         sample = features.parity_sample_users(conn, as_of, 2)
@@ -135,7 +125,7 @@ def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path
 
 def test_apply_makes_online_tables_in_a_new_state_dir_over_the_same_registry(stack_env, tmp_path, monkeypatch):
     """An external Postgres keeps the registry; a new STREAMFLOW_HOME starts an empty sqlite file."""
-    load_months(stack_env, tmp_path, (0,))
+    load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     features.apply_repo()
     monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path / "another_state"))
     get_settings.cache_clear()
@@ -145,7 +135,7 @@ def test_apply_makes_online_tables_in_a_new_state_dir_over_the_same_registry(sta
 
 
 def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):
-    load_months(stack_env, tmp_path, (0,))
+    load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     features.apply_repo()
     with pytest.raises(ValueError, match="no snapshot rows"):
         features.materialize_month("month_005")
@@ -154,7 +144,7 @@ def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):
 @pytest.mark.slow
 def test_feast_cli_applies_and_materializes_with_the_env_file(stack_env, tmp_path):
     """`feast apply` / `feast materialize` from a shell that sourced .streamflow/env."""
-    load_months(stack_env, tmp_path, (0,))
+    load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     env_file = write_env_file(stack_env)
     start, end = features.materialization_window(features.month_as_of_ts("month_000"), timedelta(days=31))
     # Only PATH and HOME from here: everything Feast needs must come from the env file.

@@ -20,6 +20,7 @@ from streamflow_mlops.training import (
     split_frame,
     train_model,
 )
+from tests.conftest import load_months
 
 SPEC = DropSpec(month=0, users=1500, seed=11)
 
@@ -127,20 +128,12 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
 
 @pytest.mark.slow
 def test_train_and_register_reads_the_feature_service_through_feast(stack_env):
-    import psycopg
     from mlflow import MlflowClient
 
     from streamflow_mlops import features
-    from streamflow_mlops.generate import write_drop
     from streamflow_mlops.training import train_and_register
-    from streamflow_mlops.warehouse import create_schema, load_drop
 
-    spec = DropSpec(month=0, users=800, seed=11)
-    folder = write_drop(spec, stack_env.drops_dir)
-    with psycopg.connect(stack_env.db_url) as conn:
-        create_schema(conn)
-        with conn.transaction():
-            load_drop(conn, folder, spec.as_of)
+    load_months(stack_env.db_url, stack_env.drops_dir, (0,), users=800, seed=11)
     features.apply_repo()
 
     challenger = train_and_register("month_000", seed=3)

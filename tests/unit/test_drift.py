@@ -92,28 +92,26 @@ def scores(pipeline, frame: pd.DataFrame) -> np.ndarray:
     return pipeline.predict_proba(frame[list(schema.FEATURE_NAMES)])[:, 1]
 
 
-@pytest.fixture(scope="module")
-def drifted(months, champion):
-    reference, current = months[0], months[1]
+def drift_against_month_000(months, champion, current: pd.DataFrame, served_rows: int):
+    reference = months[0]
     return compute_drift(
         reference,
         current,
         reference_scores=scores(champion, reference),
         current_scores=scores(champion, current),
-        served_scores=scores(champion, current.iloc[:500]),
+        served_scores=scores(champion, current.iloc[:served_rows]),
     )
+
+
+@pytest.fixture(scope="module")
+def drifted(months, champion):
+    return drift_against_month_000(months, champion, months[1], served_rows=500)
 
 
 @pytest.fixture(scope="module")
 def undrifted(months, champion):
-    reference, current = months[0], months[2]
-    return compute_drift(
-        reference,
-        current,
-        reference_scores=scores(champion, reference),
-        current_scores=scores(champion, current),
-        served_scores=scores(champion, current.iloc[: MIN_SERVED_ROWS - 1]),
-    )
+    # One served row short of the minimum: served-prediction drift must be left out.
+    return drift_against_month_000(months, champion, months[2], served_rows=MIN_SERVED_ROWS - 1)
 
 
 def test_evidently_columns_are_the_schema_features(drifted):
