@@ -21,6 +21,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q tests
 
+# Unit tests (no database, network or apt) and the DAG integrity checks: under a minute.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/dags/test_dag_integrity.py
+
 bench: venv
 	$(BIN)/python -m bench
 

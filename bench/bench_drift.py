@@ -11,17 +11,13 @@ Run: `python -m bench.bench_drift` (or `make bench`).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-
-from bench.harness import machine  # noqa: E402
-from streamflow_mlops.drift import DEFAULT_DRIFT_THRESHOLD, compute_drift  # noqa: E402
-from streamflow_mlops.generate import DEFAULT_DRIFT, NO_DRIFT, Drift, DropSpec, build_drop, default_drift  # noqa: E402
-from streamflow_mlops.training import frame_from_tables  # noqa: E402
+from bench.harness import machine
+from streamflow_mlops.model.training import frame_from_tables
+from streamflow_mlops.monitoring.drift import DEFAULT_DRIFT_THRESHOLD, compute_drift
+from streamflow_mlops.synthetic.generate import DEFAULT_DRIFT, NO_DRIFT, Drift, DropSpec, build_drop, default_drift
 
 SEEDS = (1, 2, 3, 4, 5, 42)
 # (reference month, current month): the champion's training month and the month being checked.

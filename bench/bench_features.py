@@ -13,7 +13,7 @@ paths leave byte-identical tables (tests/unit/test_feature_repo.py). Goal: 1M us
 
 Then online lookups on the materialized store, 1 and 100 users per call, p50/p99 of:
 - `sdk`: `FeatureStore.get_online_features(FeatureService)`, what serving calls;
-- `lookup`: `streamflow_mlops.features.online_features` (the SDK plus unknown/missing reporting);
+- `lookup`: `streamflow_mlops.features.online.online_features` (the SDK plus unknown/missing reporting);
 - `floor`: one direct SQL read of the same sqlite rows (one UNION over the four view tables) and
   the protobuf parse, i.e. the least work that returns the same values.
 And the point-in-time training set (`build_training_set`, Feast's historical retrieval).
@@ -31,23 +31,25 @@ import os
 import pstats
 import resource
 import sqlite3
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+import psycopg
 
-import psycopg  # noqa: E402
-
-from bench.harness import machine, postgres_server, scratch_database  # noqa: E402
-from streamflow_mlops import features  # noqa: E402
-from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
-from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES  # noqa: E402
-from streamflow_mlops.settings import FEATURE_SERVICE, REPO_ROOT, Settings  # noqa: E402
-from streamflow_mlops.warehouse import create_schema, load_drop  # noqa: E402
+from bench.harness import machine, postgres_server, scratch_database
+from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES
+from streamflow_mlops.config.settings import FEATURE_SERVICE, REPO_ROOT, Settings
+from streamflow_mlops.data.warehouse import create_schema, load_drop
+from streamflow_mlops.features.materialize import materialization_window, materialize_month
+from streamflow_mlops.features.online import online_features
+from streamflow_mlops.features.parity import check_parity, parity_sample_users
+from streamflow_mlops.features.retrieval import build_training_set
+from streamflow_mlops.features.store import _feature_store, _sqlite_connection, apply_repo, feature_store, repo_config
+from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 MONTH = "month_000"
 LOOKUP_CALLS = {1: 500, 100: 100}
@@ -77,7 +79,7 @@ def floor_reader(settings: Settings):
     from feast.protos.feast.types.Value_pb2 import Value
     from feast.type_map import feast_value_type_to_python_type
 
-    store = features.feature_store(settings)
+    store = feature_store(settings)
     conn = sqlite3.connect(store.config.online_store.path, check_same_thread=False)
     tables = [f"{store.project}_{g.name}" for g in FEATURE_GROUPS]
 
@@ -151,7 +153,7 @@ def fresh_online_tables(store) -> None:
         entities_to_keep=store.list_entities(),
         partial=False,
     )
-    features._sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
+    _sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
 
 
 def cpu_seconds() -> float:
@@ -185,17 +187,17 @@ def bench_materialization(
     from feast import FeatureStore
 
     lines = []
-    as_of = features.month_as_of_ts(MONTH)
+    as_of = month_as_of_ts(MONTH)
     stock_max = int(os.environ.get("BENCH_FEATURES_STOCK_MAX_USERS", "1000000"))
     if users <= stock_max:
         settings = variant_settings(db_url, workdir / f"stock_{users}")
-        config = features.repo_config(settings)
+        config = repo_config(settings)
         config.batch_engine_config = "local"
         settings.state_dir.mkdir(parents=True)
         store = FeatureStore(repo_path=str(settings.feature_repo), config=config)
         fresh_online_tables(store)
         ttl = store.list_feature_views()[0].ttl
-        start, end = features.materialization_window(as_of, ttl)
+        start, end = materialization_window(as_of, ttl)
         with clock() as spent:
             store.materialize(start_date=start, end_date=end)
         lines.append(materialize_line("feast stock", users, spent))
@@ -205,16 +207,16 @@ def bench_materialization(
     for workers in workers_list:
         settings = variant_settings(db_url, workdir / f"bulk_{users}_w{workers}")
         settings.state_dir.mkdir(parents=True)
-        fresh_online_tables(features.feature_store(settings))
+        fresh_online_tables(feature_store(settings))
         with clock() as spent:
-            features.materialize_month(MONTH, settings, workers=workers)
+            materialize_month(MONTH, settings, workers=workers)
         lines.append(materialize_line(f"bulk, workers={workers}", users, spent))
         print(lines[-1], flush=True)
     with clock() as spent:
-        features.materialize_month(MONTH, settings, workers=workers_list[-1])
+        materialize_month(MONTH, settings, workers=workers_list[-1])
     lines.append(materialize_line(f"bulk update, workers={workers_list[-1]}", users, spent))
     print(lines[-1], flush=True)
-    features.check_parity(MONTH, settings=settings)
+    check_parity(MONTH, settings=settings)
     return lines, settings
 
 
@@ -228,12 +230,12 @@ def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) 
             with conn.transaction():
                 load_drop(conn, folder, DropSpec(0).as_of)
         print(f"  setup {users:,} users: generated and loaded in {time.perf_counter() - started:.0f}s", flush=True)
-        features.apply_repo(variant_settings(db_url, workdir / f"apply_{users}"))
+        apply_repo(variant_settings(db_url, workdir / f"apply_{users}"))
         materialized, settings = bench_materialization(db_url, workdir, users, workers_list)
         lines += materialized
 
         started = time.perf_counter()
-        training = features.build_training_set(MONTH, settings=settings)
+        training = build_training_set(MONTH, settings=settings)
         seconds = time.perf_counter() - started
         lines.append(
             f"  training set {len(training):>8,} users x {len(FEATURE_NAMES)} features (PIT join)  {seconds:8.1f} s"
@@ -241,18 +243,18 @@ def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) 
         print(lines[-1], flush=True)
 
         with psycopg.connect(db_url) as conn:
-            sample = features.parity_sample_users(conn, features.month_as_of_ts(MONTH), 100)
-        store = features.feature_store(settings)
+            sample = parity_sample_users(conn, month_as_of_ts(MONTH), 100)
+        store = feature_store(settings)
         service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
         floor = floor_reader(settings)
         readers = {
             "sdk": lambda batch: store.get_online_features(
                 features=service, entity_rows=[{ENTITY: u} for u in batch]
             ).to_dict(),
-            "lookup": lambda batch: features.online_features(batch, settings=settings),
+            "lookup": lambda batch: online_features(batch, settings=settings),
             "floor": floor,
         }
-        assert floor(sample[:3]) == {u: features.online_features([u], settings=settings).values[u] for u in sample[:3]}
+        assert floor(sample[:3]) == {u: online_features([u], settings=settings).values[u] for u in sample[:3]}
         for size, calls in LOOKUP_CALLS.items():
             batches = [[sample[i % len(sample)]] for i in range(calls)] if size == 1 else [sample[:size]] * calls
             figures = {name: timed(read, batches) for name, read in readers.items()}
@@ -263,7 +265,7 @@ def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) 
         split = ", ".join(f"{k} {v:.0%}" for k, v in shares)
         lines.append(f"  SDK 1-user call, cumulative share of time (profiled; steps may nest): {split}")
         print(lines[-1], flush=True)
-        features._feature_store.cache_clear()
+        _feature_store.cache_clear()
     return lines
 
 

@@ -17,24 +17,21 @@ Run: `python -m bench.bench_ingest` (or `make bench`).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+import pandas as pd
+import psycopg
+import sqlalchemy
 
-import pandas as pd  # noqa: E402
-import psycopg  # noqa: E402
-import sqlalchemy  # noqa: E402
-
-from bench.harness import machine, postgres_server, scratch_database  # noqa: E402
-from streamflow_mlops.generate import DropSpec, write_drop  # noqa: E402
-from streamflow_mlops.schema import RAW_TABLES  # noqa: E402
-from streamflow_mlops.settings import REPO_ROOT, WAREHOUSE_SCHEMA, with_driver  # noqa: E402
-from streamflow_mlops.validation import validate_drop  # noqa: E402
-from streamflow_mlops.warehouse import create_schema, load_drop  # noqa: E402
+from bench.harness import machine, postgres_server, scratch_database
+from streamflow_mlops.config.schema import RAW_TABLES
+from streamflow_mlops.config.settings import REPO_ROOT, WAREHOUSE_SCHEMA, with_driver
+from streamflow_mlops.data.validation import validate_drop
+from streamflow_mlops.data.warehouse import create_schema, load_drop
+from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 NAIVE_SCHEMA = "naive"
 PANDAS_DTYPES = {"str": "string", "int": "int64", "float": "float64", "bool": "bool"}

@@ -12,15 +12,11 @@ Run: `python -m bench.bench_models` (or `make bench`).
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-
-from bench.harness import machine  # noqa: E402
-from streamflow_mlops.generate import DropSpec, build_drop  # noqa: E402
-from streamflow_mlops.training import CLASSIFIERS, best_achievable_auc, frame_from_tables, train_model  # noqa: E402
+from bench.harness import machine
+from streamflow_mlops.model.training import CLASSIFIERS, best_achievable_auc, frame_from_tables, train_model
+from streamflow_mlops.synthetic.generate import DropSpec, build_drop
 
 SEEDS = (42, 7, 2024)
 LATENCY_CALLS = 100

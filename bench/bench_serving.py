@@ -29,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "plugins"))
+from bench.harness import machine
 
-from bench.harness import machine  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONCURRENCY = (1, 8, 32)
 SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
@@ -56,11 +55,11 @@ def seed_app():
     import pandas as pd
     from fastapi import FastAPI, HTTPException
 
-    from streamflow_mlops import features
-    from streamflow_mlops.settings import FEATURE_SERVICE, get_settings
+    from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
+    from streamflow_mlops.features.store import feature_store
 
     settings = get_settings()
-    store = features.feature_store(settings)
+    store = feature_store(settings)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model("models:/streamflow_churn@champion")
     app = FastAPI()
@@ -238,21 +237,25 @@ def build_stack(home: Path) -> dict:
         "STREAMFLOW_PG_EMBEDDED_PORT": str(free_port()),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "BENTOML_HOME": str(home / "bentoml"),
-        "PYTHONPATH": str(REPO / "plugins"),
     }
     for name in ("STREAMFLOW_DB_URL", "STREAMFLOW_FEAST_ONLINE_STORE"):
         os.environ.pop(name, None)
     os.environ.update(env)
 
-    from streamflow_mlops import embedded, features, registry
-    from streamflow_mlops.generate import DropSpec, write_drop
-    from streamflow_mlops.settings import FEATURE_SERVICE, get_settings
-    from streamflow_mlops.training import train_model
-    from streamflow_mlops.warehouse import create_schema, load_drop
+    from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
+    from streamflow_mlops.data.warehouse import create_schema, load_drop
+    from streamflow_mlops.features.materialize import materialize_month
+    from streamflow_mlops.features.retrieval import build_training_set
+    from streamflow_mlops.features.store import apply_repo, feature_names
+    from streamflow_mlops.model.tracking import configure_mlflow, log_trained_model
+    from streamflow_mlops.model.training import train_model
+    from streamflow_mlops.pipelines.champion import set_champion
+    from streamflow_mlops.platform.embedded import up
+    from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
     get_settings.cache_clear()
     settings = get_settings()
-    embedded.up(settings)
+    up(settings)
     spec = DropSpec(0, users=USERS)
     folder = write_drop(spec, settings.drops_dir)
     with psycopg.connect(settings.db_url) as conn:
@@ -260,13 +263,13 @@ def build_stack(home: Path) -> dict:
         with conn.transaction():
             load_drop(conn, folder, spec.as_of)
         users = [r[0] for r in conn.execute("SELECT user_id FROM streamflow.users ORDER BY md5(user_id)")]
-    features.apply_repo(settings)
-    features.materialize_month("month_000", settings)
-    trained = train_model(features.build_training_set("month_000"), 42, features=features.feature_names())
-    logged = registry.log_trained_model(
+    apply_repo(settings)
+    materialize_month("month_000", settings)
+    trained = train_model(build_training_set("month_000"), 42, features=feature_names())
+    logged = log_trained_model(
         trained, month="month_000", as_of=spec.as_of, feature_service=FEATURE_SERVICE, settings=settings
     )
-    registry.set_champion(registry.configure_mlflow(settings), logged["version"], {"decision": "bench"})
+    set_champion(configure_mlflow(settings), logged["version"], {"decision": "bench"})
     return {"settings": settings, "env": {**os.environ, **env}, "users": users, "version": logged["version"]}
 
 
@@ -279,10 +282,11 @@ def floor(settings, users: list[str], seconds: float) -> dict:
     The model call is the service's own (`PipelineModel.predict_proba`, the array path when the
     pipeline compiles); the DataFrame path through the sklearn pipeline is timed beside it.
     """
-    from streamflow_mlops import serving
+    from streamflow_mlops.serving.champion import load_champion, newest_imported_tag
+    from streamflow_mlops.serving.feature_reader import build_reader
 
-    reader = serving.build_reader(settings)
-    champion = serving.load_champion(serving.newest_imported_tag())
+    reader = build_reader(settings)
+    champion = load_champion(newest_imported_tag())
     model, fs = champion.model, champion.feature_service
     reader.read(users[:32], fs)
 
@@ -384,9 +388,9 @@ def main() -> None:
                     stop(proc)
             floor_stats = floor(stack["settings"], users, SECONDS)
         finally:
-            from streamflow_mlops import embedded
+            from streamflow_mlops.platform.embedded import stop_embedded
 
-            embedded.stop_embedded(stack["settings"])
+            stop_embedded(stack["settings"])
 
     print(
         f"\n{'target':<8}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
-from streamflow_mlops import embedded
-from streamflow_mlops.settings import REPO_ROOT, Settings, replace_database
+from streamflow_mlops.config.settings import REPO_ROOT, Settings, replace_database
+from streamflow_mlops.platform.embedded import start_embedded, stop_embedded
 
 
 def machine() -> str:
@@ -46,11 +46,11 @@ def postgres_server(workdir: Path):
         embedded_pg_port=port,
         online_store_override=None,
     )
-    url = embedded.start_embedded(settings)
+    url = start_embedded(settings)
     try:
         yield replace_database(url, "postgres")
     finally:
-        embedded.stop_embedded(settings)
+        stop_embedded(settings)
 
 
 @contextmanager

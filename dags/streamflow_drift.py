@@ -42,7 +42,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, Param, dag, task
 
-from streamflow_mlops.drift import DEFAULT_DRIFT_THRESHOLD
+from streamflow_mlops.monitoring.drift import DEFAULT_DRIFT_THRESHOLD
 
 FEATURES = Asset("streamflow_features")
 
@@ -73,8 +73,8 @@ FEATURES = Asset("streamflow_features")
 def streamflow_drift():
     @task
     def measure_drift(params=None, triggering_asset_events=None) -> dict:
-        from streamflow_mlops.drift import run_drift_check
-        from streamflow_mlops.runs import month_for_run
+        from streamflow_mlops.pipelines.drift import run_drift_check
+        from streamflow_mlops.pipelines.runs import month_for_run
 
         return run_drift_check(month_for_run(params, triggering_asset_events), float(params["drift_threshold"]))
 

@@ -41,8 +41,8 @@ FEATURES = Asset("streamflow_features")
 def streamflow_features():
     @task
     def apply(params=None, triggering_asset_events=None) -> str:
-        from streamflow_mlops.features import apply_repo
-        from streamflow_mlops.runs import month_for_run
+        from streamflow_mlops.features.store import apply_repo
+        from streamflow_mlops.pipelines.runs import month_for_run
 
         month = month_for_run(params, triggering_asset_events)
         apply_repo()
@@ -50,13 +50,13 @@ def streamflow_features():
 
     @task
     def materialize(month: str) -> dict:
-        from streamflow_mlops.features import materialize_month
+        from streamflow_mlops.features.materialize import materialize_month
 
         return materialize_month(month)
 
     @task(outlets=[FEATURES])
     def check_parity(materialized: dict, outlet_events=None) -> dict:
-        from streamflow_mlops.features import check_parity as parity
+        from streamflow_mlops.features.parity import check_parity as parity
 
         report = parity(materialized["month"])
         outlet_events[FEATURES].extra = {"month": materialized["month"], "as_of": materialized["as_of"]}

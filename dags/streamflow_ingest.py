@@ -43,7 +43,7 @@ def streamflow_ingest():
         """GE-validate every file; on failure quarantine, record and fail with the reasons."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        from streamflow_mlops.ingest import validate_month
+        from streamflow_mlops.data.ingest import validate_month
 
         return validate_month(params["month"], PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn)
 
@@ -52,7 +52,7 @@ def streamflow_ingest():
         """One transaction: raw tables, snapshots and the ingestion_runs row for this as_of."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        from streamflow_mlops.ingest import load_month
+        from streamflow_mlops.data.ingest import load_month
 
         summary = load_month(validated, PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn)
         outlet_events[SNAPSHOTS].extra = {"month": summary["month"], "as_of": summary["as_of"]}

@@ -38,7 +38,8 @@ def streamflow_rollback():
     def rollback(params=None, dag_run=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from streamflow_mlops.registry import UnknownVersionError, rollback_champion
+        from streamflow_mlops.model.registry import UnknownVersionError
+        from streamflow_mlops.pipelines.champion import rollback_champion
 
         who = (dag_run.conf or {}).get("by") or getattr(dag_run, "triggering_user_name", None) or "airflow"
         try:

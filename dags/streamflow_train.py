@@ -44,14 +44,14 @@ CHAMPION = Asset("streamflow_champion")
 def streamflow_train():
     @task
     def train_challenger(params=None) -> dict:
-        from streamflow_mlops.training import train_and_register
+        from streamflow_mlops.pipelines.train import train_and_register
 
         # A run triggered by the drift gate passes conf {"month": ...}; Airflow merges it into params.
         return train_and_register(params["month"], seed=int(params["seed"]))
 
     @task
     def compare_with_champion(challenger: dict, params=None) -> dict:
-        from streamflow_mlops.registry import evaluate_and_decide
+        from streamflow_mlops.pipelines.train import evaluate_and_decide
 
         return evaluate_and_decide(challenger, delta=float(params["delta"]))
 
@@ -59,7 +59,7 @@ def streamflow_train():
     def promote(decision: dict, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from streamflow_mlops.registry import promote_and_import
+        from streamflow_mlops.pipelines.champion import promote_and_import
 
         if not decision["promote"]:
             raise AirflowSkipException(f"kept the champion: {decision['reason']}")

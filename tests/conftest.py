@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -18,17 +17,36 @@ from pathlib import Path
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "plugins"))
+from streamflow_mlops.config.settings import Settings, get_settings, replace_database
+from streamflow_mlops.platform.embedded import start_embedded, stop_embedded
 
-from streamflow_mlops import embedded  # noqa: E402
-from streamflow_mlops.settings import Settings, get_settings, replace_database  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+DISPOSABLE_FLAG = "STREAMFLOW_TEST_DB_DISPOSABLE"
+
+
+def refuse_unless_disposable(external_url: str | None, environ: dict[str, str]) -> None:
+    """Tests that drop the `airflow` and `mlflow` databases run only on a server nobody else uses:
+    the session's own embedded one, or an external one explicitly marked disposable."""
+    if external_url and environ.get(DISPOSABLE_FLAG) != "1":
+        raise pytest.UsageError(
+            f"STREAMFLOW_TEST_DB_URL points at an external server and this test drops its airflow and "
+            f"mlflow databases; set {DISPOSABLE_FLAG}=1 if that server is disposable"
+        )
+
+
+@pytest.fixture(scope="session")
+def disposable_pg_server(pg_server) -> str:
+    """The test server, when its airflow/mlflow databases may be dropped (see refuse_unless_disposable)."""
+    refuse_unless_disposable(os.environ.get("STREAMFLOW_TEST_DB_URL"), dict(os.environ))
+    return pg_server
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +68,9 @@ def pg_server(tmp_path_factory) -> str:
         embedded_pg_port=free_port(),
         online_store_override=None,
     )
-    url = embedded.start_embedded(settings)
+    url = start_embedded(settings)
     yield replace_database(url, "postgres")
-    embedded.stop_embedded(settings)
+    stop_embedded(settings)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -112,8 +130,8 @@ def bentoml_home(home: Path):
 
 def load_months(db_url: str, drops_dir: Path, months, users: int, seed: int = 42) -> None:
     """Generate the months (month_001 drifted, as by default) and load them into the warehouse."""
-    from streamflow_mlops.generate import DropSpec, default_drift, write_drop
-    from streamflow_mlops.warehouse import create_schema, load_drop
+    from streamflow_mlops.data.warehouse import create_schema, load_drop
+    from streamflow_mlops.synthetic.generate import DropSpec, default_drift, write_drop
 
     with psycopg.connect(db_url) as conn:
         create_schema(conn)

@@ -1,16 +1,14 @@
 """StreamFlow churn service: the champion model scored on features read from the Feast online store.
 
-Thin HTTP shell over `streamflow_mlops.serving` (request logic, champion hot swap, prediction log).
-Routes and errors follow DESIGN "Service": 404 unknown user, 422 missing features, 400 malformed
+Thin HTTP shell over `streamflow_mlops.serving.runtime` (request logic, champion hot swap, prediction log).
+Routes and errors (docs/architecture.md, "Service"): 404 unknown user, 422 missing features, 400 malformed
 or oversize input, 503 while the model or the feature store can't answer.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
-from pathlib import Path
 from typing import Annotated, Any
 
 # One OpenMP/BLAS thread per worker, set before numpy or sklearn load their runtimes: requests
@@ -22,19 +20,17 @@ for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 # printed again whenever a library resets the warning registry, it wrote a log line every few requests.
 warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance")
 
-# The library lives in plugins/ both in the repository and inside the built bento (same layout),
-# which is how Airflow finds it too; put it on the path the same way in both places.
-_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
-if _PLUGINS.is_dir() and str(_PLUGINS) not in sys.path:
-    sys.path.insert(0, str(_PLUGINS))
-
 import bentoml  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
-from streamflow_mlops import serving  # noqa: E402
-from streamflow_mlops.schema import USER_ID_REGEX  # noqa: E402
-from streamflow_mlops.settings import get_settings  # noqa: E402
+from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
+from streamflow_mlops.config.settings import get_settings  # noqa: E402
+from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
+from streamflow_mlops.serving.errors import ServingError  # noqa: E402
+from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit  # noqa: E402
+from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
+from streamflow_mlops.serving.scoring import MAX_BATCH_IDS  # noqa: E402
 
 UserId = Annotated[
     str, Field(pattern=USER_ID_REGEX, max_length=32, description="Telco-style user id", examples=["7590-VHVEG"])
@@ -58,7 +54,7 @@ class Prediction(BaseModel):
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
 
 
-def error_response(error: serving.ServingError) -> JSONResponse:
+def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
@@ -81,8 +77,8 @@ class ChurnService:
     """Churn probability of a subscriber from the current champion and its FeatureService's online features."""
 
     def __init__(self) -> None:
-        poll_s = float(os.environ.get("STREAMFLOW_CHAMPION_POLL_S", serving.POLL_INTERVAL_S))
-        self.runtime = serving.ServiceRuntime(get_settings(), poll_interval_s=poll_s)
+        poll_s = float(os.environ.get("STREAMFLOW_CHAMPION_POLL_S", POLL_INTERVAL_S))
+        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s)
         self.runtime.start()
 
     def __is_ready__(self) -> bool:
@@ -115,20 +111,20 @@ class ChurnService:
         try:
             # Already plain JSON types: skip re-validating the answer through the Prediction model.
             return JSONResponse(await self.runtime.batcher.submit(user_id))
-        except serving.ServingError as error:
+        except ServingError as error:
             return error_response(error)
 
     @bentoml.api
     def predict_batch(
-        self, user_ids: Annotated[list[UserId], Field(min_length=1, max_length=serving.MAX_BATCH_IDS)]
+        self, user_ids: Annotated[list[UserId], Field(min_length=1, max_length=MAX_BATCH_IDS)]
     ) -> list[dict[str, Any]]:
         """One answer per id, in order; an unknown id or one lacking features gets an error item."""
         try:
             outcomes = self.runtime.scorer.score(user_ids)
-        except serving.ServingError as error:
+        except ServingError as error:
             return error_response(error)
         return [
-            outcome.body() | {"status": outcome.status} if isinstance(outcome, serving.ServingError) else outcome
+            outcome.body() | {"status": outcome.status} if isinstance(outcome, ServingError) else outcome
             for outcome in outcomes
         ]
 
@@ -137,8 +133,8 @@ class ChurnService:
         """The online features of the champion's FeatureService for one user."""
         try:
             return self.runtime.scorer.features(user_id)
-        except serving.ServingError as error:
+        except ServingError as error:
             return error_response(error)
 
 
-ChurnService.add_asgi_middleware(serving.BodySizeLimit, max_bytes=serving.MAX_BODY_BYTES)
+ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)

@@ -9,11 +9,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from streamflow_mlops.settings import get_settings
+from streamflow_mlops.config.settings import get_settings
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from streamflow_mlops.generate import BREAKAGES, NO_DRIFT, Drift, DropSpec, default_drift, write_drop
+    from streamflow_mlops.synthetic.generate import BREAKAGES, NO_DRIFT, Drift, DropSpec, default_drift, write_drop
 
     out = Path(args.out) if args.out else get_settings().drops_dir
     for month in range(args.start, args.start + args.months):
@@ -41,25 +41,25 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _stack(args: argparse.Namespace) -> None:
-    from streamflow_mlops import embedded
+    from streamflow_mlops.platform.embedded import stop_embedded, up
 
     settings = get_settings()
     if args.action == "up":
-        url = embedded.up(settings)
+        url = up(settings)
         print(f"postgres: {url}\nenv file: {settings.state_dir / 'env'} (source it)")
     elif args.action == "down":
-        embedded.stop_embedded(settings)
+        stop_embedded(settings)
         print("embedded postgres stopped")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from streamflow_mlops import demo
+    from streamflow_mlops.platform.demo import run
 
-    demo.run(get_settings(), serve_forever=not args.no_serve)
+    run(get_settings(), serve_forever=not args.no_serve)
 
 
 def _expectations(args: argparse.Namespace) -> None:
-    from streamflow_mlops.validation import write_suites
+    from streamflow_mlops.data.validation import write_suites
 
     out = Path(args.out) if args.out else get_settings().expectations_dir
     for path in write_suites(out):
@@ -67,7 +67,7 @@ def _expectations(args: argparse.Namespace) -> None:
 
 
 def _bento(args: argparse.Namespace) -> None:
-    from streamflow_mlops.bento_build import build_bento
+    from streamflow_mlops.platform.bento import build_bento
 
     bento = build_bento(get_settings())
     dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"

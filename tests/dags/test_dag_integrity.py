@@ -70,7 +70,6 @@ def spy(self, address):
     opened.append(str(address))
     return real_connect(self, address)
 socket.socket.connect = spy
-sys.path.insert(0, {str(REPO / "plugins")!r})
 import airflow.sdk
 before = set(sys.modules)
 import importlib.util

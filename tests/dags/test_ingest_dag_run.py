@@ -13,7 +13,7 @@ import json
 import psycopg
 import pytest
 
-from streamflow_mlops.generate import DropSpec, write_drop
+from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_ingest_dag_loads_a_month_and_emits_the_snapshots_asset(ingest_dag, stac
 
 
 def test_ingest_dag_fails_a_broken_month_with_its_reasons(ingest_dag, stack_env):
-    from streamflow_mlops.ingest import BatchRejected
+    from streamflow_mlops.data.ingest import BatchRejected
 
     write_drop(DropSpec(1, users=120, broken="negative_fee"), stack_env.drops_dir)
     with pytest.raises(BatchRejected, match=r"expect_column_values_to_be_between\(monthly_fee"):

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from streamflow_mlops.demo import Stack
-from streamflow_mlops.generate import DropSpec, write_drop
-from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL, get_settings
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL, get_settings
+from streamflow_mlops.platform.demo import Stack
+from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,8 @@ def warehouse_state(conn) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def stack(pg_server, tmp_path_factory):
+def stack(disposable_pg_server, tmp_path_factory):
+    pg_server = disposable_pg_server
     home = tmp_path_factory.mktemp("e2e")
     env = {
         "STREAMFLOW_HOME": str(home / "state"),

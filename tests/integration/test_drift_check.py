@@ -9,9 +9,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streamflow_mlops import features
-from streamflow_mlops.drift import MONITORING_EXPERIMENT, RETRAIN, SKIP, run_drift_check
-from streamflow_mlops.settings import CHAMPION_ALIAS, REGISTERED_MODEL
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
+from streamflow_mlops.features.retrieval import feature_frame
+from streamflow_mlops.features.store import apply_repo
+from streamflow_mlops.monitoring.drift import MONITORING_EXPERIMENT, RETRAIN, SKIP
+from streamflow_mlops.pipelines.drift import run_drift_check
 from tests.conftest import load_months
 
 # Above 1,000 reference rows Evidently picks the same tests (normed Wasserstein, Jensen-Shannon)
@@ -22,8 +24,8 @@ SERVED = 200
 
 def register_champion(settings, month: str) -> str:
     """Train and register through the training DAG's own code, then point the alias at it."""
-    from streamflow_mlops.registry import configure_mlflow
-    from streamflow_mlops.training import train_and_register
+    from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.train import train_and_register
 
     version = train_and_register(month, seed=42)["version"]
     configure_mlflow(settings).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
@@ -31,9 +33,9 @@ def register_champion(settings, month: str) -> str:
 
 
 def log_served_predictions(settings, version: str, month: str, rows: int) -> None:
-    from streamflow_mlops.registry import score_version
+    from streamflow_mlops.model.registry import score_version
 
-    frame = features.feature_frame(month).iloc[:rows]
+    frame = feature_frame(month).iloc[:rows]
     scores = score_version(version, frame)
     now = datetime(2024, 3, 1, tzinfo=UTC)
     with psycopg.connect(settings.db_url) as conn:
@@ -87,7 +89,7 @@ def test_empty_system_triggers_the_first_training(stack_env, tmp_path):
 @pytest.mark.slow
 def test_drifted_month_retrains_and_undrifted_skips(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
-    features.apply_repo()
+    apply_repo()
     version = register_champion(stack_env, "month_000")
     log_served_predictions(stack_env, version, "month_001", SERVED)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import psycopg
 
-from streamflow_mlops import embedded
-from streamflow_mlops.settings import get_settings, replace_database
-from streamflow_mlops.warehouse import create_schema
+from streamflow_mlops.config.settings import get_settings, replace_database
+from streamflow_mlops.data.warehouse import create_schema
+from streamflow_mlops.platform.embedded import is_accepting, stop_embedded, up
 
 
 def test_embedded_start_reuse_stop(pg_server, tmp_path, monkeypatch):
@@ -18,23 +18,23 @@ def test_embedded_start_reuse_stop(pg_server, tmp_path, monkeypatch):
     get_settings.cache_clear()
     settings = get_settings()
     try:
-        url = embedded.up(settings)
-        assert embedded.up(settings) == url  # a second start reuses the running server
+        url = up(settings)
+        assert up(settings) == url  # a second start reuses the running server
         with psycopg.connect(replace_database(url, "postgres")) as conn:
             names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
         assert {"streamflow", "airflow", "mlflow"} <= names
         env = (settings.state_dir / "env").read_text()
         assert f"export STREAMFLOW_DB_URL={url}" in env and "MLFLOW_TRACKING_URI" in env
     finally:
-        embedded.stop_embedded(settings)
+        stop_embedded(settings)
         get_settings.cache_clear()
-    assert not embedded.is_accepting(settings.db_url)
+    assert not is_accepting(settings.db_url)
 
 
 def test_existing_server_is_used_not_started(stack_env):
     settings = stack_env
     assert not settings.embedded
-    url = embedded.up(settings)
+    url = up(settings)
     assert url == settings.db_url
     assert not settings.pgdata.exists()  # nothing embedded was started
     with psycopg.connect(url) as conn:

@@ -13,10 +13,15 @@ import psycopg
 import pytest
 from feast import FeatureStore
 
-from streamflow_mlops import features
-from streamflow_mlops.embedded import write_env_file
-from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
-from streamflow_mlops.settings import get_settings
+from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
+from streamflow_mlops.config.settings import get_settings
+from streamflow_mlops.features.materialize import materialization_window, materialize_month
+from streamflow_mlops.features.online import online_features
+from streamflow_mlops.features.parity import FeatureParityError, check_parity, parity_sample_users
+from streamflow_mlops.features.retrieval import build_training_set, feature_frame
+from streamflow_mlops.features.store import apply_repo, feature_names, repo_config
+from streamflow_mlops.platform.embedded import write_env_file
 from tests.conftest import load_months
 
 USERS = 300
@@ -50,12 +55,12 @@ def online_table_digest(settings) -> list[tuple]:
 
 def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
-    features.apply_repo()
-    assert features.feature_names() == list(FEATURE_NAMES)
+    apply_repo()
+    assert feature_names() == list(FEATURE_NAMES)
 
     for month in ("month_000", "month_001"):
-        as_of = features.month_as_of_ts(month)
-        training = features.build_training_set(month)
+        as_of = month_as_of_ts(month)
+        training = build_training_set(month)
         assert list(training.columns) == [ENTITY, TIMESTAMP, *FEATURE_NAMES, LABEL]
         assert len(training) == USERS and (training[TIMESTAMP] == as_of).all()
         assert training[list(FEATURE_NAMES)].notna().all().all()
@@ -63,39 +68,39 @@ def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_pat
         got = {r[ENTITY]: {n: r[n] for n in FEATURE_NAMES} for r in training.to_dict("records")}
         assert got == expected, f"{month}: training values differ from that month's snapshots"
     # month_001 is drifted, so equal values above prove month_000 did not see month_001's rows.
-    january = features.build_training_set("month_000").set_index(ENTITY)
-    february = features.build_training_set("month_001").set_index(ENTITY)
+    january = build_training_set("month_000").set_index(ENTITY)
+    february = build_training_set("month_001").set_index(ENTITY)
     assert (january["watch_hours_30d"] != february.loc[january.index, "watch_hours_30d"]).mean() > 0.9
 
-    drift_frame = features.feature_frame("month_001")
+    drift_frame = feature_frame("month_001")
     assert LABEL not in drift_frame.columns and len(drift_frame) == USERS
 
 
 def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
-    features.apply_repo()
+    apply_repo()
 
-    first = features.materialize_month("month_000")
+    first = materialize_month("month_000")
     assert first["as_of"] == "2024-01-31" and set(first["users"].values()) == {USERS}
-    assert features.check_parity("month_000")["mismatches"] == 0
+    assert check_parity("month_000")["mismatches"] == 0
 
-    features.materialize_month("month_001")
-    assert features.check_parity("month_001", sample=USERS)["users_checked"] == USERS
+    materialize_month("month_001")
+    assert check_parity("month_001", sample=USERS)["users_checked"] == USERS
     digest = online_table_digest(stack_env)
-    known = sorted(snapshot_rows(stack_env, features.month_as_of_ts("month_001")))[:3]
-    features.apply_repo()  # the DAG applies on every run: serving must go on in between
-    assert set(features.online_features(known).complete) == set(known)
-    again = features.materialize_month("month_001", workers=2)  # the split path writes the same rows
+    known = sorted(snapshot_rows(stack_env, month_as_of_ts("month_001")))[:3]
+    apply_repo()  # the DAG applies on every run: serving must go on in between
+    assert set(online_features(known).complete) == set(known)
+    again = materialize_month("month_001", workers=2)  # the split path writes the same rows
     assert again["workers"] == 2 and online_table_digest(stack_env) == digest
 
     # Feast's stock engine (one proto and one INSERT per value) over the same store: not a byte changes.
-    stock = features.repo_config(stack_env)
+    stock = repo_config(stack_env)
     stock.batch_engine_config = "local"
-    start, end = features.materialization_window(features.month_as_of_ts("month_001"), timedelta(days=31))
+    start, end = materialization_window(month_as_of_ts("month_001"), timedelta(days=31))
     FeatureStore(repo_path=str(stack_env.feature_repo), config=stock).materialize(start_date=start, end_date=end)
     assert online_table_digest(stack_env) == digest
 
-    lookup = features.online_features(["0000-NOONE", *known, known[0]])
+    lookup = online_features(["0000-NOONE", *known, known[0]])
     assert lookup.unknown == ("0000-NOONE",)
     assert list(lookup.values) == known and lookup.missing == {}
     assert lookup.feature_names == tuple(FEATURE_NAMES)
@@ -104,14 +109,14 @@ def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
 
 def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
-    as_of = features.month_as_of_ts("month_000")
+    as_of = month_as_of_ts("month_000")
     with psycopg.connect(stack_env.db_url) as conn:
-        sample = features.parity_sample_users(conn, as_of, 2)
+        sample = parity_sample_users(conn, as_of, 2)
         conn.execute("DELETE FROM streamflow.payments_agg_90d_snapshots WHERE user_id = %s", (sample[0],))
-    features.apply_repo()
-    features.materialize_month("month_000")
+    apply_repo()
+    materialize_month("month_000")
 
-    lookup = features.online_features([sample[0]])
+    lookup = online_features([sample[0]])
     assert lookup.unknown == () and lookup.missing == {sample[0]: ("failed_payments_90d",)}
     assert lookup.values[sample[0]]["failed_payments_90d"] is None and lookup.complete == {}
 
@@ -119,26 +124,26 @@ def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path
         conn.execute(
             "UPDATE streamflow.usage_agg_30d_snapshots SET skips_7d = skips_7d + 1 WHERE user_id = %s", (sample[1],)
         )
-    with pytest.raises(features.FeatureParityError, match=rf"{sample[1]}\.skips_7d"):
-        features.check_parity("month_000")
+    with pytest.raises(FeatureParityError, match=rf"{sample[1]}\.skips_7d"):
+        check_parity("month_000")
 
 
 def test_apply_makes_online_tables_in_a_new_state_dir_over_the_same_registry(stack_env, tmp_path, monkeypatch):
     """An external Postgres keeps the registry; a new STREAMFLOW_HOME starts an empty sqlite file."""
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
-    features.apply_repo()
+    apply_repo()
     monkeypatch.setenv("STREAMFLOW_HOME", str(tmp_path / "another_state"))
     get_settings.cache_clear()
-    features.apply_repo()
-    assert set(features.materialize_month("month_000")["users"].values()) == {USERS}
-    assert features.check_parity("month_000")["mismatches"] == 0
+    apply_repo()
+    assert set(materialize_month("month_000")["users"].values()) == {USERS}
+    assert check_parity("month_000")["mismatches"] == 0
 
 
 def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
-    features.apply_repo()
+    apply_repo()
     with pytest.raises(ValueError, match="no snapshot rows"):
-        features.materialize_month("month_005")
+        materialize_month("month_005")
 
 
 @pytest.mark.slow
@@ -146,11 +151,11 @@ def test_feast_cli_applies_and_materializes_with_the_env_file(stack_env, tmp_pat
     """`feast apply` / `feast materialize` from a shell that sourced .streamflow/env."""
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     env_file = write_env_file(stack_env)
-    start, end = features.materialization_window(features.month_as_of_ts("month_000"), timedelta(days=31))
+    start, end = materialization_window(month_as_of_ts("month_000"), timedelta(days=31))
     # Only PATH and HOME from here: everything Feast needs must come from the env file.
     shell_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
     for args in ("apply", f"materialize {start.isoformat()} {end.isoformat()}"):
         script = f'source "{env_file}" && feast -c "{stack_env.feature_repo}" {args}'
         done = subprocess.run(["bash", "-c", script], env=shell_env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-    assert features.check_parity("month_000")["mismatches"] == 0
+    assert check_parity("month_000")["mismatches"] == 0

@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streamflow_mlops.generate import DropSpec, default_drift, write_drop
-from streamflow_mlops.ingest import BatchRejected, load_month, validate_month
-from streamflow_mlops.schema import RAW_TABLES
-from streamflow_mlops.settings import get_settings, replace_database
-from streamflow_mlops.warehouse import create_schema, load_drop
+from streamflow_mlops.config.schema import RAW_TABLES
+from streamflow_mlops.config.settings import get_settings, replace_database
+from streamflow_mlops.data.ingest import BatchRejected, load_month, validate_month
+from streamflow_mlops.data.warehouse import create_schema, load_drop
+from streamflow_mlops.synthetic.generate import DropSpec, default_drift, write_drop
 
 USERS = 150
 DATA_TABLES = [t.name for t in RAW_TABLES] + [

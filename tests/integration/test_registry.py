@@ -10,19 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow_mlops.generate import DropSpec, build_drop
-from streamflow_mlops.registry import (
-    UnknownVersionError,
-    bento_model_store,
-    bento_tag,
-    configure_mlflow,
-    evaluate_and_decide,
-    promote_and_import,
-    rollback_champion,
-)
-from streamflow_mlops.schema import FEATURE_NAMES
-from streamflow_mlops.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
-from streamflow_mlops.training import TrainedModel, frame_from_tables, log_challenger, train_model
+from streamflow_mlops.config.schema import FEATURE_NAMES
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
+from streamflow_mlops.model.bento_import import bento_model_store
+from streamflow_mlops.model.registry import UnknownVersionError, bento_tag
+from streamflow_mlops.model.tracking import configure_mlflow
+from streamflow_mlops.model.training import TrainedModel, frame_from_tables, train_model
+from streamflow_mlops.pipelines.champion import promote_and_import, rollback_champion
+from streamflow_mlops.pipelines.train import evaluate_and_decide, log_challenger
+from streamflow_mlops.synthetic.generate import DropSpec, build_drop
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streamflow_mlops import features, serving
-from streamflow_mlops.generate import DropSpec, write_drop
-from streamflow_mlops.schema import ENTITY
-from streamflow_mlops.settings import FEATURE_SERVICE, REGISTERED_MODEL, Settings, get_settings, replace_database
-from streamflow_mlops.warehouse import create_schema, load_drop
+from streamflow_mlops.config.schema import ENTITY
+from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, Settings, get_settings, replace_database
+from streamflow_mlops.data.warehouse import create_schema, load_drop
+from streamflow_mlops.features.materialize import materialize_month
+from streamflow_mlops.features.retrieval import build_training_set
+from streamflow_mlops.features.store import apply_repo, feature_names
+from streamflow_mlops.model.compiled import PipelineModel
+from streamflow_mlops.model.registry import bento_tag
+from streamflow_mlops.serving.champion import load_champion
+from streamflow_mlops.serving.feature_reader import FeastSdkReader, SqliteOnlineReader, build_reader, entity_key_bytes
+from streamflow_mlops.serving.scoring import MAX_BATCH_IDS
+from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 USERS = 500
 MONTH = "month_000"
@@ -39,12 +46,12 @@ class ServedStack:
 
 def train_register_import(settings: Settings, seed: int, classifier: str) -> str:
     """A model trained on the month and registered as a `streamflow_churn` version (the training DAG's path)."""
-    from streamflow_mlops import registry
-    from streamflow_mlops.training import train_model
+    from streamflow_mlops.model.tracking import log_trained_model
+    from streamflow_mlops.model.training import train_model
 
-    frame = features.build_training_set(MONTH)
-    trained = train_model(frame, seed, classifier=classifier, features=features.feature_names())
-    logged = registry.log_trained_model(
+    frame = build_training_set(MONTH)
+    trained = train_model(frame, seed, classifier=classifier, features=feature_names())
+    logged = log_trained_model(
         trained, month=MONTH, as_of=DropSpec(0).as_of, feature_service=FEATURE_SERVICE, settings=settings
     )
     return logged["version"]
@@ -52,9 +59,10 @@ def train_register_import(settings: Settings, seed: int, classifier: str) -> str
 
 def set_champion(settings: Settings, version: str) -> None:
     """Promotion or rollback as the DAGs do it: import into BentoML, then move the alias."""
-    from streamflow_mlops import registry
+    from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.champion import set_champion
 
-    registry.set_champion(registry.configure_mlflow(settings), version, {"decision": "test"})
+    set_champion(configure_mlflow(settings), version, {"decision": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +87,8 @@ def served_stack(pg_server, tmp_path_factory) -> Iterator[ServedStack]:
             with conn.transaction():
                 load_drop(conn, folder, DropSpec(0).as_of)
             users = [r[0] for r in conn.execute(f"SELECT {ENTITY} FROM streamflow.users ORDER BY {ENTITY}")]
-        features.apply_repo(settings)
-        features.materialize_month(MONTH, settings)
+        apply_repo(settings)
+        materialize_month(MONTH, settings)
         versions = [train_register_import(settings, 1, "hgb"), train_register_import(settings, 2, "logreg")]
         set_champion(settings, versions[0])
         yield ServedStack(settings, db_name, users, versions)
@@ -91,14 +99,17 @@ def served_stack(pg_server, tmp_path_factory) -> Iterator[ServedStack]:
 
 @pytest.fixture(scope="module")
 def client(served_stack):
-    import importlib
+    import importlib.util
     import sys
 
     from starlette.testclient import TestClient
 
-    repo = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(repo))
-    service_module = importlib.import_module("bentos.churn_service.service")
+    path = Path(__file__).resolve().parents[2] / "bentos" / "churn_service" / "service.py"
+    spec = importlib.util.spec_from_file_location("churn_service_under_test", path)
+    service_module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: pydantic resolves the module's annotations there.
+    sys.modules[spec.name] = service_module
+    spec.loader.exec_module(service_module)
     app = service_module.ChurnService.to_asgi()
     with TestClient(app, raise_server_exceptions=False) as test_client:
         deadline = time.monotonic() + 60
@@ -127,22 +138,22 @@ def sqlite_change(stack: ServedStack, do: str, undo: str, params=()):
 
 
 def test_fast_reader_matches_the_feast_sdk(served_stack):
-    sdk = serving.FeastSdkReader(served_stack.settings)
-    fast = serving.build_reader(served_stack.settings)
-    assert isinstance(fast, serving.SqliteOnlineReader)
+    sdk = FeastSdkReader(served_stack.settings)
+    fast = build_reader(served_stack.settings)
+    assert isinstance(fast, SqliteOnlineReader)
     users = served_stack.users[::10] + ["0000-NOONE"]
     expected = sdk.read(users, "churn_model_v1")
     assert fast.read(users, "churn_model_v1") == expected
     assert all(v is None for v in expected["0000-NOONE"].values())
-    assert [r.name for r in fast.feature_refs("churn_model_v1")] == features.feature_names()
+    assert [r.name for r in fast.feature_refs("churn_model_v1")] == feature_names()
 
 
 def test_load_champion_gives_the_raw_pipeline_with_its_threshold(served_stack):
-    champion = serving.load_champion(serving.bento_tag(served_stack.versions[0]))
+    champion = load_champion(bento_tag(served_stack.versions[0]))
     assert champion.version == served_stack.versions[0]
     assert 0 < champion.threshold < 1
-    assert isinstance(champion.model, serving.PipelineModel)
-    rows = serving.FeastSdkReader(served_stack.settings).read(served_stack.users[:3], champion.feature_service)
+    assert isinstance(champion.model, PipelineModel)
+    rows = FeastSdkReader(served_stack.settings).read(served_stack.users[:3], champion.feature_service)
     scores = champion.model.predict_proba([rows[u] for u in served_stack.users[:3]])
     assert scores.shape == (3,)
 
@@ -150,13 +161,14 @@ def test_load_champion_gives_the_raw_pipeline_with_its_threshold(served_stack):
 def test_array_scoring_equals_the_pipeline_on_feast_features(served_stack):
     import numpy as np
 
-    from streamflow_mlops import registry
+    from streamflow_mlops.model.bento_import import import_to_bentoml
+    from streamflow_mlops.model.tracking import configure_mlflow
 
-    reader = serving.FeastSdkReader(served_stack.settings)
-    client = registry.configure_mlflow(served_stack.settings)
+    reader = FeastSdkReader(served_stack.settings)
+    client = configure_mlflow(served_stack.settings)
     # v1 last, so the store's newest model stays the champion the other tests expect.
     for version in reversed(served_stack.versions):  # a logistic regression and an HGB champion
-        champion = serving.load_champion(registry.import_to_bentoml(client, version, served_stack.settings))
+        champion = load_champion(import_to_bentoml(client, version, served_stack.settings))
         assert champion.model.fast is not None, f"v{version} is scored through the DataFrame path"
         rows = reader.read(served_stack.users, champion.feature_service)
         batch = [rows[u] for u in served_stack.users]
@@ -176,7 +188,7 @@ def test_predict_answers_with_model_threshold_and_features(client, served_stack)
     assert body["user_id"] == user
     assert body["model"] == {"name": REGISTERED_MODEL, "version": served_stack.versions[0]}
     assert body["churn"] == (body["churn_probability"] >= body["threshold"])
-    assert list(body["features"]) == features.feature_names()
+    assert list(body["features"]) == feature_names()
     online = client.post("/features", json={"user_id": user}).json()
     assert online["features"] == body["features"] and online["feature_service"] == "churn_model_v1"
 
@@ -208,7 +220,7 @@ def test_unknown_user_is_404(client):
         ("/predict", {"user_id": "x" * 10_000}),
         ("/predict_batch", {"user_ids": []}),
         ("/predict_batch", {"user_ids": "7590-VHVEG"}),
-        ("/predict_batch", {"user_ids": ["7590-VHVEG"] * (serving.MAX_BATCH_IDS + 1)}),
+        ("/predict_batch", {"user_ids": ["7590-VHVEG"] * (MAX_BATCH_IDS + 1)}),
         ("/features", {"user_id": None}),
     ],
 )
@@ -227,7 +239,7 @@ def test_broken_json_and_oversize_bodies_are_400(client):
 
 def test_missing_features_are_422_with_the_list(client, served_stack):
     user = served_stack.users[3]
-    key = serving.entity_key_bytes(user)
+    key = entity_key_bytes(user)
     with sqlite3.connect(online_db(served_stack)) as conn:
         saved = conn.execute("SELECT * FROM streamflow_payments_agg_90d WHERE entity_key = ?", (key,)).fetchall()
         conn.execute("DELETE FROM streamflow_payments_agg_90d WHERE entity_key = ?", (key,))
@@ -335,13 +347,13 @@ def test_built_bento_serves_outside_the_tree_and_hot_swaps_under_load(served_sta
     import bentoml
 
     repo = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STREAMFLOW_REPO")}
-    env.update(STREAMFLOW_CHAMPION_POLL_S="1", PYTHONPATH=str(repo / "plugins"))
+    env = {k: v for k, v in os.environ.items() if k != "STREAMFLOW_REPO"}
+    env.update(STREAMFLOW_CHAMPION_POLL_S="1")
     built = subprocess.run(
         [sys.executable, "-m", "streamflow_mlops", "bento"], env=env, cwd=repo, capture_output=True, text=True
     )
     assert built.returncode == 0, built.stderr
-    assert "(missing)" not in built.stdout and serving.bento_tag(served_stack.versions[0]) in built.stdout
+    assert "(missing)" not in built.stdout and bento_tag(served_stack.versions[0]) in built.stdout
     tag = built.stdout.split("built bento ", 1)[1].split()[0]
     bento = bentoml.bentos.get(tag)
     assert (Path(bento.path) / "env" / "docker" / "Dockerfile").exists()
@@ -349,7 +361,6 @@ def test_built_bento_serves_outside_the_tree_and_hot_swaps_under_load(served_sta
     assert "bentoml==" in requirements and "apache-airflow" not in requirements
 
     port = free_port()
-    env.pop("PYTHONPATH")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     server = subprocess.Popen(

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow_mlops.generate import DropSpec, build_drop
-from streamflow_mlops.schema import FEATURE_NAMES, LABEL
-from streamflow_mlops.settings import EXPERIMENT, FEATURE_SERVICE, REGISTERED_MODEL
-from streamflow_mlops.training import (
+from streamflow_mlops.config.schema import FEATURE_NAMES, LABEL
+from streamflow_mlops.config.settings import EXPERIMENT, FEATURE_SERVICE, REGISTERED_MODEL
+from streamflow_mlops.model.training import (
     best_achievable_auc,
     best_f1_threshold,
     frame_from_tables,
-    log_challenger,
     split_frame,
     train_model,
 )
+from streamflow_mlops.pipelines.train import log_challenger
+from streamflow_mlops.synthetic.generate import DropSpec, build_drop
 from tests.conftest import load_months
 
 SPEC = DropSpec(month=0, users=1500, seed=11)
@@ -130,11 +130,11 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
 def test_train_and_register_reads_the_feature_service_through_feast(stack_env):
     from mlflow import MlflowClient
 
-    from streamflow_mlops import features
-    from streamflow_mlops.training import train_and_register
+    from streamflow_mlops.features.store import apply_repo
+    from streamflow_mlops.pipelines.train import train_and_register
 
     load_months(stack_env.db_url, stack_env.drops_dir, (0,), users=800, seed=11)
-    features.apply_repo()
+    apply_repo()
 
     challenger = train_and_register("month_000", seed=3)
     assert challenger["month"] == "month_000" and challenger["as_of"] == "2024-01-31"

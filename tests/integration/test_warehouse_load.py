@@ -8,9 +8,9 @@ import shutil
 import psycopg
 import pytest
 
-from streamflow_mlops.generate import DropSpec, default_drift, write_drop
-from streamflow_mlops.schema import FEATURE_GROUPS, RAW_TABLES
-from streamflow_mlops.warehouse import create_schema, load_drop, partition_name
+from streamflow_mlops.config.schema import FEATURE_GROUPS, RAW_TABLES
+from streamflow_mlops.data.warehouse import create_schema, load_drop, partition_name
+from streamflow_mlops.synthetic.generate import DropSpec, default_drift, write_drop
 
 TABLES = [t.name for t in RAW_TABLES] + [g.table for g in FEATURE_GROUPS]
 

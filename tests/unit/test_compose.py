@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import yaml
 
-from streamflow_mlops.settings import with_driver
+from streamflow_mlops.config.settings import with_driver
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"

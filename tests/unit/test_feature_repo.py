@@ -10,9 +10,13 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnline
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value
 
-from streamflow_mlops import features
-from streamflow_mlops.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, TIMESTAMP
-from streamflow_mlops.settings import FEATURE_SERVICE, Settings, get_settings
+from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, TIMESTAMP
+from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
+from streamflow_mlops.features.materialize import materialization_window, split_views
+from streamflow_mlops.features.online import OnlineLookup, read_online_response
+from streamflow_mlops.features.parity import parity_mismatches, values_equal
+from streamflow_mlops.features.store import FEATURE_STORE_YAML, expand_vars, repo_config, repo_contents
 
 FEAST_DTYPES = {"str": "String", "int": "Int64", "float": "Float64", "bool": "Bool"}
 
@@ -29,7 +33,31 @@ def settings(monkeypatch, tmp_path) -> Settings:
 
 @pytest.fixture
 def repo(settings):
-    return features._repo_contents(settings)
+    return repo_contents(repo_config(settings).project)
+
+
+def test_feast_cli_finds_the_same_objects_in_feature_repo(settings):
+    """`feast apply` parses feature_repo/*.py itself; it must find exactly what the library applies.
+
+    Run in a fresh interpreter: Feast's parser imports the repo's files by bare module name.
+    """
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from pathlib import Path; from feast.repo_operations import parse_repo; "
+        "r = parse_repo(Path(sys.argv[1])); "
+        "print(json.dumps({k: sorted(o.name for o in getattr(r, k)) for k in "
+        "('data_sources', 'entities', 'feature_views', 'feature_services')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(settings.feature_repo)], capture_output=True, text=True, check=True
+    ).stdout
+    parsed = json.loads(out.strip().splitlines()[-1])
+    library = repo_contents("streamflow")
+    for kind, names in parsed.items():
+        assert names == sorted(o.name for o in getattr(library, kind)), kind
 
 
 def test_feature_service_is_exactly_the_schema_features(repo):
@@ -52,7 +80,7 @@ def test_one_feature_view_per_snapshot_table_typed_from_the_schema(repo):
 
 
 def test_feature_store_yaml_holds_no_literal_connection_values(settings):
-    text = (settings.feature_repo / features.FEATURE_STORE_YAML).read_text()
+    text = (settings.feature_repo / FEATURE_STORE_YAML).read_text()
     assert "s3cret" not in text and "postgresql://" not in text
     for key in ("host", "port", "database", "user", "password", "path", "online_store"):
         for value in re.findall(rf"^\s*{key}:\s*(.+)$", text, flags=re.M):
@@ -60,7 +88,7 @@ def test_feature_store_yaml_holds_no_literal_connection_values(settings):
 
 
 def test_repo_config_takes_everything_from_settings(settings):
-    config = features.repo_config(settings)
+    config = repo_config(settings)
     assert config.entity_key_serialization_version == 3
     assert config.online_store.type == "sqlite" and config.online_store.path == str(
         settings.state_dir / "online_store.db"
@@ -74,35 +102,33 @@ def test_repo_config_takes_everything_from_settings(settings):
 def test_online_store_mapping_can_be_redis(settings, monkeypatch):
     monkeypatch.setenv("STREAMFLOW_FEAST_ONLINE_STORE", "{type: redis, connection_string: 'redis:6379'}")
     get_settings.cache_clear()
-    config = features.repo_config(get_settings())
+    config = repo_config(get_settings())
     assert config.online_store.type == "redis" and config.online_store.connection_string == "redis:6379"
 
 
 def test_expand_vars_substitutes_known_and_keeps_unknown():
     env = {"A": "1", "B_C": "{type: sqlite, path: /x.db}"}
-    assert (
-        features.expand_vars("a: $A\nb: ${B_C}\nc: ${NOPE}", env) == "a: 1\nb: {type: sqlite, path: /x.db}\nc: ${NOPE}"
-    )
+    assert expand_vars("a: $A\nb: ${B_C}\nc: ${NOPE}", env) == "a: 1\nb: {type: sqlite, path: /x.db}\nc: ${NOPE}"
 
 
 def test_materialization_window_is_the_point_in_time_window():
     as_of = datetime(2024, 2, 29, tzinfo=UTC)
-    assert features.materialization_window(as_of, timedelta(days=31)) == (datetime(2024, 1, 29, tzinfo=UTC), as_of)
+    assert materialization_window(as_of, timedelta(days=31)) == (datetime(2024, 1, 29, tzinfo=UTC), as_of)
     with pytest.raises(ValueError):
-        features.materialization_window(as_of, timedelta(0))
+        materialization_window(as_of, timedelta(0))
 
 
 def test_month_as_of_ts_is_midnight_utc_of_the_last_day():
-    assert features.month_as_of_ts("month_001") == datetime(2024, 2, 29, tzinfo=UTC)
+    assert month_as_of_ts("month_001") == datetime(2024, 2, 29, tzinfo=UTC)
 
 
 def test_split_views_balances_weight():
     weights = {"profile": 6, "usage": 5, "payments": 1, "support": 2}
-    groups = features.split_views(weights, 2)
+    groups = split_views(weights, 2)
     assert sorted(sum(weights[v] for v in g) for g in groups) == [7, 7]
     assert sorted(v for g in groups for v in g) == sorted(weights)
-    assert features.split_views(weights, 8) == [["profile"], ["usage"], ["support"], ["payments"]]
-    assert features.split_views(weights, 1) == [["profile", "usage", "support", "payments"]]
+    assert split_views(weights, 8) == [["profile"], ["usage"], ["support"], ["payments"]]
+    assert split_views(weights, 1) == [["profile", "usage", "support", "payments"]]
 
 
 def response(names, columns) -> GetOnlineFeaturesResponse:
@@ -126,7 +152,7 @@ def test_online_response_reports_unknown_users_and_missing_values():
             [(Value(string_val="DSL"), present), (Value(), absent), (Value(), FieldStatus.NULL_VALUE)],
         ],
     )
-    lookup = features.read_online_response(["a", "b", "c"], ["net_service", "skips_7d"], proto)
+    lookup = read_online_response(["a", "b", "c"], ["net_service", "skips_7d"], proto)
     assert lookup.feature_names == ("net_service", "skips_7d")
     assert lookup.unknown == ("b",)
     assert lookup.values == {"a": {"net_service": "DSL", "skips_7d": 3}, "c": {"net_service": None, "skips_7d": 5}}
@@ -135,33 +161,33 @@ def test_online_response_reports_unknown_users_and_missing_values():
 
 
 def test_parity_mismatches_finds_each_disagreement():
-    lookup = features.OnlineLookup(
+    lookup = OnlineLookup(
         ("x", "y"), {"a": {"x": 1.0, "y": "DSL"}, "b": {"x": 2.0, "y": None}}, unknown=("c",), missing={"b": ("y",)}
     )
     offline = {"a": {"x": 1.0, "y": "DSL"}, "b": {"x": 2.0000001, "y": "No"}, "c": {"x": 0.0, "y": "No"}}
-    problems = features.parity_mismatches(offline, lookup)
+    problems = parity_mismatches(offline, lookup)
     assert problems == [
         "c: not in the online store",
         "b.x: offline 2.0000001 != online 2.0",
         "b.y: offline 'No' != online None",
     ]
-    assert features.parity_mismatches({"a": {"x": 1.0, "y": "DSL"}}, lookup) == []
+    assert parity_mismatches({"a": {"x": 1.0, "y": "DSL"}}, lookup) == []
 
 
 def test_values_equal_handles_nan_none_and_exact_types():
-    assert features.values_equal(float("nan"), float("nan"))
-    assert not features.values_equal(None, 0)
-    assert features.values_equal(3, 3) and not features.values_equal(True, False)
+    assert values_equal(float("nan"), float("nan"))
+    assert not values_equal(None, 0)
+    assert values_equal(3, 3) and not values_equal(True, False)
 
 
 # ---------------------------------------------------------------- bulk materialization, offline store
 
 
 def test_repo_config_names_the_bulk_engine_and_the_hash_join_offline_store(settings):
-    from streamflow_mlops.bulk_materialization import BulkComputeEngine
-    from streamflow_mlops.offline_store import HashJoinPostgreSQLOfflineStore
+    from streamflow_mlops.features.bulk_materialization import BulkComputeEngine
+    from streamflow_mlops.features.offline_store import HashJoinPostgreSQLOfflineStore
 
-    config = features.repo_config(settings)
+    config = repo_config(settings)
     assert config.batch_engine_config["type"].endswith(BulkComputeEngine.__name__)
     assert config.offline_store.type.endswith(HashJoinPostgreSQLOfflineStore.__name__)
     assert type(config.batch_engine).__name__ == "BulkComputeEngineConfig"
@@ -171,7 +197,7 @@ def test_string_key_encoder_is_feasts_serialize_entity_key():
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 
-    from streamflow_mlops.bulk_materialization import string_key_encoder
+    from streamflow_mlops.features.keys import string_key_encoder
 
     ids = ["7590-VHVEG", "", "x" * 300, "ключ-ü", "0000-AAAAA"]
     expected = [
@@ -193,7 +219,7 @@ def test_bulk_write_leaves_the_rows_feasts_own_write_leaves(tmp_path):
     from feast.types import Bool, Bytes, Float32, Float64, Int32, Int64, String
     from feast.utils import _convert_arrow_to_proto
 
-    from streamflow_mlops.bulk_materialization import can_write_in_bulk, write_arrow_batch
+    from streamflow_mlops.features.bulk_materialization import can_write_in_bulk, write_arrow_batch
 
     user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
     types = {"s": String, "i": Int64, "i32": Int32, "f": Float64, "f32": Float32, "b": Bool, "raw": Bytes}
@@ -260,7 +286,7 @@ def test_bulk_write_is_only_for_feasts_sqlite_store(tmp_path):
     from feast.repo_config import RepoConfig
     from feast.types import Array, Int64
 
-    from streamflow_mlops.bulk_materialization import can_write_in_bulk
+    from streamflow_mlops.features.bulk_materialization import can_write_in_bulk
 
     user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
     source = PostgreSQLSource(name="src", table="t", timestamp_field="ts")

@@ -8,8 +8,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from streamflow_mlops.__main__ import main
-from streamflow_mlops.generate import BREAKAGES, DropSpec, build_drop, default_drift, month_as_of, parse_month
-from streamflow_mlops.schema import RAW_TABLES, USER_ID_REGEX
+from streamflow_mlops.config.months import month_as_of, parse_month
+from streamflow_mlops.config.schema import RAW_TABLES, USER_ID_REGEX
+from streamflow_mlops.synthetic.generate import BREAKAGES, DropSpec, build_drop, default_drift
 
 TELCO = Path(__file__).resolve().parents[3] / "shared" / "data" / "telco" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from streamflow_mlops.promotion import BootstrapGain, auc_by_rank, paired_bootstrap_auc_gain, should_promote
+from streamflow_mlops.model.promotion import BootstrapGain, auc_by_rank, paired_bootstrap_auc_gain, should_promote
 
 
 def significant(low: float = 0.01, high: float = 0.03) -> BootstrapGain:

@@ -21,21 +21,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from streamflow_mlops import serving
-from streamflow_mlops.serving import (
-    Champion,
-    ChampionWatcher,
-    ChurnScorer,
-    FeatureRef,
-    LogRow,
-    MicroBatcher,
-    MissingFeatures,
-    ModelHolder,
-    PipelineModel,
-    PredictionLogWriter,
-    Unavailable,
-    UnknownUser,
-)
+from streamflow_mlops.model.compiled import ArrayPipeline, PipelineModel, compile_pipeline, spline_step
+from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
+from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ChampionWatcher, ModelHolder, champion_labels
+from streamflow_mlops.serving.errors import MissingFeatures, Unavailable, UnknownUser
+from streamflow_mlops.serving.feature_reader import FeatureRef, split_lookup
+from streamflow_mlops.serving.http import BodySizeLimit
+from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
 
 FEATURES = ("monthly_fee", "net_service")
 
@@ -98,11 +90,11 @@ def scorer(reader=None, log=None) -> ChurnScorer:
 
 
 def test_split_lookup_tells_unknown_from_missing():
-    assert serving.split_lookup("u", {"a": 1, "b": 2}) == {"a": 1, "b": 2}
+    assert split_lookup("u", {"a": 1, "b": 2}) == {"a": 1, "b": 2}
     with pytest.raises(UnknownUser):
-        serving.split_lookup("u", {"a": None, "b": None})
+        split_lookup("u", {"a": None, "b": None})
     with pytest.raises(MissingFeatures) as missing:
-        serving.split_lookup("u", {"a": 1, "b": None})
+        split_lookup("u", {"a": 1, "b": None})
     assert missing.value.body() == {"error": "missing_features", "user_id": "u", "missing": ["b"]}
     assert missing.value.status == 422
 
@@ -176,7 +168,7 @@ def test_requests_wait_for_a_starting_workers_first_champion():
     started = time.monotonic()
     with pytest.raises(Unavailable):
         ChurnScorer(empty, TableReader(ROWS)).score(["0001-AAAAA"])
-    assert time.monotonic() - started < serving.FIRST_LOAD_WAIT_S
+    assert time.monotonic() - started < FIRST_LOAD_WAIT_S
 
 
 def test_features_answers_the_champion_feature_service():
@@ -199,14 +191,14 @@ def test_scored_predictions_go_to_the_log_queue():
 
 def test_champion_labels_read_version_threshold_and_feature_service():
     labels = {"mlflow_version": "7", "threshold": "0.42", "feature_service": "churn_model_v1"}
-    assert serving.champion_labels(labels, {}) == ("7", 0.42, "churn_model_v1")
-    assert serving.champion_labels({"mlflow_version": "3"}, {"threshold": 0.3}) == ("3", 0.3, "churn_model_v1")
+    assert champion_labels(labels, {}) == ("7", 0.42, "churn_model_v1")
+    assert champion_labels({"mlflow_version": "3"}, {"threshold": 0.3}) == ("3", 0.3, "churn_model_v1")
     registry_style = {"mlflow_version": "4", "threshold": "", "feature_service": ""}
-    assert serving.champion_labels(registry_style, {"threshold": 0.25}) == ("4", 0.25, "churn_model_v1")
+    assert champion_labels(registry_style, {"threshold": 0.25}) == ("4", 0.25, "churn_model_v1")
     with pytest.raises(ValueError):
-        serving.champion_labels({}, {})
+        champion_labels({}, {})
     with pytest.raises(ValueError):
-        serving.champion_labels({"mlflow_version": "1", "threshold": "1.5"}, {})
+        champion_labels({"mlflow_version": "1", "threshold": "1.5"}, {})
 
 
 def test_pipeline_model_runs_single_threaded():
@@ -225,41 +217,6 @@ def test_pipeline_model_runs_single_threaded():
     assert scores.shape == (1,) and 0.0 <= scores[0] <= 1.0
 
 
-@functools.cache
-def generated_month() -> pd.DataFrame:
-    from streamflow_mlops.generate import DropSpec, build_drop
-    from streamflow_mlops.training import frame_from_tables
-
-    spec = DropSpec(0, users=1200)
-    return frame_from_tables(build_drop(spec)[0], spec.as_of)
-
-
-@pytest.mark.parametrize("classifier", ["hgb", "spline_logreg", "logreg", "rf"])
-def test_array_scoring_gives_the_pipeline_probabilities_exactly(classifier):
-    from streamflow_mlops.schema import FEATURE_NAMES
-    from streamflow_mlops.training import build_pipeline
-
-    frame = generated_month()
-    columns = list(FEATURE_NAMES)
-    pipeline = build_pipeline(classifier, 0, columns).fit(frame[columns], frame["churn_label"])
-    model = PipelineModel(pipeline, columns)
-    assert model.fast is not None
-    rows = frame[columns].to_dict("records")
-    # Beyond the fitted range (spline extrapolation), an unseen category (one-hot "ignore"), ints as floats.
-    rows[:3] = [
-        rows[0] | {"monthly_fee": 10_000.0, "watch_hours_30d": -5.0},
-        rows[1] | {"net_service": "Satellite", "paperless_billing": True},
-        rows[2] | {"months_active": 0, "support_tickets_90d": 40},
-    ]
-    expected = pipeline.predict_proba(pd.DataFrame(rows, columns=columns))[:, 1]
-    assert np.array_equal(model.fast.predict_proba(rows), expected)
-    # One row at a time too (BLAS may sum a single row in another order than a batch, for both paths).
-    for row in rows[:40]:
-        one = pipeline.predict_proba(pd.DataFrame([row], columns=columns))[:, 1]
-        assert np.array_equal(model.fast.predict_proba([row]), one)
-    assert model.verify(rows[:5]) and model.fast is not None
-
-
 @pytest.mark.parametrize("extrapolation", ["linear", "constant"])
 @pytest.mark.parametrize(("degree", "include_bias"), [(2, True), (3, False), (3, True)])
 def test_spline_step_repeats_spline_transformer_exactly(extrapolation, degree, include_bias):
@@ -270,10 +227,10 @@ def test_spline_step_repeats_spline_transformer_exactly(extrapolation, degree, i
         rng.normal(size=(200, 3))
     )
     values = rng.normal(scale=3.0, size=(300, 3))  # a good share beyond the fitted range on both sides
-    assert np.array_equal(serving.spline_step(fitted)(values), fitted.transform(values))
+    assert np.array_equal(spline_step(fitted)(values), fitted.transform(values))
     with pytest.raises(ValueError):
-        serving.spline_step(fitted)(np.array([[np.nan, 0.0, 0.0]]))
-    assert serving.spline_step(SplineTransformer(degree=1).fit(rng.normal(size=(50, 1)))) is None
+        spline_step(fitted)(np.array([[np.nan, 0.0, 0.0]]))
+    assert spline_step(SplineTransformer(degree=1).fit(rng.normal(size=(50, 1)))) is None
 
 
 def test_a_fast_path_that_disagrees_is_dropped_for_the_pipeline():
@@ -282,7 +239,7 @@ def test_a_fast_path_that_disagrees_is_dropped_for_the_pipeline():
     rows = [{"monthly_fee": 15.0, "net_service": "DSL"}, {"monthly_fee": 85.0, "net_service": "No"}]
     expected = model.frame_predict_proba(rows)
     classifier = model.fast.classifier
-    model.fast = serving.ArrayPipeline(model.fast.branches, (lambda values: values * 2,), classifier, model.fast.scores)
+    model.fast = ArrayPipeline(model.fast.branches, (lambda values: values * 2,), classifier, model.fast.scores)
     assert not model.verify(rows)
     assert model.fast is None
     assert np.array_equal(model.predict_proba(rows), expected)
@@ -301,8 +258,8 @@ def test_pipelines_of_other_shapes_are_scored_through_the_pipeline():
             ("model", LogisticRegression()),
         ]
     ).fit(frame, [0, 1, 0, 1])
-    assert serving.compile_pipeline(bare) is None
-    assert serving.compile_pipeline(dropping) is None
+    assert compile_pipeline(bare) is None
+    assert compile_pipeline(dropping) is None
     model = PipelineModel(dropping, FEATURES)
     assert model.predict_proba([{"monthly_fee": 1.0, "net_service": "No"}]).shape == (1,)
 
@@ -445,7 +402,7 @@ def test_body_size_limit_rejects_large_bodies_with_400():
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"size": len(await request.body())})
 
-    app = serving.BodySizeLimit(Starlette(routes=[Route("/", echo, methods=["POST"])]), max_bytes=100)
+    app = BodySizeLimit(Starlette(routes=[Route("/", echo, methods=["POST"])]), max_bytes=100)
     client = TestClient(app)
     assert client.post("/", content=b"x" * 100).json() == {"size": 100}
     too_big = client.post("/", content=b"x" * 101)
@@ -461,7 +418,7 @@ def test_body_size_limit_rejects_large_bodies_with_400():
 def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():
     from pathlib import Path
 
-    from streamflow_mlops.bento_build import read_pins, serving_requirements
+    from streamflow_mlops.platform.bento import read_pins, serving_requirements
 
     lock = Path(__file__).resolve().parents[2] / "requirements.txt"
     pins = read_pins(lock)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streamflow_mlops.settings import get_settings
+from streamflow_mlops.config.settings import get_settings
 
 
 def test_embedded_by_default(monkeypatch, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from streamflow_mlops.schema import LABEL, NET_SERVICES, RAW_TABLES, SUBSCRIPTIONS, USAGE, USERS
-from streamflow_mlops.validation import (
+from streamflow_mlops.config.schema import LABEL, NET_SERVICES, RAW_TABLES, SUBSCRIPTIONS, USAGE, USERS
+from streamflow_mlops.data.validation import (
     FLOAT_REGEX,
     INT_REGEX,
     ORPHAN_COLUMN,

@@ -1,0 +1,173 @@
+"""One settings object: read from the environment on first use, cached, one place for defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+WAREHOUSE_DB = "streamflow"
+AIRFLOW_DB = "airflow"
+MLFLOW_DB = "mlflow"
+WAREHOUSE_SCHEMA = "streamflow"
+REGISTERED_MODEL = "streamflow_churn"
+CHAMPION_ALIAS = "champion"
+EXPERIMENT = "streamflow"
+FEATURE_SERVICE = "churn_model_v1"
+WAREHOUSE_CONN_ID = "streamflow_warehouse"
+
+
+def replace_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def with_driver(url: str, driver: str) -> str:
+    """`postgresql://...` as a SQLAlchemy URL for the given driver (`psycopg`, `psycopg2`)."""
+    parts = urlsplit(url)
+    return urlunsplit((f"postgresql+{driver}", parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo_root: Path
+    state_dir: Path
+    drops_dir: Path
+    db_url_override: str | None
+    mlflow_tracking_uri_override: str | None
+    embedded_pg_port: int
+    online_store_override: str | None
+    airflow_port: int = 8080
+    mlflow_port: int = 5000
+    service_port: int = 3000
+    bentoml_home_override: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external server is configured and the embedded Postgres is used."""
+        return self.db_url_override is None
+
+    @property
+    def db_url(self) -> str:
+        """Warehouse URL (`postgresql://user:pw@host:port/streamflow`)."""
+        if self.db_url_override:
+            return self.db_url_override
+        return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/{WAREHOUSE_DB}"
+
+    @property
+    def airflow_db_url(self) -> str:
+        return with_driver(replace_database(self.db_url, AIRFLOW_DB), "psycopg2")
+
+    @property
+    def mlflow_backend_url(self) -> str:
+        return with_driver(replace_database(self.db_url, MLFLOW_DB), "psycopg2")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The MLflow server when one runs (MLFLOW_TRACKING_URI), else its backend database directly."""
+        return self.mlflow_tracking_uri_override or self.mlflow_backend_url
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.repo_root / "feature_repo"
+
+    @property
+    def expectations_dir(self) -> Path:
+        return self.repo_root / "expectations"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML's store: BENTOML_HOME when set (tests, a user's own store), else under the state dir."""
+        return Path(self.bentoml_home_override) if self.bentoml_home_override else self.state_dir / "bentoml"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.state_dir / "pgdata"
+
+    @property
+    def online_store(self) -> str:
+        """Feast online store config as a YAML flow mapping, substituted into feature_store.yaml.
+
+        The embedded default is sqlite: measured faster than Postgres for both reads and
+        materialization, and it needs no extra server. Compose points this at Redis.
+        """
+        if self.online_store_override:
+            return self.online_store_override
+        return "{type: sqlite, path: " + str(self.state_dir / "online_store.db") + "}"
+
+    def feast_env(self) -> dict[str, str]:
+        """The variables feature_store.yaml reads (`${...}`), derived from the warehouse URL."""
+        parts = urlsplit(self.db_url)
+        return {
+            "STREAMFLOW_PG_HOST": parts.hostname or "127.0.0.1",
+            "STREAMFLOW_PG_PORT": str(parts.port or 5432),
+            "STREAMFLOW_PG_DB": parts.path.lstrip("/") or WAREHOUSE_DB,
+            "STREAMFLOW_PG_USER": parts.username or "postgres",
+            "STREAMFLOW_PG_PASSWORD": parts.password or "",
+            # Feast's Postgres config defaults to sslmode=require, which the embedded server refuses.
+            "STREAMFLOW_PG_SSLMODE": parse_qs(parts.query).get("sslmode", ["prefer"])[0],
+            "STREAMFLOW_FEAST_REGISTRY_URL": with_driver(self.db_url, "psycopg"),
+            "STREAMFLOW_FEAST_ONLINE_STORE": self.online_store,
+        }
+
+    def client_env(self) -> dict[str, str]:
+        """Everything a CLI (airflow, mlflow, feast, bentoml, psql) needs to use this stack."""
+        env = {
+            "STREAMFLOW_HOME": str(self.state_dir),
+            "STREAMFLOW_DB_URL": self.db_url,
+            "STREAMFLOW_DROPS_DIR": str(self.drops_dir),
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_url,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo_root / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.repo_root / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}": self.db_url,
+            "BENTOML_HOME": str(self.bentoml_home),
+            "PGHOST": urlsplit(self.db_url).hostname or "127.0.0.1",
+            "PGPORT": str(urlsplit(self.db_url).port or 5432),
+            "PGUSER": urlsplit(self.db_url).username or "postgres",
+            "PGDATABASE": WAREHOUSE_DB,
+        }
+        env.update(self.feast_env())
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once; `get_settings.cache_clear()` re-reads."""
+    state_dir = Path(os.environ.get("STREAMFLOW_HOME", REPO_ROOT / ".streamflow")).resolve()
+    return Settings(
+        repo_root=Path(os.environ.get("STREAMFLOW_REPO", REPO_ROOT)).resolve(),
+        state_dir=state_dir,
+        drops_dir=Path(os.environ.get("STREAMFLOW_DROPS_DIR", REPO_ROOT / "data" / "drops")).resolve(),
+        db_url_override=os.environ.get("STREAMFLOW_DB_URL") or None,
+        mlflow_tracking_uri_override=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        embedded_pg_port=int(os.environ.get("STREAMFLOW_PG_EMBEDDED_PORT", "54329")),
+        online_store_override=os.environ.get("STREAMFLOW_FEAST_ONLINE_STORE") or None,
+        airflow_port=int(os.environ.get("STREAMFLOW_AIRFLOW_PORT", "8080")),
+        mlflow_port=int(os.environ.get("STREAMFLOW_MLFLOW_PORT", "5000")),
+        service_port=int(os.environ.get("STREAMFLOW_SERVICE_PORT", "3000")),
+        bentoml_home_override=os.environ.get("BENTOML_HOME") or None,
+    )

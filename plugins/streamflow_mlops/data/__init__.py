@@ -1,0 +1,1 @@
+"""The warehouse side: Great Expectations validation of a drop, transactional loads, ingestion runs."""

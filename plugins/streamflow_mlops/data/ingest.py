@@ -1,0 +1,229 @@
+"""Ingestion of a monthly drop: validate everything first, quarantine a bad batch, load a good one.
+
+`validate_month` and `load_month` are the two tasks of the `streamflow_ingest` DAG. `get_conn`
+is any callable returning a psycopg 3 connection (the DAG passes `PostgresHook(...).get_conn`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import closing
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from streamflow_mlops.config.months import month_name, parse_month
+from streamflow_mlops.config.schema import RAW_TABLES
+from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, get_settings
+from streamflow_mlops.data.validation import DropValidation, rejection_message, report_html, validate_drop
+from streamflow_mlops.data.warehouse import create_schema, load_drop
+
+log = logging.getLogger(__name__)
+
+ConnectionFactory = Callable[[], psycopg.Connection]
+# One load at a time: two concurrent loads of one as_of would both delete, then collide on insert.
+LOAD_LOCK_KEY = 0x5F1_0AD
+
+
+class BatchRejected(Exception):
+    """A drop failed validation; the message names every failed expectation."""
+
+
+def read_manifest(folder: Path, month: str) -> tuple[date | None, str | None]:
+    """The drop's as_of from `manifest.json`, or why it can't be trusted."""
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        as_of = date.fromisoformat(manifest["as_of"])
+    except FileNotFoundError:
+        return None, "manifest.json is missing"
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, f"manifest.json has no valid as_of: {exc!r}"
+    if manifest.get("month", month) != month:
+        return as_of, f"manifest.json is for {manifest['month']}, not {month}"
+    return as_of, None
+
+
+def file_digests(folder: Path) -> dict[str, str | None]:
+    return {
+        t.file: hashlib.sha256((folder / t.file).read_bytes()).hexdigest() if (folder / t.file).is_file() else None
+        for t in RAW_TABLES
+    }
+
+
+def quarantine_drop(
+    folder: Path, quarantine_dir: Path, month: str, started_at: datetime, validation: dict[str, Any], html: str
+) -> Path:
+    """Copy the drop to `<quarantine>/<month>-<time>/` with `validation.json` and `report.html`."""
+    target = quarantine_dir / f"{month}-{started_at:%Y%m%dT%H%M%S%fZ}"
+    shutil.copytree(folder, target)
+    (target / "validation.json").write_text(json.dumps(validation, indent=1, default=str) + "\n")
+    (target / "report.html").write_text(html)
+    return target
+
+
+def record_run(
+    conn: psycopg.Connection,
+    *,
+    month: str,
+    as_of: date | None,
+    status: str,
+    row_counts: dict[str, int],
+    failed: list[dict[str, Any]],
+    report_path: str | None,
+    started_at: datetime,
+) -> int:
+    """Insert one `ingestion_runs` row in the caller's transaction; returns its run_id."""
+    return conn.execute(
+        f"INSERT INTO {WAREHOUSE_SCHEMA}.ingestion_runs "
+        "(month, as_of, status, row_counts, failed_expectations, report_path, started_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
+        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at),
+    ).fetchone()[0]
+
+
+def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
+    """Validate every CSV of the month before anything is written.
+
+    Returns what `load_month` needs (JSON-serialisable, for XCom). A failing batch is
+    quarantined with its full validation result and a report, recorded as 'rejected' in
+    `ingestion_runs`, and raised as `BatchRejected`.
+    """
+    settings = get_settings()
+    month = month_name(parse_month(month))
+    folder = settings.drops_dir / month
+    started_at = datetime.now(UTC)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no drop folder {folder} (STREAMFLOW_DROPS_DIR={settings.drops_dir})")
+    as_of, manifest_problem = read_manifest(folder, month)
+    validation = validate_drop(folder, settings.expectations_dir)
+    if manifest_problem:
+        validation.success = False
+        validation.reasons.insert(
+            0, {"file": "manifest.json", "expectation": "manifest_valid", "detail": manifest_problem}
+        )
+    if not validation.success:
+        _reject(month, as_of, folder, started_at, validation, get_conn)
+    log.info("%s valid (%s rows/table, %.1fs)", month, validation.row_counts, validation.seconds)
+    return {
+        "month": month,
+        "as_of": as_of.isoformat(),
+        "folder": str(folder),
+        "sha256": validation.sha256,
+        "row_counts": validation.row_counts,
+        "started_at": started_at.isoformat(),
+        "validation_seconds": round(validation.seconds, 3),
+    }
+
+
+def _reject(
+    month: str,
+    as_of: date | None,
+    folder: Path,
+    started_at: datetime,
+    validation: DropValidation,
+    get_conn: ConnectionFactory,
+) -> None:
+    settings = get_settings()
+    full = {
+        "month": month,
+        "as_of": as_of,
+        "folder": str(folder),
+        "success": False,
+        "reasons": validation.reasons,
+        "sha256": validation.sha256,
+        "row_counts": validation.row_counts,
+        "results": validation.results,
+    }
+    target = quarantine_drop(
+        folder,
+        settings.quarantine_dir,
+        month,
+        started_at,
+        full,
+        report_html(month, validation.reasons, validation.results),
+    )
+    with closing(get_conn()) as conn:
+        create_schema(conn)
+        with conn.transaction():
+            record_run(
+                conn,
+                month=month,
+                as_of=as_of,
+                status="rejected",
+                row_counts=validation.row_counts,
+                failed=validation.reasons,
+                report_path=str(target / "report.html"),
+                started_at=started_at,
+            )
+    message = rejection_message(month, validation.reasons, target)
+    log.error(message)
+    raise BatchRejected(message)
+
+
+def load_month(validated: dict[str, Any], get_conn: ConnectionFactory) -> dict[str, Any]:
+    """Load a validated drop: raw tables, snapshots and the success row, in one transaction.
+
+    Refuses files that changed since validation. A load that fails for another reason is
+    rolled back and recorded as 'failed'.
+    """
+    folder = Path(validated["folder"])
+    month, as_of = validated["month"], date.fromisoformat(validated["as_of"])
+    if file_digests(folder) != validated["sha256"]:
+        raise RuntimeError(f"{folder} changed since it was validated; run the ingestion again")
+    started_at = datetime.fromisoformat(validated["started_at"])
+    begun = time.perf_counter()
+    with closing(get_conn()) as conn:
+        create_schema(conn)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
+                counts = load_drop(conn, folder, as_of)
+                run_id = record_run(
+                    conn,
+                    month=month,
+                    as_of=as_of,
+                    status="success",
+                    row_counts=counts,
+                    failed=[],
+                    report_path=None,
+                    started_at=started_at,
+                )
+        except Exception as exc:
+            _record_failure(conn, month, as_of, started_at, exc)
+            raise
+    seconds = time.perf_counter() - begun
+    log.info("%s loaded as_of %s in %.1fs: %s", month, as_of, seconds, counts)
+    return {
+        "month": month,
+        "as_of": as_of.isoformat(),
+        "run_id": run_id,
+        "row_counts": counts,
+        "load_seconds": round(seconds, 3),
+    }
+
+
+def _record_failure(conn: psycopg.Connection, month: str, as_of: date, started_at: datetime, exc: Exception) -> None:
+    """Best effort: a lost connection must not hide the error that failed the load."""
+    try:
+        with conn.transaction():
+            record_run(
+                conn,
+                month=month,
+                as_of=as_of,
+                status="failed",
+                row_counts={},
+                failed=[{"expectation": "load", "detail": f"{type(exc).__name__}: {exc}"}],
+                report_path=None,
+                started_at=started_at,
+            )
+    except psycopg.Error:
+        log.exception("could not record the failed load of %s", month)

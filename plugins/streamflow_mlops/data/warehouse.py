@@ -1,0 +1,273 @@
+"""The warehouse (schema `streamflow`): DDL derived from the schema declarations, and the bulk load."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from streamflow_mlops.config.schema import (
+    ENTITY,
+    FEATURE_GROUPS,
+    RAW_TABLES,
+    SQL_TYPES,
+    TIMESTAMP,
+    Column,
+    FeatureGroup,
+    Table,
+)
+from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA
+
+S = WAREHOUSE_SCHEMA
+# The CHECK a month's table carries until it is attached as a partition.
+BOUND_CHECK = "partition_bound"
+
+
+def _partitioned_table_ddl(name: str, columns: tuple[Column, ...], timestamp_type: str) -> str:
+    # One LIST partition per as_of: a month is loaded into a fresh table and swapped in whole,
+    # instead of deleting and re-inserting a million rows through a live primary key.
+    # user_id compares bytewise (COLLATE "C"): ids are ASCII, and the primary-key sorts run about
+    # twice as fast as under a libc locale such as C.UTF-8 or en_US.UTF-8 (measured at 1M rows).
+    cols = ",\n  ".join(f"{c.name} {SQL_TYPES[c.dtype]} NOT NULL" for c in columns)
+    return (
+        f'CREATE TABLE IF NOT EXISTS {S}.{name} (\n  {ENTITY} TEXT COLLATE "C" NOT NULL,\n'
+        f"  {TIMESTAMP} {timestamp_type} NOT NULL,\n  {cols},\n"
+        f"  PRIMARY KEY ({ENTITY}, {TIMESTAMP})\n) PARTITION BY LIST ({TIMESTAMP})"
+    )
+
+
+def raw_table_ddl() -> list[str]:
+    return [_partitioned_table_ddl(t.name, t.columns, "DATE") for t in RAW_TABLES]
+
+
+def snapshot_table_ddl() -> list[str]:
+    # Feast's point-in-time join needs a timestamp column; as_of is midnight UTC of the month's last day.
+    return [_partitioned_table_ddl(g.table, g.columns, "TIMESTAMPTZ") for g in FEATURE_GROUPS]
+
+
+OPERATIONAL_DDL = [
+    f"""CREATE TABLE IF NOT EXISTS {S}.ingestion_runs (
+  run_id BIGSERIAL PRIMARY KEY,
+  month TEXT NOT NULL,
+  as_of DATE,
+  status TEXT NOT NULL CHECK (status IN ('success', 'rejected', 'failed')),
+  row_counts JSONB NOT NULL DEFAULT '{{}}',
+  failed_expectations JSONB NOT NULL DEFAULT '[]',
+  report_path TEXT,
+  started_at TIMESTAMPTZ NOT NULL,
+  finished_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)""",
+    f"""CREATE TABLE IF NOT EXISTS {S}.prediction_log (
+  id BIGSERIAL PRIMARY KEY,
+  predicted_at TIMESTAMPTZ NOT NULL,
+  user_id TEXT NOT NULL,
+  features JSONB NOT NULL,
+  churn_probability DOUBLE PRECISION NOT NULL,
+  model_name TEXT NOT NULL,
+  model_version TEXT NOT NULL
+)""",
+    f"CREATE INDEX IF NOT EXISTS prediction_log_time ON {S}.prediction_log (predicted_at)",
+    f"""CREATE TABLE IF NOT EXISTS {S}.drift_reports (
+  id BIGSERIAL PRIMARY KEY,
+  month TEXT NOT NULL,
+  reference_month TEXT,
+  drift_share DOUBLE PRECISION,
+  drifted_columns JSONB NOT NULL DEFAULT '[]',
+  prediction_drift JSONB NOT NULL DEFAULT '{{}}',
+  decision TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  report_path TEXT,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)""",
+]
+
+
+def create_schema(conn: psycopg.Connection) -> None:
+    """Create the schema and every table when missing (idempotent)."""
+    with conn.transaction():
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {S}")
+        for statement in raw_table_ddl() + snapshot_table_ddl() + OPERATIONAL_DDL:
+            conn.execute(statement)
+        # CREATE TABLE IF NOT EXISTS keeps a table of an older, unpartitioned layout; say so now
+        # rather than fail the first load with "is not partitioned".
+        unpartitioned = [
+            name
+            for (name,) in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind <> 'p' ORDER BY 1",
+                (S, [t.name for t in RAW_TABLES] + [g.table for g in FEATURE_GROUPS]),
+            )
+        ]
+        if unpartitioned:
+            raise RuntimeError(
+                f"{S}.{{{', '.join(unpartitioned)}}} predate the partitioned warehouse layout: "
+                f"drop schema {S} (or use a new database) and load the months again"
+            )
+
+
+def partition_name(table: str, as_of: date) -> str:
+    """The partition of `table` that holds the rows of `as_of`, e.g. `users_20240131` (pure)."""
+    return f"{table}_{as_of:%Y%m%d}"
+
+
+def csv_columns(path: Path, table: Table) -> list[str]:
+    """The CSV's column names in file order, checked against the table's (order may vary)."""
+    # utf-8-sig: a byte-order mark from a spreadsheet export is not part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    columns = [name.strip() for name in header]
+    if sorted(columns) != sorted(table.column_names):
+        raise ValueError(f"{path.name}: columns {columns} do not match {table.column_names}")
+    return columns
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """A month's partition of `parent`, built as the standalone table `loading` until swapped in."""
+
+    parent: str
+    name: str
+    bound: sql.Composable
+
+    @property
+    def loading(self) -> str:
+        return f"{self.name}_load"
+
+    def ident(self, name: str) -> sql.Identifier:
+        return sql.Identifier(S, name)
+
+
+def _create_loading_table(conn: psycopg.Connection, part: _Partition) -> None:
+    # The CHECK matches the partition bound, so ATTACH PARTITION trusts it instead of scanning the rows.
+    conn.execute(
+        sql.SQL("CREATE TABLE {loading} (LIKE {parent}, CONSTRAINT {check} CHECK ({ts} = {bound}))").format(
+            loading=part.ident(part.loading),
+            parent=part.ident(part.parent),
+            check=sql.Identifier(BOUND_CHECK),
+            ts=sql.Identifier(TIMESTAMP),
+            bound=part.bound,
+        )
+    )
+
+
+def _add_primary_key(conn: psycopg.Connection, part: _Partition) -> None:
+    # Built once over the loaded rows (a sort), not maintained row by row; ATTACH adopts it as the
+    # parent's primary key partition.
+    conn.execute(
+        sql.SQL("ALTER TABLE {loading} ADD CONSTRAINT {pkey} PRIMARY KEY ({entity}, {ts})").format(
+            loading=part.ident(part.loading),
+            pkey=sql.Identifier(f"{part.loading}_pkey"),
+            entity=sql.Identifier(ENTITY),
+            ts=sql.Identifier(TIMESTAMP),
+        )
+    )
+
+
+def _copy_raw(conn: psycopg.Connection, table: Table, path: Path, part: _Partition) -> int:
+    """COPY a CSV straight into the loading table; the CSV has no as_of, a default fills it in."""
+    columns = csv_columns(path, table)
+    loading, ts = part.ident(part.loading), sql.Identifier(TIMESTAMP)
+    _create_loading_table(conn, part)
+    conn.execute(
+        sql.SQL("ALTER TABLE {loading} ALTER COLUMN {ts} SET DEFAULT {bound}").format(
+            loading=loading, ts=ts, bound=part.bound
+        )
+    )
+    statement = sql.SQL("COPY {loading} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(
+        loading=loading, columns=sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with path.open("rb") as handle, conn.cursor() as cur:
+        with cur.copy(statement) as copy:
+            while chunk := handle.read(1 << 20):
+                copy.write(chunk)
+        rows = cur.rowcount
+    conn.execute(sql.SQL("ALTER TABLE {loading} ALTER COLUMN {ts} DROP DEFAULT").format(loading=loading, ts=ts))
+    _add_primary_key(conn, part)
+    return rows
+
+
+def _build_snapshot(conn: psycopg.Connection, group: FeatureGroup, part: _Partition, raw: dict[str, _Partition]) -> int:
+    """Join the month's new raw tables into the group's loading snapshot table."""
+    first, *rest = group.sources
+    _create_loading_table(conn, part)
+    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in group.columns)
+    entity = sql.Identifier(ENTITY)
+    joins = sql.SQL(" ").join(
+        sql.SQL("JOIN {table} USING ({entity})").format(table=raw[t.name].ident(raw[t.name].loading), entity=entity)
+        for t in rest
+    )
+    cur = conn.execute(
+        sql.SQL(
+            "INSERT INTO {loading} ({entity}, {ts}, {columns}) SELECT {entity}, {bound}, {columns} FROM {first} {joins}"
+        ).format(
+            loading=part.ident(part.loading),
+            entity=entity,
+            ts=sql.Identifier(TIMESTAMP),
+            columns=columns,
+            bound=part.bound,
+            first=raw[first.name].ident(raw[first.name].loading),
+            joins=joins,
+        )
+    )
+    _add_primary_key(conn, part)
+    return cur.rowcount
+
+
+def _swap_in(conn: psycopg.Connection, part: _Partition) -> None:
+    """Replace the month's partition (if any) by the loading table, under the partition's own name."""
+    name = part.ident(part.name)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {name}").format(name=name))
+    conn.execute(
+        sql.SQL("ALTER TABLE {loading} RENAME TO {name}").format(
+            loading=part.ident(part.loading), name=sql.Identifier(part.name)
+        )
+    )
+    conn.execute(
+        sql.SQL("ALTER INDEX {loading_pkey} RENAME TO {pkey}").format(
+            loading_pkey=part.ident(f"{part.loading}_pkey"), pkey=sql.Identifier(f"{part.name}_pkey")
+        )
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES IN ({bound})").format(
+            parent=part.ident(part.parent), name=name, bound=part.bound
+        )
+    )
+    # Once attached, the partition bound says what the CHECK said.
+    conn.execute(
+        sql.SQL("ALTER TABLE {name} DROP CONSTRAINT {check}").format(name=name, check=sql.Identifier(BOUND_CHECK))
+    )
+
+
+def load_drop(conn: psycopg.Connection, folder: Path, as_of: date) -> dict[str, int]:
+    """Replace the rows of `as_of` in every raw and snapshot table with the drop's, in the caller's
+    transaction; returns row counts per table. Idempotent: the same drop always leaves the same rows.
+
+    Each table's month is built as a new standalone table (COPY, then the primary key in one
+    sort), then swapped in for the month's old partition at the end, so readers of other months
+    are blocked only for the swap and a failure anywhere leaves the old partitions untouched.
+    Raises memory for sorts and hashes (`SET LOCAL`) for the rest of the caller's transaction.
+    """
+    counts: dict[str, int] = {}
+    # Sorting for the primary keys and hashing for the profile join are the bulk of the work once
+    # rows arrive by COPY: in memory, not in temp-file batches.
+    conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    conn.execute("SET LOCAL work_mem = '128MB'")
+    day = sql.Literal(as_of)
+    raw = {t.name: _Partition(t.name, partition_name(t.name, as_of), day) for t in RAW_TABLES}
+    for t in RAW_TABLES:
+        counts[t.name] = _copy_raw(conn, t, folder / t.file, raw[t.name])
+        # Without statistics the planner guessed 5e9 rows for the 1M x 1M profile join and chose
+        # a merge join over index scans (7.5 s against 3 s for a hash join); readers right after
+        # the load (Feast's materialization) get the same benefit.
+        conn.execute(sql.SQL("ANALYZE {loading}").format(loading=raw[t.name].ident(raw[t.name].loading)))
+    midnight = sql.Literal(datetime.combine(as_of, time.min, tzinfo=UTC))
+    snapshots = {g.table: _Partition(g.table, partition_name(g.table, as_of), midnight) for g in FEATURE_GROUPS}
+    for g in FEATURE_GROUPS:
+        counts[g.table] = _build_snapshot(conn, g, snapshots[g.table], raw)
+    for part in [*raw.values(), *snapshots.values()]:
+        _swap_in(conn, part)
+    return counts

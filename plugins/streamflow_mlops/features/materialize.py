@@ -1,0 +1,122 @@
+"""Materializing a month into the online store over an explicit window derived from the month alone (re-runs
+write the same values)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from streamflow_mlops.config.months import month_as_of_ts, month_name, parse_month
+from streamflow_mlops.config.schema import FEATURE_GROUPS, TIMESTAMP
+from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store, sqlite_connection
+
+log = logging.getLogger(__name__)
+
+
+def materialization_window(as_of: datetime, ttl: timedelta) -> tuple[datetime, datetime]:
+    """The explicit window whose latest rows are exactly what a point-in-time lookup at `as_of` sees.
+
+    Feast's point-in-time join keeps rows with `as_of - ttl <= ts <= as_of`; materializing that
+    same closed window (latest row per user) makes online == offline by construction, and, being
+    derived from the month alone, re-running it writes the same values.
+    """
+    if ttl <= timedelta(0):
+        raise ValueError("feature views need a positive ttl for an explicit materialization window")
+    return as_of - ttl, as_of
+
+
+def _snapshot_users(conn: psycopg.Connection, as_of: datetime) -> dict[str, int]:
+    return {
+        g.name: conn.execute(
+            f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.{g.table} WHERE {TIMESTAMP} = %s", (as_of,)
+        ).fetchone()[0]
+        for g in FEATURE_GROUPS
+    }
+
+
+def split_views(weights: Mapping[str, int], workers: int) -> list[list[str]]:
+    """Feature views dealt onto `workers` lists of about equal weight (largest first, to the lightest)."""
+    bins: list[list[str]] = [[] for _ in range(max(1, min(workers, len(weights))))]
+    loads = [0] * len(bins)
+    for name in sorted(weights, key=lambda n: (-weights[n], n)):
+        lightest = loads.index(min(loads))
+        bins[lightest].append(name)
+        loads[lightest] += weights[name]
+    return [b for b in bins if b]
+
+
+def _materialize_views(settings: Settings, views: list[str], start: datetime, end: datetime) -> None:
+    """Materialize some feature views (also the entry point of a worker process)."""
+    store = feature_store(settings)
+    conn = sqlite_connection(store)
+    if conn is not None:
+        # Workers take turns on sqlite's single write lock, one batch at a time; Feast's 5 s
+        # default busy timeout is shorter than another worker's batch on a loaded machine.
+        conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+
+
+def materialize_month(month: str | int, settings: Settings | None = None, workers: int = 1) -> dict[str, Any]:
+    """Materialize the window ending at the month's as_of into the online store.
+
+    Stateless and idempotent: the window comes from the month, not from Feast's "last
+    materialized" bookmark. Fails when the month's snapshots are not loaded. `workers > 1` splits
+    the feature views over that many processes (they take turns on sqlite's one write lock); one
+    is the default, see bench/bench_features.py for both.
+    """
+    settings = settings or get_settings()
+    store = feature_store(settings)
+    as_of = month_as_of_ts(month)
+    with psycopg.connect(settings.db_url) as conn:
+        users = _snapshot_users(conn, as_of)
+        newer = conn.execute(f"SELECT max({TIMESTAMP}) FROM {WAREHOUSE_SCHEMA}.{FEATURE_GROUPS[0].table}").fetchone()[0]
+    empty = sorted(name for name, n in users.items() if n == 0)
+    if empty:
+        raise ValueError(f"{month_name(parse_month(month))}: no snapshot rows at {as_of:%Y-%m-%d} for {empty}")
+    if newer is not None and newer > as_of:
+        log.warning(
+            "materializing %s while snapshots up to %s exist: the online store goes back to %s",
+            month,
+            newer.date(),
+            as_of.date(),
+        )
+
+    views = {v.name: v for v in store.list_feature_views()}
+    ttls = {v.ttl for v in views.values()}
+    if len(ttls) != 1:
+        raise ValueError(f"feature views disagree on ttl ({ttls}); one window per month needs one ttl")
+    start, end = materialization_window(as_of, ttls.pop())
+    weights = {name: users[name] * len(v.features) for name, v in views.items()}
+    groups = split_views(weights, workers)
+
+    started = time.perf_counter()
+    if len(groups) == 1:
+        _materialize_views(settings, groups[0], start, end)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent holds DB pools and (under Airflow) supervisor sockets.
+        with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in [pool.submit(_materialize_views, settings, g, start, end) for g in groups]:
+                done.result()
+    seconds = time.perf_counter() - started
+    total_users = max(users.values())
+    report = {
+        "month": month_name(parse_month(month)),
+        "as_of": as_of.date().isoformat(),
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "users": users,
+        "workers": len(groups),
+        "seconds": round(seconds, 3),
+        "users_per_s": round(total_users / seconds, 1) if seconds else None,
+    }
+    log.info("materialized %s", report)
+    return report

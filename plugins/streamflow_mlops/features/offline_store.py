@@ -1,0 +1,68 @@
+"""Feast's Postgres offline store, with its point-in-time join planned as hash joins.
+
+Feast's point-in-time query builds, per feature view, a `__base` CTE (entities joined to the
+feature rows in the TTL window) that it reads twice: once to find each entity row's latest
+timestamp, once to join that back. Postgres cannot estimate the range-and-key join inside `__base`
+and plans it as 1 row, so it joins the two reads with a nested loop: users x users comparisons per
+view. Measured on 7,043 users x 4 views: 41 s in the server for a query that takes 0.2 s once
+nested loops are off (each `__base` is then hashed once), and the gap grows with the square of the
+users. `enable_nestloop = off` is set with `SET LOCAL`, for the retrieval query's own transaction
+only; nothing else on the server or connection changes. The query text is Feast's, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyarrow as pa
+from feast.errors import ZeroColumnQueryResult
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
+    PostgreSQLOfflineStore,
+    PostgreSQLOfflineStoreConfig,
+    PostgreSQLRetrievalJob,
+)
+from feast.infra.utils.postgres.connection_utils import _get_conn
+from feast.type_map import pg_type_code_to_arrow
+
+
+class HashJoinPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
+    """Feast's Postgres offline store config (same fields), selected by this store's class path."""
+
+    type: Literal["streamflow_mlops.features.offline_store.HashJoinPostgreSQLOfflineStore"] = (
+        "streamflow_mlops.features.offline_store.HashJoinPostgreSQLOfflineStore"
+    )
+
+
+class HashJoinRetrievalJob(PostgreSQLRetrievalJob):
+    """Feast's retrieval job; its query runs in a transaction that plans without nested loops."""
+
+    @classmethod
+    def of(cls, job: PostgreSQLRetrievalJob) -> HashJoinRetrievalJob:
+        return cls(
+            query=job._query_generator,
+            config=job.config,
+            full_feature_names=job.full_feature_names,
+            on_demand_feature_views=job.on_demand_feature_views,
+            metadata=job.metadata,
+        )
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        with self._query_generator() as query, _get_conn(self.config.offline_store) as conn, conn.cursor() as cur:
+            conn.read_only = True
+            cur.execute("SET LOCAL enable_nestloop = off")
+            cur.execute(query)
+            if not cur.description:
+                raise ZeroColumnQueryResult(query)
+            schema = pa.schema([(c.name, pg_type_code_to_arrow(c.type_code)) for c in cur.description])
+            rows = cur.fetchall()
+            # Like Feast: arrays inferred from the values, then cast by the table's schema.
+            columns = [pa.array([row[i] for row in rows]) for i in range(len(schema))]
+            return pa.Table.from_arrays(columns, schema=schema)
+
+
+class HashJoinPostgreSQLOfflineStore(PostgreSQLOfflineStore):
+    """Feast's Postgres offline store whose historical retrievals run as `HashJoinRetrievalJob`s."""
+
+    @staticmethod
+    def get_historical_features(*args: Any, **kwargs: Any) -> HashJoinRetrievalJob:
+        return HashJoinRetrievalJob.of(PostgreSQLOfflineStore.get_historical_features(*args, **kwargs))

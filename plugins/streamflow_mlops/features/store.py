@@ -1,0 +1,143 @@
+"""The Feast store over the warehouse: its config, the FeatureStore, `feast apply`, the FeatureService.
+
+One `FeatureStore` per settings, built from `feature_repo/feature_store.yaml` with the `${VARS}`
+of `Settings.feast_env()` laid over the process environment, so the CLI (`source .streamflow/env`)
+and the in-process code read the same file the same way without touching `os.environ`.
+
+Two Feast extension classes named in that file do the heavy lifting: `BulkComputeEngine`
+(`features/bulk_materialization.py`) materializes into the sqlite online store in bulk, and
+`HashJoinPostgreSQLOfflineStore` (`features/offline_store.py`) keeps the point-in-time join linear.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureService, FeatureStore
+    from feast.repo_config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+FEATURE_STORE_YAML = "feature_store.yaml"
+SQLITE_BUSY_TIMEOUT_MS = 600_000
+_VAR = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """`os.path.expandvars` with an explicit mapping: `$NAME`/`${NAME}` replaced, unknown ones kept."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(substitute, text)
+
+
+def repo_config(settings: Settings | None = None) -> RepoConfig:
+    """The RepoConfig of `feature_repo/`, variables taken from settings over the environment."""
+    import yaml
+    from feast.repo_config import RepoConfig
+
+    settings = settings or get_settings()
+    env = {**os.environ, **settings.feast_env()}
+    text = (settings.feature_repo / FEATURE_STORE_YAML).read_text()
+    config = RepoConfig(**yaml.safe_load(expand_vars(text, env)))
+    config.repo_path = settings.feature_repo
+    return config
+
+
+@lru_cache(maxsize=4)
+def _feature_store(settings: Settings) -> FeatureStore:
+    from feast import FeatureStore
+
+    # Feast's sqlite store makes the database's folder but not its parents.
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
+
+
+def feature_store(settings: Settings | None = None) -> FeatureStore:
+    """The FeatureStore for these settings, built once per settings and reused."""
+    return _feature_store(settings or get_settings())
+
+
+def repo_contents(project: str):
+    """What `feast apply` would find in `feature_repo/`: the library's definitions, plus the project
+    and Feast's dummy entity (for entity-less views) that its own repo parser adds."""
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    from streamflow_mlops.features.definitions import FEATURE_VIEWS, SOURCES, churn_model_v1, user
+
+    return RepoContents(
+        projects=[Project(name=project)],
+        data_sources=list(SOURCES.values()),
+        feature_views=list(FEATURE_VIEWS.values()),
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[user, DUMMY_ENTITY],
+        feature_services=[churn_model_v1],
+        permissions=[],
+    )
+
+
+def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
+    """`feast apply` in-process: register the repo's objects in the SQL registry, create online tables."""
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    settings = settings or get_settings()
+    store = feature_store(settings)
+    contents = repo_contents(store.project)
+    apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
+    store.refresh_registry()
+    # Feast's plan for sqlite diffs against the tables the shared registry recorded, not against the
+    # file: a new state dir over the same registry (an external Postgres) would get no tables at all.
+    # Creating them is idempotent (CREATE TABLE IF NOT EXISTS).
+    store._get_provider().update_infra(
+        store.project,
+        tables_to_delete=[],
+        tables_to_keep=contents.feature_views,
+        entities_to_delete=[],
+        entities_to_keep=contents.entities,
+        partial=False,
+    )
+    conn = sqlite_connection(store)
+    if conn is not None:
+        # WAL (a property of the file, kept across connections): the service keeps reading while a
+        # materialization writes, instead of waiting on, or timing out behind, the writer's lock.
+        conn.execute("PRAGMA journal_mode = WAL")
+    summary = {
+        "entities": sorted(e.name for e in contents.entities if e.name != "__dummy"),
+        "feature_views": sorted(v.name for v in contents.feature_views),
+        "feature_services": sorted(s.name for s in contents.feature_services),
+    }
+    log.info("feast apply: %s", summary)
+    return summary
+
+
+def feature_service(name: str = FEATURE_SERVICE, settings: Settings | None = None) -> FeatureService:
+    """The FeatureService as registered (not as declared in the repo files)."""
+    return feature_store(settings).get_feature_service(name)
+
+
+def feature_names(feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None) -> list[str]:
+    """The features of a registered FeatureService, in its order: THE feature list."""
+    service = feature_service(feature_service_name, settings)
+    return [f.name for projection in service.feature_view_projections for f in projection.features]
+
+
+def sqlite_connection(store: FeatureStore):
+    """Feast's own sqlite connection of the store, or None for another online store."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    online = store._get_provider().online_store
+    return online._get_conn(store.config) if isinstance(online, SqliteOnlineStore) else None

@@ -1,0 +1,122 @@
+"""The champion/challenger decision: pure functions, no I/O (docs/architecture.md, "Model registry").
+
+A challenger replaces the champion only when its validation AUC is higher by at least `delta`
+AND a paired bootstrap over the shared validation rows says the gain is not noise. Both models
+are scored on exactly the same rows, so the bootstrap resamples rows once and recomputes both
+AUCs on each resample: the row-to-row noise that both models share cancels out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+# One-sided 95%: the gain counts as real when its 5th bootstrap percentile is above zero.
+DEFAULT_CONFIDENCE = 0.90
+DEFAULT_RESAMPLES = 1000
+# Float subtraction of AUCs (0.805 - 0.8) can land a hair under an exact delta.
+AUC_TOLERANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class BootstrapGain:
+    """AUC(challenger) - AUC(champion) on the full rows, and its bootstrap confidence interval."""
+
+    gain: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    resamples: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def auc_by_rank(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of `scores` (Mann-Whitney U over average ranks, ties count half).
+
+    `labels` and `scores` are 2-D (resamples x rows) or 1-D; the answer has one AUC per row.
+    """
+    labels = np.atleast_2d(labels).astype(bool)
+    scores = np.atleast_2d(scores)
+    ranks = rankdata(scores, axis=1)
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    rank_sum = np.where(labels, ranks, 0.0).sum(axis=1)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def paired_bootstrap_auc_gain(
+    labels: np.ndarray,
+    challenger_scores: np.ndarray,
+    champion_scores: np.ndarray,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> BootstrapGain:
+    """Seeded, stratified, paired bootstrap of the AUC gain of the challenger over the champion.
+
+    Each resample draws positives and negatives separately (so every resample has both classes
+    and the class balance of the validation set) and scores both models on the same draw.
+    """
+    y = np.asarray(labels).astype(int)
+    challenger = np.asarray(challenger_scores, dtype=float)
+    champion = np.asarray(champion_scores, dtype=float)
+    if not (len(y) == len(challenger) == len(champion)):
+        raise ValueError("labels and both score arrays must have the same length")
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("the validation rows need both classes to compute an AUC")
+    gain = float(auc_by_rank(y, challenger)[0] - auc_by_rank(y, champion)[0])
+
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate(
+        [rng.choice(pos, size=(resamples, len(pos))), rng.choice(neg, size=(resamples, len(neg)))], axis=1
+    )
+    resampled_labels = np.concatenate(
+        [np.ones((resamples, len(pos)), bool), np.zeros((resamples, len(neg)), bool)], axis=1
+    )
+    gains = auc_by_rank(resampled_labels, challenger[rows]) - auc_by_rank(resampled_labels, champion[rows])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(gains, [tail, 1 - tail])
+    return BootstrapGain(gain, float(low), float(high), confidence, resamples)
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def should_promote(
+    challenger_auc: float,
+    champion_auc: float | None,
+    delta: float,
+    bootstrap: BootstrapGain | None = None,
+) -> Decision:
+    """Promote the challenger? No champion, or one that could not be scored, always yields."""
+    if _missing(challenger_auc):
+        return Decision(False, "the challenger has no validation AUC")
+    if champion_auc is None:
+        return Decision(True, f"no champion yet; challenger val_auc {challenger_auc:.4f}")
+    if _missing(champion_auc):
+        return Decision(True, "the champion could not be scored on the challenger's validation rows")
+    gain = challenger_auc - champion_auc
+    if gain + AUC_TOLERANCE < delta:
+        return Decision(
+            False,
+            f"AUC gain {gain:+.4f} ({challenger_auc:.4f} vs champion {champion_auc:.4f}) is below delta {delta:.4f}",
+        )
+    if bootstrap is None or _missing(bootstrap.ci_low):
+        return Decision(False, f"AUC gain {gain:+.4f} >= delta but no bootstrap to tell it from noise")
+    interval = f"{bootstrap.confidence:.0%} CI [{bootstrap.ci_low:+.4f}, {bootstrap.ci_high:+.4f}]"
+    if bootstrap.ci_low <= 0:
+        return Decision(False, f"AUC gain {gain:+.4f} >= delta {delta:.4f} but could be noise: {interval} includes 0")
+    return Decision(
+        True, f"AUC gain {gain:+.4f} >= delta {delta:.4f} ({challenger_auc:.4f} vs {champion_auc:.4f}), {interval}"
+    )

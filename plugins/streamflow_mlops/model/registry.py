@@ -1,0 +1,93 @@
+"""The MLflow model registry: version names and URIs, the champion alias, scoring a registered version.
+
+The registered model is `streamflow_churn`; the serving model is its alias `champion` (stages
+are deprecated and never used). Every version carries the tags `month`, `as_of`,
+`feature_service`, `decision`, `reason`. The champion is also the newest `streamflow_churn`
+model in the BentoML store, tagged `streamflow_churn:v<mlflow version>`, with labels linking it
+back to MLflow; it is imported *before* the alias moves, so a service that follows the alias
+never looks for a model the store does not have yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
+from streamflow_mlops.model.tracking import VALIDATION_ARTIFACT
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+log = logging.getLogger(__name__)
+
+
+class UnknownVersionError(LookupError):
+    """A model version (or a previous champion) that the registry does not have."""
+
+
+def bento_tag(mlflow_version: str | int) -> str:
+    """Deterministic BentoML tag of an MLflow version, so re-imports are idempotent."""
+    return f"{REGISTERED_MODEL}:v{mlflow_version}"
+
+
+def model_uri(version: str | int) -> str:
+    return f"models:/{REGISTERED_MODEL}/{version}"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """A client on one tracking/registry URI, leaving the process-wide MLflow URIs alone."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def champion_version(client: MlflowClient) -> ModelVersion | None:
+    """The version the `champion` alias points at, or None before the first promotion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def validation_rows(run_id: str) -> pd.DataFrame:
+    """The challenger's validation rows (features, label, its scores) logged with its run."""
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_ARTIFACT, dst_path=tmp)
+        return pd.read_parquet(path)
+
+
+def score_version(version: str, rows: pd.DataFrame) -> np.ndarray | None:
+    """Churn probabilities of a registered version on `rows`; None when the rows lack a feature it
+    needs (a champion trained on another FeatureService can't be judged on these rows)."""
+    import mlflow.sklearn
+
+    pipeline = mlflow.sklearn.load_model(model_uri(version))
+    needed = list(getattr(pipeline, "feature_names_in_", []))
+    missing = [name for name in needed if name not in rows.columns]
+    if not needed or missing:
+        log.warning("version %s needs features %s absent from the challenger's rows", version, missing or "(unknown)")
+        return None
+    return pipeline.predict_proba(rows[needed])[:, 1]
+
+
+def existing_versions(client: MlflowClient) -> list[str]:
+    versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    return sorted((str(v.version) for v in versions), key=int)

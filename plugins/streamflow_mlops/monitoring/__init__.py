@@ -1,0 +1,1 @@
+"""Watching the model: Evidently drift and the prediction log."""

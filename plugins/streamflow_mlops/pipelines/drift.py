@@ -1,0 +1,192 @@
+"""What the drift DAG calls: Evidently drift of a month against the champion's training month and of served
+predictions, the report kept, the gate decided."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamflow_mlops.config.schema import FEATURE_NAMES
+from streamflow_mlops.config.settings import REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.monitoring.drift import (
+    DEFAULT_DRIFT_THRESHOLD,
+    MAX_SERVED_ROWS,
+    MONITORING_EXPERIMENT,
+    compute_drift,
+    drift_gate,
+    save_reports,
+)
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class ChampionRef:
+    version: str
+    month: str
+    feature_service: str | None
+
+
+def find_champion(settings: Settings) -> ChampionRef | None:
+    """The version behind the `champion` alias and its training month, or None when there is none."""
+    from streamflow_mlops.model.registry import champion_version
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    version = champion_version(configure_mlflow(settings))
+    if version is None:
+        return None
+    month = version.tags.get("month")
+    if not month:
+        raise ValueError(f"{REGISTERED_MODEL} v{version.version} (champion) has no `month` tag")
+    return ChampionRef(str(version.version), month, version.tags.get("feature_service"))
+
+
+def served_scores(db_url: str, model_version: str) -> np.ndarray:
+    """Probabilities the service returned with this champion version (newest first, capped)."""
+    import numpy as np
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            f"SELECT churn_probability FROM {WAREHOUSE_SCHEMA}.prediction_log "
+            "WHERE model_name = %s AND model_version = %s ORDER BY predicted_at DESC LIMIT %s",
+            (REGISTERED_MODEL, model_version, MAX_SERVED_ROWS),
+        ).fetchall()
+    return np.array([r[0] for r in rows], dtype=float)
+
+
+def record_drift_report(db_url: str, row: dict[str, Any]) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            f"INSERT INTO {WAREHOUSE_SCHEMA}.drift_reports (month, reference_month, drift_share, drifted_columns, "
+            "prediction_drift, decision, reason, report_path) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                row["month"],
+                row["reference_month"],
+                row["drift_share"],
+                json.dumps(row["drifted_columns"]),
+                json.dumps(row["prediction_drift"]),
+                row["decision"],
+                row["reason"],
+                row["report_path"],
+            ),
+        )
+
+
+def _monitoring_experiment(client: Any, settings: Settings) -> str:
+    from mlflow.exceptions import MlflowException
+
+    existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    if existing is not None:
+        return existing.experiment_id
+    # A tracking server stores artifacts itself; talking to the backend store directly, MLflow would
+    # default to ./mlruns under whatever the working directory is, so point it at the state dir.
+    remote = settings.mlflow_tracking_uri.startswith(("http://", "https://"))
+    location = None if remote else settings.mlflow_artifacts_dir.resolve().as_uri()
+    try:
+        return client.create_experiment(MONITORING_EXPERIMENT, artifact_location=location)
+    except MlflowException:
+        # Another drift run created it between the look-up and the create.
+        existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: float, reports: Sequence[Path]) -> str:
+    """One MLflow run per check in `streamflow_monitoring`: params, drift metrics, the HTML reports."""
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.create_run(
+        _monitoring_experiment(client, settings),
+        run_name=f"drift {result['month']}",
+        tags={"month": result["month"], "decision": result["decision"], "reason": result["reason"]},
+    )
+    run_id = run.info.run_id
+    client.log_param(run_id, "month", result["month"])
+    client.log_param(run_id, "reference_month", result["reference_month"] or "")
+    client.log_param(run_id, "drift_threshold", threshold)
+    if result["drift_share"] is not None:
+        client.log_metric(run_id, "drift_share", result["drift_share"])
+        client.log_metric(run_id, "drifted_columns", len(result["drifted_columns"]))
+    for key, summary in result["prediction_drift"].items():
+        if isinstance(summary, dict):
+            client.log_metric(run_id, f"prediction_drift_{key}", summary["score"])
+    for path in reports:
+        client.log_artifact(run_id, str(path), artifact_path="drift_reports")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, settings: Settings | None = None) -> dict:
+    """Compare `month` with the champion's training month, decide, keep the report; returns the
+    decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
+    prediction_drift, decision, reason, report_path, mlflow_run_id)."""
+    settings = settings or get_settings()
+    champion = find_champion(settings)
+    result: dict[str, Any] = {
+        "month": month,
+        "reference_month": None,
+        "drift_share": None,
+        "drifted_columns": [],
+        "prediction_drift": {},
+        "report_path": None,
+    }
+    reports: list[Path] = []
+    if champion is not None:
+        import mlflow.sklearn
+
+        from streamflow_mlops.config.settings import FEATURE_SERVICE
+        from streamflow_mlops.features.retrieval import feature_frame
+        from streamflow_mlops.model.registry import model_uri
+
+        service = champion.feature_service or FEATURE_SERVICE
+        reference = feature_frame(champion.month, service, settings)
+        current = feature_frame(month, service, settings)
+        names = [c for c in reference.columns if c in FEATURE_NAMES]
+        pipeline = mlflow.sklearn.load_model(model_uri(champion.version))
+        # Score with exactly the columns the champion was fitted on, in its order.
+        needed = list(getattr(pipeline, "feature_names_in_", names))
+        drift = compute_drift(
+            reference,
+            current,
+            reference_scores=pipeline.predict_proba(reference[needed])[:, 1],
+            current_scores=pipeline.predict_proba(current[needed])[:, 1],
+            served_scores=served_scores(settings.db_url, champion.version),
+            feature_names=names,
+        )
+        stem = f"drift_{month}_vs_{champion.month}_v{champion.version}"
+        paths = save_reports(drift, settings.reports_dir / "drift", stem)
+        reports = list(paths.values())
+        result.update(
+            reference_month=champion.month,
+            drift_share=drift.drift_share,
+            drifted_columns=drift.drifted_columns,
+            prediction_drift={"champion_version": champion.version, **drift.prediction_drift},
+            report_path=str(paths["data"]),
+        )
+    decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
+    result.update(decision=decision, reason=reason)
+    result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
+    record_drift_report(settings.db_url, result)
+    log.info(
+        "%s vs %s: drift share %s, drifted %s -> %s (%s)",
+        month,
+        result["reference_month"],
+        result["drift_share"],
+        result["drifted_columns"],
+        decision,
+        reason,
+    )
+    return result

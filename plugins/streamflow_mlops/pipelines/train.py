@@ -1,0 +1,120 @@
+"""What the training DAG calls: train a challenger on a month, register it, decide against the champion."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from streamflow_mlops.config.schema import LABEL
+from streamflow_mlops.config.settings import REGISTERED_MODEL
+from streamflow_mlops.model.promotion import paired_bootstrap_auc_gain, should_promote
+from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
+from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
+from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc, train_model
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from streamflow_mlops.model.training import TrainedModel
+
+
+def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, Any]:
+    """Score the champion on the challenger's validation rows and decide; the decision, both AUCs,
+    the gain and its bootstrap interval become tags on the challenger version."""
+    from sklearn.metrics import roc_auc_score
+
+    client = configure_mlflow()
+    version = str(challenger["version"])
+    rows = validation_rows(challenger["run_id"])
+    labels = rows[LABEL].to_numpy()
+    challenger_auc = float(roc_auc_score(labels, rows[CHALLENGER_SCORE]))
+    champion = champion_version(client)
+    champion_auc: float | None = None
+    bootstrap = None
+    if champion is not None and str(champion.version) == version:
+        raise ValueError(f"version {version} is already the champion")
+    if champion is not None:
+        champion_scores = score_version(str(champion.version), rows)
+        if champion_scores is None or not np.all(np.isfinite(champion_scores)):
+            champion_auc = float("nan")
+        else:
+            champion_auc = float(roc_auc_score(labels, champion_scores))
+            bootstrap = paired_bootstrap_auc_gain(
+                labels, rows[CHALLENGER_SCORE].to_numpy(), champion_scores, seed=int(challenger.get("seed", 0))
+            )
+    decision = should_promote(challenger_auc, champion_auc, delta, bootstrap)
+    tags = {
+        "decision": "promote" if decision.promote else "keep_champion",
+        "reason": decision.reason,
+        "delta": repr(delta),
+        "challenger_auc": repr(challenger_auc),
+        "champion_version": str(champion.version) if champion else "",
+        "champion_auc": repr(champion_auc) if champion_auc is not None else "",
+        "auc_gain": repr(bootstrap.gain) if bootstrap else "",
+        "auc_gain_ci_low": repr(bootstrap.ci_low) if bootstrap else "",
+        "auc_gain_ci_high": repr(bootstrap.ci_high) if bootstrap else "",
+        "auc_gain_ci_level": repr(bootstrap.confidence) if bootstrap else "",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
+    log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
+    return {
+        **challenger,
+        "promote": decision.promote,
+        "reason": decision.reason,
+        "delta": delta,
+        "challenger_auc": challenger_auc,
+        "champion_version": str(champion.version) if champion else None,
+        "champion_auc": _finite(champion_auc),
+        "auc_gain": bootstrap.gain if bootstrap else None,
+        "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
+    }
+
+
+def read_truth(drops_dir: Path, month: str) -> pd.DataFrame | None:
+    """The drop's `_truth.csv` when the drop was generated here (never present for real data)."""
+    path = drops_dir / month / "_truth.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def log_challenger(
+    trained: TrainedModel,
+    *,
+    month: str,
+    as_of: date,
+    feature_service: str,
+    truth: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Log a trained model as a run of the `streamflow` experiment and register it as a version of
+    `streamflow_churn`; returns the challenger summary the decision step needs (JSON-serialisable)."""
+    from streamflow_mlops.model.tracking import log_trained_model
+
+    extra_metrics: dict[str, float] = {}
+    if truth is not None:
+        ceiling = best_achievable_auc(truth, trained.val)
+        extra_metrics = {"best_achievable_auc": ceiling, "val_auc_vs_best": trained.metrics["val_auc"] / ceiling}
+    return log_trained_model(
+        trained, month=month, as_of=as_of, feature_service=feature_service, extra_metrics=extra_metrics
+    )
+
+
+def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
+    """The month's point-in-time training set from Feast (the FeatureService), trained and registered."""
+    from streamflow_mlops.config.months import month_as_of, month_name, parse_month
+    from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
+    from streamflow_mlops.features.retrieval import build_training_set
+    from streamflow_mlops.features.store import feature_names
+
+    month = month_name(parse_month(month))
+    frame = build_training_set(month, FEATURE_SERVICE)
+    names = feature_names(FEATURE_SERVICE)
+    trained = train_model(frame, seed, classifier=classifier, features=names)
+    truth = read_truth(get_settings().drops_dir, month)
+    return log_challenger(
+        trained, month=month, as_of=month_as_of(parse_month(month)), feature_service=FEATURE_SERVICE, truth=truth
+    )

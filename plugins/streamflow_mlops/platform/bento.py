@@ -1,0 +1,146 @@
+"""`make bento`: build the churn service bento from bentos/churn_service/bentofile.yaml and the current state.
+
+The bento carries the service, the library, the feature repo config and the champion model. Its
+Python packages are the serving closure of the pinned lock (requirements.txt): the packages the
+service imports and everything they require, each at the lock's pin, without Airflow, GE or
+Evidently. Nothing is typed twice: the pins come from the lock, the closure from installed metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+BENTOFILE = Path("bentos") / "churn_service" / "bentofile.yaml"
+# What the service imports at run time (psycopg2 is MLflow's Postgres driver, psycopg-pool Feast's).
+SERVING_ROOTS = (
+    "bentoml",
+    "feast",
+    "mlflow",
+    "scikit-learn",
+    "pandas",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "psycopg2-binary",
+    "skops",
+    "pyyaml",
+    "sqlalchemy",
+)
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(requirements_txt: Path) -> dict[str, str]:
+    """`name==version` lines of a lock, keyed by canonical name."""
+    pins: dict[str, str] = {}
+    for line in requirements_txt.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name = line.split("==", 1)[0].split("[", 1)[0].strip()
+            pins[canonical(name)] = line
+    return pins
+
+
+def requirement_closure(roots: Iterable[str]) -> set[str]:
+    """The roots and every distribution they require (no extras), from installed metadata."""
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [canonical(root) for root in roots]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in requires:
+            requirement = Requirement(spec)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonical(requirement.name))
+    return seen
+
+
+def serving_requirements(requirements_txt: Path, roots: Iterable[str] = SERVING_ROOTS) -> list[str]:
+    """The lock's pins for the serving closure, sorted; raises if a root isn't pinned."""
+    pins = read_pins(requirements_txt)
+    roots = list(roots)
+    unpinned = [root for root in roots if canonical(root) not in pins]
+    if unpinned:
+        raise ValueError(f"{requirements_txt} does not pin {unpinned}")
+    return sorted(pins[name] for name in requirement_closure(roots) if name in pins)
+
+
+def champion_tag(settings: Settings) -> str:
+    """The BentoML tag of the MLflow champion, or the newest imported model when MLflow can't say."""
+    import bentoml
+
+    from streamflow_mlops.model.registry import bento_tag
+    from streamflow_mlops.serving.champion import champion_version_from_mlflow, newest_imported_tag
+
+    try:
+        tag = bento_tag(champion_version_from_mlflow(settings.mlflow_tracking_uri))
+        bentoml.models.get(tag)
+        return tag
+    except Exception as exc:
+        newest = newest_imported_tag()
+        if newest is None:
+            raise RuntimeError(f"no {REGISTERED_MODEL} model in the BentoML store; run the training DAG first") from exc
+        logger.warning("champion lookup failed (%s); bundling the newest imported model %s", exc, newest)
+        return newest
+
+
+def library_wheel(repo_root: Path, out_dir: Path) -> Path:
+    """Build the library's wheel (pyproject.toml at the repo root) into out_dir; the bento installs
+    it like any other package instead of carrying plugins/ on a path."""
+    import subprocess
+    import sys
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("streamflow_mlops-*.whl"):
+        old.unlink()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out_dir), str(repo_root)],
+        check=True,
+    )
+    (wheel,) = out_dir.glob("streamflow_mlops-*.whl")
+    return wheel
+
+
+def build_bento(settings: Settings) -> Any:
+    """Build the bento; returns the bentoml.Bento (its tag, path, generated Dockerfile)."""
+    import bentoml
+    import yaml
+
+    config = yaml.safe_load((settings.repo_root / BENTOFILE).read_text())
+    python = config.setdefault("python", {})
+    python.pop("requirements_txt", None)
+    python["packages"] = serving_requirements(settings.repo_root / "requirements.txt")
+    config["models"] = [champion_tag(settings)]
+    # The library goes in as a wheel under the bento's src/wheels/, where BentoML's image installs
+    # local requirements from (`python.wheels` would drop the bento back to BentoML's v1 format).
+    wheels = settings.repo_root / "wheels"
+    made = not wheels.exists()
+    wheel = library_wheel(settings.repo_root, wheels)
+    python["packages"].append(f"./wheels/{wheel.name}")
+    config.setdefault("include", []).append(f"wheels/{wheel.name}")
+    try:
+        return bentoml.bentos.build(build_ctx=str(settings.repo_root), **config)
+    finally:
+        wheel.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(wheels, ignore_errors=True)

@@ -1,0 +1,429 @@
+"""`make demo`: the whole lifecycle through real Airflow, MLflow and BentoML processes.
+
+Starts (or reuses) the embedded Postgres, runs Airflow's api-server, scheduler, dag-processor
+and triggerer, an MLflow tracking server and the churn service as child processes under
+`.streamflow/`, triggers the two monthly ingests and lets the Asset chain do the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from streamflow_mlops.config.settings import Settings
+from streamflow_mlops.platform.embedded import stop_embedded, up, write_env_file
+
+AIRFLOW_USER = "admin"
+DEMO_MONTHS = ("month_000", "month_001")
+LIFECYCLE_DAGS = ("streamflow_ingest", "streamflow_features", "streamflow_drift", "streamflow_train")
+FINISHED = {"success", "failed"}
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _secret(path: Path, make: Callable[[], str]) -> str:
+    """A generated secret kept under the state dir (0600), so a second run reuses it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def airflow_settings(settings: Settings) -> dict[str, str]:
+    """Airflow configuration for the embedded stack; secrets are generated once and kept."""
+    home = settings.airflow_home
+    password = _secret(home / "admin_password", lambda: secrets.token_urlsafe(12))
+    passwords_file = home / "passwords.json"
+    passwords_file.parent.mkdir(parents=True, exist_ok=True)
+    passwords_file.write_text(json.dumps({AIRFLOW_USER: password}))
+    passwords_file.chmod(0o600)
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{settings.airflow_port}/execution/",
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
+        "AIRFLOW__CORE__FERNET_KEY": _secret(home / "fernet_key", _fernet_key),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # A retry on a laptop should come while the user is still watching, not after 5 minutes.
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "20",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+@dataclass
+class Processes:
+    """Child processes, each in its own session so that stopping takes its whole tree."""
+
+    log_dir: Path
+    env: dict[str, str]
+    running: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], cwd: Path | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.running[name] = subprocess.Popen(
+            args, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def check(self) -> None:
+        for name, proc in self.running.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
+
+    def stop(self, grace: float = 8.0) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.running.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.running.clear()
+
+
+def wait_for(what: str, ready: Callable[[], bool], timeout: float, processes: Processes | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if processes is not None:
+            processes.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(1)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class AirflowAPI:
+    """The few calls of Airflow's REST API (v2) the demo needs."""
+
+    def __init__(self, base_url: str, password: str):
+        self.base = base_url.rstrip("/")
+        self.password = password
+        self._client = httpx.Client(base_url=self.base, timeout=30)
+
+    def login(self) -> None:
+        answer = self._client.post("/auth/token", json={"username": AIRFLOW_USER, "password": self.password})
+        answer.raise_for_status()
+        self._client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def has_dag(self, dag_id: str) -> bool:
+        return self._client.get(f"/api/v2/dags/{dag_id}").status_code == 200
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        answer = self._client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        answer.raise_for_status()
+        return answer.json()["dag_run_id"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 50})
+        answer.raise_for_status()
+        return answer.json()["dag_runs"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        answer.raise_for_status()
+        return {ti["task_id"]: ti["state"] for ti in answer.json()["task_instances"]}
+
+
+def wait_for_chain(api: AirflowAPI, month: str, since: set[str], timeout: float, processes: Processes) -> dict:
+    """Wait until the asset chain started by one ingest settles; returns the runs it made.
+
+    The chain is ingest -> features -> drift, then train only if the drift gate triggered it.
+    """
+    deadline = time.monotonic() + timeout
+    seen: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        processes.check()
+        for dag_id in LIFECYCLE_DAGS:
+            new = [r for r in api.runs(dag_id) if r["dag_run_id"] not in since]
+            if new:
+                latest = new[0]
+                if seen.get(dag_id, {}).get("state") != latest["state"]:
+                    say(f"  {dag_id}: {latest['state']}")
+                seen[dag_id] = latest
+        states = {dag_id: run["state"] for dag_id, run in seen.items()}
+        failed = [d for d, s in states.items() if s == "failed"]
+        if failed:
+            raise RuntimeError(f"{month}: {', '.join(failed)} failed; see the Airflow UI or .streamflow/airflow/logs")
+        if states.get("streamflow_drift") == "success":
+            drift = seen["streamflow_drift"]
+            gate = api.task_states("streamflow_drift", drift["dag_run_id"])
+            if gate.get("trigger_train") == "skipped" or states.get("streamflow_train") == "success":
+                return seen
+        time.sleep(2)
+    raise TimeoutError(f"{month}: the lifecycle did not finish in {timeout:.0f}s")
+
+
+def lifecycle_done(settings: Settings) -> bool:
+    """Both demo months ingested and a champion exists: a second run only starts the services."""
+    try:
+        with psycopg.connect(settings.db_url) as conn:
+            months = {
+                r[0]
+                for r in conn.execute("SELECT DISTINCT month FROM streamflow.ingestion_runs WHERE status = 'success'")
+            }
+            trained = conn.execute("SELECT count(*) FROM streamflow.drift_reports").fetchone()[0]
+    except psycopg.Error:
+        return False
+    return set(DEMO_MONTHS) <= months and trained >= 2 and _champion_version(settings) is not None
+
+
+def _champion_version(settings: Settings) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    from streamflow_mlops.serving.champion import champion_version_from_mlflow
+
+    try:
+        return champion_version_from_mlflow(settings.mlflow_tracking_uri)
+    except MlflowException:
+        return None
+
+
+def lifecycle_summary(settings: Settings) -> list[str]:
+    """Row counts, validation results, drift and model decisions, read back from the real stores."""
+    from mlflow import MlflowClient
+
+    from streamflow_mlops.config.settings import REGISTERED_MODEL
+
+    lines = []
+    with psycopg.connect(settings.db_url) as conn:
+        for month, status, counts, failed in conn.execute(
+            "SELECT DISTINCT ON (month) month, status, row_counts, failed_expectations "
+            "FROM streamflow.ingestion_runs ORDER BY month, run_id DESC"
+        ):
+            detail = f"{counts.get('users', '?')} users" if status == "success" else f"{len(failed)} failed checks"
+            lines.append(f"ingest {month}: {status} ({detail})")
+        for (table,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'streamflow' "
+            "AND table_name LIKE '%%_snapshots' ORDER BY 1"
+        ):
+            n = conn.execute(f"SELECT count(*) FROM streamflow.{table}").fetchone()[0]
+            lines.append(f"{table}: {n} rows")
+        for month, ref, share, decision, reason in conn.execute(
+            "SELECT month, reference_month, drift_share, decision, reason FROM streamflow.drift_reports ORDER BY id"
+        ):
+            share_text = "n/a" if share is None else f"{share:.2f}"
+            lines.append(f"drift {month} vs {ref or '-'}: share {share_text} -> {decision} ({reason})")
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    # search_model_versions leaves `aliases` empty; ask for the alias itself.
+    champion = _champion_version(settings)
+    for mv in sorted(client.search_model_versions(f"name='{REGISTERED_MODEL}'"), key=lambda v: int(v.version)):
+        auc = client.get_run(mv.run_id).data.metrics.get("val_auc")
+        tags = mv.tags
+        aliases = " [champion]" if str(mv.version) == champion else ""
+        lines.append(
+            f"model v{mv.version}{aliases} ({tags.get('month')}): val_auc {auc:.3f}, "
+            f"decision {tags.get('decision')}: {tags.get('reason')}"
+        )
+    return lines
+
+
+def sample_prediction(settings: Settings) -> tuple[str, str]:
+    with psycopg.connect(settings.db_url) as conn:
+        user = conn.execute(
+            "SELECT user_id FROM streamflow.labels WHERE as_of = (SELECT max(as_of) FROM streamflow.labels) "
+            "ORDER BY user_id LIMIT 1"
+        ).fetchone()[0]
+    url = f"http://127.0.0.1:{settings.service_port}/predict"
+    answer = httpx.post(url, json={"user_id": user}, timeout=10)
+    curl = f"curl -s -X POST {url} -H 'content-type: application/json' -d '{{\"user_id\": \"{user}\"}}'"
+    return curl, answer.text
+
+
+def ensure_drops(settings: Settings) -> None:
+    from streamflow_mlops.config.months import parse_month
+    from streamflow_mlops.synthetic.generate import DropSpec, default_drift, write_drop
+
+    for month in DEMO_MONTHS:
+        if not (settings.drops_dir / month / "manifest.json").exists():
+            m = parse_month(month)
+            write_drop(DropSpec(m, drift=default_drift(m)), settings.drops_dir)
+            say(f"generated {settings.drops_dir / month}")
+
+
+class Stack:
+    """The embedded stack as child processes: start, run the lifecycle, serve, stop."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started = time.monotonic()
+        self.mlflow_uri = f"http://127.0.0.1:{settings.mlflow_port}"
+        self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
+        self.service_url = f"http://127.0.0.1:{settings.service_port}"
+        # Clients in this process talk to the MLflow server, as the DAG tasks and the service do.
+        self.client_settings = replace(settings, mlflow_tracking_uri_override=self.mlflow_uri)
+        self.bin_dir = Path(sys.executable).parent
+        self.processes: Processes | None = None
+        self.api: AirflowAPI | None = None
+        self.warm = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def start(self) -> None:
+        settings = self.settings
+        say(f"state dir {settings.state_dir}")
+        url = up(settings)
+        say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {url})")
+        ensure_drops(settings)
+        env = {**os.environ, **self.client_settings.client_env(), **airflow_settings(settings)}
+        env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        write_env_file(self.client_settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")})
+        self.processes = Processes(settings.state_dir / "logs", env)
+        say("migrating the Airflow metadata database")
+        subprocess.run(
+            [str(self.bin_dir / "airflow"), "db", "migrate"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        say("starting MLflow, Airflow api-server, scheduler, dag-processor, triggerer")
+        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self.processes.start(
+            "mlflow",
+            [
+                str(self.bin_dir / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_backend_url,
+                "--artifacts-destination",
+                str(settings.mlflow_artifacts_dir),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+            ],
+        )
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+            self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
+        # A second run has a champion already: the service can start while Airflow boots.
+        self.warm = lifecycle_done(self.settings)
+        if self.warm:
+            self.launch_service()
+        wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
+        wait_for(
+            "Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240, self.processes
+        )
+        passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        self.api = AirflowAPI(self.airflow_url, json.loads(passwords.read_text())[AIRFLOW_USER])
+        self.api.login()
+        wait_for("DAGs parsed", lambda: all(self.api.has_dag(d) for d in LIFECYCLE_DAGS), 240, self.processes)
+        say(f"Airflow up after {self.elapsed():.0f}s")
+
+    def run_month(self, month: str, timeout: float = 900) -> dict:
+        """Trigger the ingest of one month and wait for the asset chain it starts to settle."""
+        before = {r["dag_run_id"] for d in LIFECYCLE_DAGS for r in self.api.runs(d)}
+        run_id = self.api.trigger("streamflow_ingest", {"month": month})
+        say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
+        runs = wait_for_chain(self.api, month, before, timeout, self.processes)
+        say(f"{month} done after {self.elapsed():.0f}s")
+        return runs
+
+    def lifecycle(self) -> None:
+        if self.warm:
+            say("lifecycle already ran: reusing the warehouse, features and champion")
+            return
+        for month in DEMO_MONTHS:
+            self.run_month(month)
+
+    def launch_service(self) -> None:
+        if "churn-service" not in self.processes.running:
+            self.processes.start(
+                "churn-service",
+                [
+                    str(self.bin_dir / "bentoml"),
+                    "serve",
+                    "bentos.churn_service.service:ChurnService",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.settings.service_port),
+                ],
+                cwd=self.settings.repo_root,
+            )
+
+    def serve(self) -> None:
+        self.launch_service()
+        wait_for("churn service", lambda: http_ok(f"{self.service_url}/readyz"), 240, self.processes)
+
+    def report(self) -> None:
+        ready = self.elapsed()
+        curl, answer = sample_prediction(self.client_settings)
+        print()
+        print(f"StreamFlow is up ({ready:.0f}s).")
+        print(f"  Airflow UI   {self.airflow_url}   login {AIRFLOW_USER} / {self.api.password}")
+        print(f"  MLflow UI    {self.mlflow_uri}")
+        print(f"  Churn API    {self.service_url}   (docs at {self.service_url}/docs)")
+        print(f"  Shell env    source {self.settings.state_dir / 'env'}")
+        print(f"\nSample prediction:\n  {curl}\n  {answer}\n\nLifecycle:")
+        for line in lifecycle_summary(self.client_settings):
+            print(f"  {line}")
+        (self.settings.state_dir / "demo_ready_seconds").write_text(f"{ready:.1f}\n")
+
+    def watch(self) -> None:
+        print("\nServing; press Ctrl-C to stop everything.", flush=True)
+        while True:
+            self.processes.check()
+            time.sleep(2)
+
+    def stop(self) -> None:
+        say("stopping services")
+        if self.processes is not None:
+            self.processes.stop()
+        if self.settings.embedded:
+            stop_embedded(self.settings)
+        say("stopped")
+
+
+def run(settings: Settings, serve_forever: bool = True) -> None:
+    """`make demo`: start, run the lifecycle, serve, report; Ctrl-C stops everything."""
+    stack = Stack(settings)
+    try:
+        stack.start()
+        stack.lifecycle()
+        stack.serve()
+        stack.report()
+        if serve_forever:
+            stack.watch()
+    except KeyboardInterrupt:
+        print()
+    finally:
+        stack.stop()

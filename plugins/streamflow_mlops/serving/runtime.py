@@ -1,0 +1,124 @@
+"""Request logic of the churn service: feature reads, the champion holder, scoring, the prediction log.
+
+The BentoML service (bentos/churn_service/service.py) is a thin shell over these pieces, so each
+of them can be tested without HTTP. Requests never touch MLflow or Postgres: the champion is polled
+and swapped off the request path, and predictions are logged by a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from streamflow_mlops.config.settings import Settings
+from streamflow_mlops.monitoring.prediction_log import PredictionLogWriter
+from streamflow_mlops.serving.champion import POLL_INTERVAL_S, ChampionWatcher, ModelHolder, mlflow_champion_version
+from streamflow_mlops.serving.errors import Unavailable
+from streamflow_mlops.serving.feature_reader import FeatureRef, FeatureRows, OnlineFeatureReader, build_reader
+from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    """What one service worker runs: the champion holder, the reader, the scorer and their threads.
+
+    A background thread builds the feature reader (retrying while the registry is down) and polls
+    the champion every `poll_interval_s`; requests only read what it prepared.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        champion_version: Callable[[], str | None] | None = None,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        reader_factory: Callable[[Settings], OnlineFeatureReader] = build_reader,
+        log_writer: PredictionLogWriter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.poll_interval_s = poll_interval_s
+        self.reader_factory = reader_factory
+        self.holder = ModelHolder()
+        self.watcher = ChampionWatcher(self.holder, champion_version or mlflow_champion_version(settings))
+        self.log = log_writer if log_writer is not None else PredictionLogWriter(settings.db_url)
+        self.reader: OnlineFeatureReader | None = None
+        self.scorer = ChurnScorer(self.holder, _RuntimeReader(self), self.log)
+        self.batcher = MicroBatcher(self.scorer.score)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def require_reader(self) -> OnlineFeatureReader:
+        if self.reader is None:
+            try:
+                self.reader = self.reader_factory(self.settings)
+            except Exception as exc:
+                raise Unavailable("feature_store", f"cannot open the feature store: {exc}") from exc
+        return self.reader
+
+    def poll(self) -> None:
+        """One round of the background work: open the store, follow the champion, warm its features."""
+        try:
+            reader = self.require_reader()
+        except Unavailable as exc:
+            logger.warning("%s", exc)
+            return
+        self.watcher.poll_once()
+        champion = self.holder.champion
+        if champion is not None:
+            try:
+                reader.feature_refs(champion.feature_service)
+            except Unavailable as exc:
+                logger.warning("%s", exc)
+
+    def ready(self) -> bool:
+        """A champion is loaded and the store knows its FeatureService."""
+        champion = self.holder.champion
+        if champion is None or self.reader is None:
+            return False
+        try:
+            return bool(self.reader.feature_refs(champion.feature_service))
+        except Unavailable:
+            return False
+
+    def _poll_safely(self) -> None:
+        # The watcher thread must outlive any one failed poll (MLflow down, a store that raises on
+        # a name never imported, a broken model): a dead watcher would never pick up a champion.
+        try:
+            self.poll()
+        except Exception:
+            logger.exception("champion poll failed; retrying in %.0f s", self.poll_interval_s)
+
+    def _run(self) -> None:
+        try:
+            self._poll_safely()
+        finally:
+            self.holder.settle()
+        while not self._stop.wait(self.poll_interval_s):
+            self._poll_safely()
+
+    def start(self) -> None:
+        self.log.start()
+        self.holder.loading()
+        self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.batcher.close()
+        self.log.stop()
+
+
+class _RuntimeReader:
+    """The runtime's reader as the scorer sees it: opened on first use, 503 while it can't be."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+
+    def feature_refs(self, feature_service: str) -> tuple[FeatureRef, ...]:
+        return self.runtime.require_reader().feature_refs(feature_service)
+
+    def read(self, user_ids: Sequence[str], feature_service: str) -> FeatureRows:
+        return self.runtime.require_reader().read(user_ids, feature_service)
