@@ -269,7 +269,7 @@ def build_stack(home: Path) -> dict:
     logged = log_trained_model(
         trained, month="month_000", as_of=spec.as_of, feature_service=FEATURE_SERVICE, settings=settings
     )
-    set_champion(configure_mlflow(settings), logged["version"], {"decision": "bench"})
+    set_champion(configure_mlflow(settings), logged["version"], None, {"decision": "bench"})
     return {"settings": settings, "env": {**os.environ, **env}, "users": users, "version": logged["version"]}
 
 

@@ -28,7 +28,7 @@ from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
 from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
-from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit  # noqa: E402
+from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit, JsonBodyOnly  # noqa: E402
 from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_BATCH_IDS  # noqa: E402
 
@@ -138,3 +138,4 @@ class ChurnService:
 
 
 ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+ChurnService.add_asgi_middleware(JsonBodyOnly)

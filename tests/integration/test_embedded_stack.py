@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import stat
+from urllib.parse import urlsplit
+
 import psycopg
+import pytest
 
 from streamflow_mlops.config.settings import get_settings, replace_database
 from streamflow_mlops.data.warehouse import create_schema
@@ -25,6 +29,21 @@ def test_embedded_start_reuse_stop(pg_server, tmp_path, monkeypatch):
         assert {"streamflow", "airflow", "mlflow"} <= names
         env = (settings.state_dir / "env").read_text()
         assert f"export STREAMFLOW_DB_URL={url}" in env and "MLFLOW_TRACKING_URI" in env
+        # A password is required on loopback and on the socket alike, and nobody else can read it.
+        password = urlsplit(url).password
+        assert password and len(password) >= 24
+        for secret in (settings.embedded_pg_password_file, settings.state_dir / "env"):
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+        port = urlsplit(url).port
+        for dsn in (
+            f"postgresql://postgres@127.0.0.1:{port}/postgres",
+            f"postgresql://postgres:wrong@127.0.0.1:{port}/postgres",
+            f"host={settings.pgdata} port={port} user=postgres dbname=postgres",
+        ):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(dsn, connect_timeout=3).close()
+        with psycopg.connect(replace_database(url, "postgres")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         stop_embedded(settings)
         get_settings.cache_clear()

@@ -57,8 +57,8 @@ def runs(url: str) -> list[tuple]:
         ).fetchall()
 
 
-def ingest(month: str, url: str) -> dict:
-    return load_month(validate_month(month, connector(url)), connector(url))
+def ingest(month: str, url: str, force: bool = False) -> dict:
+    return load_month(validate_month(month, connector(url)), connector(url), force=force)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,16 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], str]] = [
         lambda m: (m / "manifest.json").write_text(json.dumps({"month": "month_000", "as_of": "2024-01-31"})),
         "is for month_000",
     ),
+    (
+        "manifest_another_months_as_of",
+        lambda m: (m / "manifest.json").write_text(json.dumps({"month": "month_001", "as_of": "2024-01-31"})),
+        "manifest.json says as_of 2024-01-31, but month_001 is as_of 2024-02-29",
+    ),
+    (
+        "manifest_without_month",
+        lambda m: (m / "manifest.json").write_text(json.dumps({"as_of": "2024-02-29"})),
+        "manifest.json has no month",
+    ),
 ]
 
 
@@ -274,12 +284,21 @@ def test_good_month_loads_with_a_success_row_and_reruns_are_idempotent(drops, st
     once = warehouse_digest(url)
     ingest("month_001", url)
     both = warehouse_digest(url)
-    ingest("month_000", url)  # an older month again, after a newer one
-    ingest("month_001", url)
+    # The same months delivered again, an older one after a newer one: nothing is loaded or published.
+    assert ingest("month_000", url)["changed"] is False
+    assert ingest("month_001", url)["changed"] is False
     assert warehouse_digest(url) == both
     assert both["users"][0] == 2 * USERS and once["users"][0] == USERS
     statuses = [(r[0], r[2], r[3]["users"]) for r in runs(url)]
-    assert statuses == [("month_000", "success", USERS), ("month_001", "success", USERS)] * 2
+    assert statuses == [
+        ("month_000", "success", USERS),
+        ("month_001", "success", USERS),
+        ("month_000", "unchanged", USERS),
+        ("month_001", "unchanged", USERS),
+    ]
+    # A deliberate re-load (force) loads it again and leaves the same rows.
+    assert ingest("month_000", url, force=True)["changed"] is True
+    assert warehouse_digest(url) == both
     with psycopg.connect(url) as conn:
         per_month = conn.execute(
             "SELECT as_of::date::text, count(*) FROM streamflow.usage_agg_30d_snapshots GROUP BY 1 ORDER BY 1"

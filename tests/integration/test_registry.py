@@ -153,3 +153,47 @@ def test_a_gain_above_delta_that_could_be_noise_keeps_the_champion(stack_env):
     assert not decision["promote"] and "could be noise" in decision["reason"]
     with pytest.raises(ValueError, match="not to promote"):
         promote_and_import(decision)
+
+
+def test_alias_moves_are_compare_and_set_and_retries_change_nothing(stack_env):
+    from streamflow_mlops.pipelines.champion import ChampionMovedError
+
+    frame = month_000()
+    client = configure_mlflow(stack_env)
+    first = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
+    promote_and_import(evaluate_and_decide(first, delta=0.005), request="train-run-1")
+    second = register(train_model(frame, seed=5))
+    decision = evaluate_and_decide(second, delta=0.005)
+    assert decision["promote"] and decision["champion_version"] == first["version"]
+
+    # A promotion retried after the alias moved: same answer, the previous champion stays recorded.
+    promoted = promote_and_import(decision, request="train-run-2")
+    again = promote_and_import(decision, request="train-run-2")
+    assert again["version"] == promoted["version"] == second["version"]
+    assert version_tags(client, second["version"])["previous_champion"] == first["version"]
+
+    # A rollback retried (say its tag writes failed after the alias moved) steps back once, not twice.
+    third = register(train_model(frame, seed=6))
+    # What the train DAG would carry from a decision made while `second` was the champion.
+    stale = {"promote": True, "version": third["version"], "champion_version": second["version"], "reason": "test"}
+    back = rollback_champion(None, by="alice", reason="bad month", request="rollback-run-1")
+    retried = rollback_champion(None, by="alice", reason="bad month", request="rollback-run-1")
+    assert back["version"] == retried["version"] == first["version"] == champion(client)
+
+    # The promotion decided against `second` must not replace `first`, which it never saw.
+    with pytest.raises(ChampionMovedError, match="moved to"):
+        promote_and_import(stale, request="train-run-3")
+    assert champion(client) == first["version"]
+
+
+def test_a_challenger_of_an_older_month_never_replaces_a_newer_champion(stack_env):
+    frame = month_000()
+    client = configure_mlflow(stack_env)
+    weak = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
+    promote_and_import(evaluate_and_decide(weak, delta=0.005))
+    # Say the champion had been trained on month_001: a month_000 challenger (a re-delivery) is kept out.
+    client.set_model_version_tag(REGISTERED_MODEL, weak["version"], "month", "month_001")
+    strong = register(train_model(frame, seed=5))
+    kept = evaluate_and_decide(strong, delta=0.005)
+    assert not kept["promote"] and "older than the champion's training month month_001" in kept["reason"]
+    assert evaluate_and_decide(strong, delta=0.005, force=True)["promote"]

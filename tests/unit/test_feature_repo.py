@@ -304,3 +304,16 @@ def test_bulk_write_is_only_for_feasts_sqlite_store(tmp_path):
     assert not can_write_in_bulk(object(), config, scalar, keys)  # Redis and friends: Feast's own step
     assert not can_write_in_bulk(SqliteOnlineStore(), config, listed, keys)
     assert not can_write_in_bulk(SqliteOnlineStore(), config, scalar, {ENTITY: ValueType.INT64})
+
+
+def test_the_online_store_never_moves_back_in_time_unless_forced():
+    from datetime import UTC, datetime
+
+    from streamflow_mlops.features.materialize import older_than_published
+
+    jan, feb = datetime(2024, 1, 31, tzinfo=UTC), datetime(2024, 2, 29, tzinfo=UTC)
+    assert older_than_published(feb, jan, force=False) is None
+    assert older_than_published(feb, feb, force=False) is None
+    assert older_than_published(feb, None, force=False) is None
+    assert "back in time" in older_than_published(jan, feb, force=False)
+    assert older_than_published(jan, feb, force=True) is None

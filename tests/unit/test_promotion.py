@@ -31,9 +31,15 @@ def test_no_champion_promotes():
 
 
 @pytest.mark.parametrize("champion_auc", [float("nan"), np.float64("nan")])
-def test_unscorable_champion_promotes(champion_auc):
-    decision = should_promote(0.71, champion_auc, delta=0.005)
-    assert decision.promote and "could not be scored" in decision.reason
+def test_unscorable_champion_fails_closed(champion_auc):
+    decision = should_promote(0.99, champion_auc, delta=0.005)
+    assert not decision.promote and "could not be scored" in decision.reason and "no floor" in decision.reason
+
+
+def test_unscorable_champion_yields_only_to_a_challenger_above_the_floor():
+    assert should_promote(0.86, float("nan"), delta=0.005, unscorable_floor=0.85).promote
+    below = should_promote(0.84, float("nan"), delta=0.005, unscorable_floor=0.85)
+    assert not below.promote and "below the floor 0.8500" in below.reason
 
 
 def test_challenger_without_auc_never_promotes():

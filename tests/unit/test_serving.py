@@ -25,8 +25,8 @@ from streamflow_mlops.model.compiled import ArrayPipeline, PipelineModel, compil
 from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
 from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ChampionWatcher, ModelHolder, champion_labels
 from streamflow_mlops.serving.errors import MissingFeatures, Unavailable, UnknownUser
-from streamflow_mlops.serving.feature_reader import FeatureRef, split_lookup
-from streamflow_mlops.serving.http import BodySizeLimit
+from streamflow_mlops.serving.feature_reader import FeatureRef, SqliteOnlineReader, split_lookup
+from streamflow_mlops.serving.http import BodySizeLimit, JsonBodyOnly
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
 
 FEATURES = ("monthly_fee", "net_service")
@@ -48,6 +48,9 @@ class TableReader:
             raise Unavailable("feature_store", "down")
         self.reads.append(list(user_ids))
         return {u: {n: self.rows.get(u, {}).get(n) for n in FEATURES} for u in user_ids}
+
+    def forget_refs(self) -> None:
+        """Nothing cached."""
 
 
 @functools.cache
@@ -374,6 +377,28 @@ def test_micro_batcher_turns_a_stuck_batch_into_503_and_an_exception_into_errors
     assert asyncio.run(run()).what == "feature_store"
 
 
+def test_sqlite_reader_rereads_a_redefined_feature_service_after_its_ttl_or_a_champion_change():
+    class Registry:
+        """Stands in for the Feast registry lookup (FeastSdkReader.feature_refs): a service redefined."""
+
+        def __init__(self):
+            self.names = ("monthly_fee",)
+
+        def feature_refs(self, feature_service):
+            return tuple(FeatureRef("view", name) for name in self.names)
+
+    registry = Registry()
+    reader = SqliteOnlineReader("/nonexistent.db", "streamflow", registry, refs_ttl_s=0.2)
+    assert [r.name for r in reader.feature_refs("churn")] == ["monthly_fee"]
+    registry.names = ("monthly_fee", "skips_7d")
+    assert [r.name for r in reader.feature_refs("churn")] == ["monthly_fee"]
+    reader.forget_refs()
+    assert [r.name for r in reader.feature_refs("churn")] == ["monthly_fee", "skips_7d"]
+    registry.names = ("skips_7d",)
+    time.sleep(0.25)
+    assert [r.name for r in reader.feature_refs("churn")] == ["skips_7d"]
+
+
 def test_log_writer_counts_rows_dropped_when_the_queue_is_full():
     log = PredictionLogWriter("postgresql://127.0.0.1:1/none", max_queue=2)
     row = LogRow(datetime.now(UTC), "u", {"a": 1}, 0.5, "streamflow_churn", "1")
@@ -381,15 +406,18 @@ def test_log_writer_counts_rows_dropped_when_the_queue_is_full():
     assert log.dropped == 2
 
 
-def test_log_writer_drops_and_counts_a_batch_it_cannot_write():
+def test_log_writer_keeps_a_batch_it_cannot_write_for_the_next_try():
     log = PredictionLogWriter("postgresql://postgres@127.0.0.1:1/none")
     row = LogRow(datetime.now(UTC), "u", {"a": np.float64(1.0)}, 0.5, "streamflow_churn", "1")
-    assert log.flush([row, row]) is False
-    assert log.dropped == 2 and log.written == 0
+    log.submit([row, row])
+    assert log._step(0.0) is False
+    assert log.dropped == 0 and log.written == 0 and len(log._pending) == 2
 
 
 def test_log_writer_with_its_database_down_accounts_for_every_row():
-    log = PredictionLogWriter("postgresql://postgres@127.0.0.1:1/none", max_queue=10, flush_interval_s=0.05)
+    log = PredictionLogWriter(
+        "postgresql://postgres@127.0.0.1:1/none", max_queue=10, flush_interval_s=0.05, stop_timeout_s=0.3
+    )
     log.start()
     row = LogRow(datetime.now(UTC), "u", {}, 0.5, "streamflow_churn", "1")
     for _ in range(1000):
@@ -413,6 +441,38 @@ def test_body_size_limit_rejects_large_bodies_with_400():
 
     assert client.post("/", content=chunks(2)).json() == {"size": 100}
     assert client.post("/", content=chunks(3)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({"content-type": "multipart/form-data"}, "unsupported_media_type"),
+        ({"content-type": "multipart/form-data; boundary=x"}, "unsupported_media_type"),
+        ({"content-type": "application/x-www-form-urlencoded"}, "unsupported_media_type"),
+        ({"content-type": "text/plain"}, "unsupported_media_type"),
+        ({"content-type": "application/json; charset=latin-1"}, "unsupported_charset"),
+        ({"content-type": "application/json", "content-encoding": "gzip"}, "unsupported_content_encoding"),
+    ],
+)
+def test_json_body_only_answers_415_with_the_reason(headers, error):
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse(await request.json())
+
+    client = TestClient(JsonBodyOnly(Starlette(routes=[Route("/", echo, methods=["GET", "POST"])])))
+    answer = client.post("/", content=b'{"user_id": "7590-VHVEG"}', headers=headers)
+    assert answer.status_code == 415 and answer.json()["error"] == error
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"content-type": "application/json"}, {"content-type": "Application/JSON; charset=UTF-8"}]
+)
+def test_json_body_only_lets_json_through(headers):
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse(await request.json())
+
+    client = TestClient(JsonBodyOnly(Starlette(routes=[Route("/", echo, methods=["POST"])])))
+    answer = client.post("/", content=b'{"user_id": "7590-VHVEG"}', headers=headers)
+    assert answer.status_code == 200 and answer.json() == {"user_id": "7590-VHVEG"}
 
 
 def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():

@@ -27,6 +27,15 @@ def replace_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`, for logs and messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def with_driver(url: str, driver: str) -> str:
     """`postgresql://...` as a SQLAlchemy URL for the given driver (`psycopg`, `psycopg2`)."""
     parts = urlsplit(url)
@@ -57,7 +66,14 @@ class Settings:
         """Warehouse URL (`postgresql://user:pw@host:port/streamflow`)."""
         if self.db_url_override:
             return self.db_url_override
-        return f"postgresql://postgres@127.0.0.1:{self.embedded_pg_port}/{WAREHOUSE_DB}"
+        password_file = self.embedded_pg_password_file
+        credentials = f"postgres:{password_file.read_text().strip()}" if password_file.exists() else "postgres"
+        return f"postgresql://{credentials}@127.0.0.1:{self.embedded_pg_port}/{WAREHOUSE_DB}"
+
+    @property
+    def embedded_pg_password_file(self) -> Path:
+        """The embedded server's generated `postgres` password (0600, made by platform.embedded)."""
+        return self.state_dir / "secrets" / "pg_password"
 
     @property
     def airflow_db_url(self) -> str:
@@ -149,6 +165,7 @@ class Settings:
             "PGPORT": str(urlsplit(self.db_url).port or 5432),
             "PGUSER": urlsplit(self.db_url).username or "postgres",
             "PGDATABASE": WAREHOUSE_DB,
+            "PGPASSWORD": urlsplit(self.db_url).password or "",
         }
         env.update(self.feast_env())
         return env

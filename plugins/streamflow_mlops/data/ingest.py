@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from streamflow_mlops.config.months import month_name, parse_month
+from streamflow_mlops.config.months import month_as_of, month_name, parse_month
 from streamflow_mlops.config.schema import RAW_TABLES
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, get_settings
 from streamflow_mlops.data.validation import DropValidation, rejection_message, report_html, validate_drop
@@ -37,19 +37,42 @@ class BatchRejected(Exception):
     """A drop failed validation; the message names every failed expectation."""
 
 
+def manifest_problem(manifest: Any, month: str) -> str | None:
+    """Why a drop's manifest can't be trusted for `month`, or None.
+
+    The folder decides the month and the calendar decides its as_of: a manifest that names another
+    month, names none, or dates the drop to another month's as_of would load this drop into that
+    month's partitions (replacing them), so it is refused instead of believed.
+    """
+    if not isinstance(manifest, dict):
+        return "manifest.json must be a JSON object with month and as_of"
+    if "month" not in manifest:
+        return f'manifest.json has no month (expected "month": "{month}")'
+    if manifest["month"] != month:
+        return f"manifest.json is for {manifest['month']}, not {month} (the folder's month)"
+    try:
+        as_of = date.fromisoformat(str(manifest["as_of"]))
+    except (KeyError, ValueError) as exc:
+        return f"manifest.json has no valid as_of: {exc!r}"
+    expected = month_as_of(parse_month(month))
+    if as_of != expected:
+        return f"manifest.json says as_of {as_of}, but {month} is as_of {expected}"
+    return None
+
+
 def read_manifest(folder: Path, month: str) -> tuple[date | None, str | None]:
     """The drop's as_of from `manifest.json`, or why it can't be trusted."""
     path = folder / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
-        as_of = date.fromisoformat(manifest["as_of"])
     except FileNotFoundError:
         return None, "manifest.json is missing"
-    except (ValueError, KeyError, TypeError) as exc:
-        return None, f"manifest.json has no valid as_of: {exc!r}"
-    if manifest.get("month", month) != month:
-        return as_of, f"manifest.json is for {manifest['month']}, not {month}"
-    return as_of, None
+    except ValueError as exc:
+        return None, f"manifest.json is not valid JSON: {exc}"
+    problem = manifest_problem(manifest, month)
+    if problem is not None:
+        return None, problem
+    return date.fromisoformat(str(manifest["as_of"])), None
 
 
 def file_digests(folder: Path) -> dict[str, str | None]:
@@ -57,6 +80,12 @@ def file_digests(folder: Path) -> dict[str, str | None]:
         t.file: hashlib.sha256((folder / t.file).read_bytes()).hexdigest() if (folder / t.file).is_file() else None
         for t in RAW_TABLES
     }
+
+
+def drop_digest(file_sha256: dict[str, str | None], manifest: bytes) -> str:
+    """One digest of a whole drop (its tables and its manifest): equal digests, identical data."""
+    text = json.dumps({"files": file_sha256, "manifest": hashlib.sha256(manifest).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def quarantine_drop(
@@ -80,14 +109,25 @@ def record_run(
     failed: list[dict[str, Any]],
     report_path: str | None,
     started_at: datetime,
+    digest: str | None = None,
 ) -> int:
     """Insert one `ingestion_runs` row in the caller's transaction; returns its run_id."""
     return conn.execute(
         f"INSERT INTO {WAREHOUSE_SCHEMA}.ingestion_runs "
-        "(month, as_of, status, row_counts, failed_expectations, report_path, started_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
-        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at),
+        "(month, as_of, status, row_counts, failed_expectations, report_path, started_at, drop_digest) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
+        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at, digest),
     ).fetchone()[0]
+
+
+def last_loaded_digest(conn: psycopg.Connection, month: str) -> str | None:
+    """The digest of the data the warehouse holds for `month` (its latest successful load)."""
+    row = conn.execute(
+        f"SELECT drop_digest FROM {WAREHOUSE_SCHEMA}.ingestion_runs WHERE month = %s AND status IN "
+        "('success', 'unchanged') ORDER BY run_id DESC LIMIT 1",
+        (month,),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
@@ -103,15 +143,16 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     if not folder.is_dir():
         raise FileNotFoundError(f"no drop folder {folder} (STREAMFLOW_DROPS_DIR={settings.drops_dir})")
-    as_of, manifest_problem = read_manifest(folder, month)
+    as_of, manifest_issue = read_manifest(folder, month)
     validation = validate_drop(folder, settings.expectations_dir)
-    if manifest_problem:
+    if manifest_issue:
         validation.success = False
         validation.reasons.insert(
-            0, {"file": "manifest.json", "expectation": "manifest_valid", "detail": manifest_problem}
+            0, {"file": "manifest.json", "expectation": "manifest_valid", "detail": manifest_issue}
         )
     if not validation.success:
-        _reject(month, as_of, folder, started_at, validation, get_conn)
+        # A rejected run is recorded under the folder's month as the calendar dates it.
+        _reject(month, as_of or month_as_of(parse_month(month)), folder, started_at, validation, get_conn)
     log.info("%s valid (%s rows/table, %.1fs)", month, validation.row_counts, validation.seconds)
     return {
         "month": month,
@@ -169,16 +210,20 @@ def _reject(
     raise BatchRejected(message)
 
 
-def load_month(validated: dict[str, Any], get_conn: ConnectionFactory) -> dict[str, Any]:
+def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bool = False) -> dict[str, Any]:
     """Load a validated drop: raw tables, snapshots and the success row, in one transaction.
 
-    Refuses files that changed since validation. A load that fails for another reason is
-    rolled back and recorded as 'failed'.
+    Refuses files that changed since validation. A drop identical to the one the warehouse already
+    holds for the month (same digest) is not loaded again: it is recorded 'unchanged' and the
+    answer says `changed: False`, so nothing downstream re-publishes, re-materializes or retrains
+    (`force` loads it anyway). A load that fails for another reason is rolled back and recorded
+    as 'failed'.
     """
     folder = Path(validated["folder"])
     month, as_of = validated["month"], date.fromisoformat(validated["as_of"])
     if file_digests(folder) != validated["sha256"]:
         raise RuntimeError(f"{folder} changed since it was validated; run the ingestion again")
+    digest = drop_digest(validated["sha256"], (folder / "manifest.json").read_bytes())
     started_at = datetime.fromisoformat(validated["started_at"])
     begun = time.perf_counter()
     with closing(get_conn()) as conn:
@@ -186,27 +231,33 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory) -> dict[s
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
-                counts = load_drop(conn, folder, as_of)
+                changed = force or last_loaded_digest(conn, month) != digest
+                counts = load_drop(conn, folder, as_of) if changed else dict(validated["row_counts"])
                 run_id = record_run(
                     conn,
                     month=month,
                     as_of=as_of,
-                    status="success",
+                    status="success" if changed else "unchanged",
                     row_counts=counts,
                     failed=[],
                     report_path=None,
                     started_at=started_at,
+                    digest=digest,
                 )
         except Exception as exc:
             _record_failure(conn, month, as_of, started_at, exc)
             raise
     seconds = time.perf_counter() - begun
-    log.info("%s loaded as_of %s in %.1fs: %s", month, as_of, seconds, counts)
+    if changed:
+        log.info("%s loaded as_of %s in %.1fs: %s", month, as_of, seconds, counts)
+    else:
+        log.info("%s is unchanged since its last load (digest %s): nothing loaded or published", month, digest[:12])
     return {
         "month": month,
         "as_of": as_of.isoformat(),
         "run_id": run_id,
         "row_counts": counts,
+        "changed": changed,
         "load_seconds": round(seconds, 3),
     }
 

@@ -54,13 +54,18 @@ OPERATIONAL_DDL = [
   run_id BIGSERIAL PRIMARY KEY,
   month TEXT NOT NULL,
   as_of DATE,
-  status TEXT NOT NULL CHECK (status IN ('success', 'rejected', 'failed')),
+  status TEXT NOT NULL,
   row_counts JSONB NOT NULL DEFAULT '{{}}',
   failed_expectations JSONB NOT NULL DEFAULT '[]',
   report_path TEXT,
   started_at TIMESTAMPTZ NOT NULL,
   finished_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
+    # An identical re-delivery is recorded 'unchanged' and publishes nothing; drop_digest tells.
+    f"ALTER TABLE {S}.ingestion_runs ADD COLUMN IF NOT EXISTS drop_digest TEXT",
+    f"ALTER TABLE {S}.ingestion_runs DROP CONSTRAINT IF EXISTS ingestion_runs_status_check",
+    f"ALTER TABLE {S}.ingestion_runs ADD CONSTRAINT ingestion_runs_status_check "
+    "CHECK (status IN ('success', 'unchanged', 'rejected', 'failed'))",
     f"""CREATE TABLE IF NOT EXISTS {S}.prediction_log (
   id BIGSERIAL PRIMARY KEY,
   predicted_at TIMESTAMPTZ NOT NULL,

@@ -62,13 +62,30 @@ def _materialize_views(settings: Settings, views: list[str], start: datetime, en
     store.materialize(start_date=start, end_date=end, feature_views=views)
 
 
-def materialize_month(month: str | int, settings: Settings | None = None, workers: int = 1) -> dict[str, Any]:
+def older_than_published(as_of: datetime, newest_snapshot: datetime | None, force: bool) -> str | None:
+    """Why materializing `as_of` would move the online store back in time, or None (pure).
+
+    The online store serves the newest month the warehouse holds; an older month re-delivered (or
+    re-run) must not overwrite it with older values unless a run asks for it (`force`, a backfill).
+    """
+    if force or newest_snapshot is None or newest_snapshot <= as_of:
+        return None
+    return (
+        f"snapshots up to {newest_snapshot:%Y-%m-%d} exist; materializing {as_of:%Y-%m-%d} would move the "
+        "online store back in time (run with force=true for a deliberate backfill)"
+    )
+
+
+def materialize_month(
+    month: str | int, settings: Settings | None = None, workers: int = 1, force: bool = False
+) -> dict[str, Any]:
     """Materialize the window ending at the month's as_of into the online store.
 
     Stateless and idempotent: the window comes from the month, not from Feast's "last
-    materialized" bookmark. Fails when the month's snapshots are not loaded. `workers > 1` splits
-    the feature views over that many processes (they take turns on sqlite's one write lock); one
-    is the default, see bench/bench_features.py for both.
+    materialized" bookmark. Fails when the month's snapshots are not loaded; skips (the report
+    says why, `skipped`) a month older than the newest loaded one unless `force`. `workers > 1`
+    splits the feature views over that many processes (they take turns on sqlite's one write
+    lock); one is the default, see bench/bench_features.py for both.
     """
     settings = settings or get_settings()
     store = feature_store(settings)
@@ -79,13 +96,12 @@ def materialize_month(month: str | int, settings: Settings | None = None, worker
     empty = sorted(name for name, n in users.items() if n == 0)
     if empty:
         raise ValueError(f"{month_name(parse_month(month))}: no snapshot rows at {as_of:%Y-%m-%d} for {empty}")
+    backwards = older_than_published(as_of, newer, force)
+    if backwards:
+        log.warning("%s not materialized: %s", month_name(parse_month(month)), backwards)
+        return {"month": month_name(parse_month(month)), "as_of": as_of.date().isoformat(), "skipped": backwards}
     if newer is not None and newer > as_of:
-        log.warning(
-            "materializing %s while snapshots up to %s exist: the online store goes back to %s",
-            month,
-            newer.date(),
-            as_of.date(),
-        )
+        log.warning("materializing %s (force): the online store goes back to %s", month, as_of.date())
 
     views = {v.name: v for v in store.list_feature_views()}
     ttls = {v.ttl for v in views.values()}

@@ -98,14 +98,23 @@ def should_promote(
     champion_auc: float | None,
     delta: float,
     bootstrap: BootstrapGain | None = None,
+    unscorable_floor: float | None = None,
 ) -> Decision:
-    """Promote the challenger? No champion, or one that could not be scored, always yields."""
+    """Promote the challenger? No champion yields; a champion that could not be scored on the
+    challenger's rows fails closed: it stays, unless `unscorable_floor` is set and the challenger's
+    AUC reaches it (a deliberate "any model this good may replace one we can't judge")."""
     if _missing(challenger_auc):
         return Decision(False, "the challenger has no validation AUC")
     if champion_auc is None:
         return Decision(True, f"no champion yet; challenger val_auc {challenger_auc:.4f}")
     if _missing(champion_auc):
-        return Decision(True, "the champion could not be scored on the challenger's validation rows")
+        unscorable = "the champion could not be scored on the challenger's validation rows"
+        if unscorable_floor is not None and challenger_auc >= unscorable_floor:
+            return Decision(True, f"{unscorable}; challenger val_auc {challenger_auc:.4f} >= {unscorable_floor:.4f}")
+        floor = (
+            "no floor is set" if unscorable_floor is None else f"challenger is below the floor {unscorable_floor:.4f}"
+        )
+        return Decision(False, f"{unscorable}: keeping it ({floor})")
     gain = challenger_auc - champion_auc
     if gain + AUC_TOLERANCE < delta:
         return Decision(

@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +30,11 @@ class LogRow:
 class PredictionLogWriter:
     """Writes `prediction_log` in batches from a background thread; never blocks or fails a request.
 
-    Rows wait in a bounded queue; when it is full, or a flush fails, the rows are dropped and
-    counted (`dropped`, logged as a warning), and the next flush reconnects.
+    Rows wait in a bounded queue. A batch that fails to write (Postgres down, a restart) is kept and
+    retried with a growing pause (0.5 s doubling to 5 s) while new rows keep queueing, so an outage
+    shorter than the queue's headroom loses nothing. Rows are lost only when the queue is full, or
+    when they are still unwritten `stop_timeout_s` after shutdown began; both are counted in
+    `dropped` (the service exports it in /metrics) and logged.
     """
 
     def __init__(
@@ -39,34 +43,38 @@ class PredictionLogWriter:
         max_queue: int = 50_000,
         batch_rows: int = 2_000,
         flush_interval_s: float = 1.0,
+        stop_timeout_s: float = 5.0,
     ) -> None:
         self.db_url = db_url
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
+        self.stop_timeout_s = stop_timeout_s
         self.written = 0
         self.dropped = 0
+        self.failed_writes = 0
         self._queue: queue.Queue[LogRow] = queue.Queue(maxsize=max_queue)
+        self._pending: list[LogRow] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._count_lock = threading.Lock()
-        self._dropped_reported = 0
 
     def submit(self, rows: Sequence[LogRow]) -> None:
         for row in rows:
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
-                self._count_dropped(1)
+                self._count_dropped(1, "the queue is full")
 
-    def _count_dropped(self, n: int) -> None:
+    def _count_dropped(self, n: int, why: str) -> None:
         with self._count_lock:
             self.dropped += n
+        logger.warning("prediction log: dropped %d rows (%d in total): %s", n, self.dropped, why)
 
     def _take_batch(self, wait_s: float) -> list[LogRow]:
         batch: list[LogRow] = []
         try:
-            batch.append(self._queue.get(timeout=wait_s))
+            batch.append(self._queue.get(timeout=wait_s) if wait_s > 0 else self._queue.get_nowait())
         except queue.Empty:
             return batch
         while len(batch) < self.batch_rows:
@@ -99,14 +107,14 @@ class PredictionLogWriter:
         conn.commit()
 
     def flush(self, batch: Sequence[LogRow]) -> bool:
-        """Write one batch; on failure drop it, count it and forget the connection."""
+        """Write one batch; on failure forget the connection and return False (the caller keeps it)."""
         if not batch:
             return True
         try:
             self._write(batch)
         except Exception as exc:
-            self._count_dropped(len(batch))
-            logger.warning("prediction log: dropped %d rows (%d in total): %s", len(batch), self.dropped, exc)
+            self.failed_writes += 1
+            logger.warning("prediction log: writing %d rows failed, will retry: %s", len(batch), exc)
             if self._conn is not None:
                 try:
                     self._conn.close()
@@ -117,18 +125,37 @@ class PredictionLogWriter:
         self.written += len(batch)
         return True
 
-    def drain(self) -> None:
-        """Write everything queued now (used at shutdown and by tests)."""
-        while batch := self._take_batch(0.0):
-            self.flush(batch)
+    def _step(self, wait_s: float) -> bool:
+        """Write the pending batch, or the next one from the queue; False when a write failed."""
+        if not self._pending:
+            self._pending = self._take_batch(wait_s)
+        if self.flush(self._pending):
+            self._pending = []
+            return True
+        return False
+
+    def drain(self, timeout_s: float | None = None) -> None:
+        """Write everything queued now, retrying for up to `timeout_s` (default: stop_timeout_s);
+        whatever is still unwritten then is counted as dropped."""
+        deadline = time.monotonic() + (self.stop_timeout_s if timeout_s is None else timeout_s)
+        pause = 0.1
+        while self._pending or not self._queue.empty():
+            if self._step(0.0):
+                continue
+            if time.monotonic() + pause > deadline:
+                lost = len(self._pending) + self._queue.qsize()
+                self._pending = []
+                while self._take_batch(0.0):
+                    pass
+                self._count_dropped(lost, "still unwritten at shutdown")
+                return
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
 
     def _run(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
-            ok = self.flush(self._take_batch(self.flush_interval_s))
-            if self.dropped != self._dropped_reported and self._queue.empty():
-                self._dropped_reported = self.dropped
-                logger.warning("prediction log: %d rows dropped since start", self.dropped)
+            ok = self._step(self.flush_interval_s)
             # After a failure wait a little before reconnecting, so a down database isn't hammered.
             backoff = 0.0 if ok else min(5.0, max(0.5, backoff * 2))
             if backoff:
@@ -142,7 +169,9 @@ class PredictionLogWriter:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=self.stop_timeout_s + 10)
+        else:
+            self.drain()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

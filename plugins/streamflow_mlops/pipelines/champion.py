@@ -1,5 +1,14 @@
-"""Moving the champion: promote a challenger after training, roll back on request (the alias moves, the model
-is imported to BentoML first)."""
+"""Moving the champion: promote a challenger after training, roll back on request.
+
+Every move is a compare-and-set on the `champion` alias and safe to retry:
+- the model is imported into BentoML and the target version tagged *before* the alias moves, so a
+  service following the alias never looks for a model its store lacks, and a retry after a failure
+  anywhere later finds the move already made (`request` tag = the Airflow run) and changes nothing;
+- the alias moves only if it still points where the decision saw it: a promotion compared against
+  champion v3 must not replace a v4 that another run promoted meanwhile (`ChampionMovedError`).
+MLflow has no atomic compare-and-set, so the DAGs also run these tasks one at a time (a pool of one
+slot); the check closes the window a retry or a manual alias edit would leave.
+"""
 
 from __future__ import annotations
 
@@ -13,56 +22,119 @@ from streamflow_mlops.model.tracking import configure_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
 
-def promote_and_import(decision: dict[str, Any]) -> dict[str, Any]:
-    """Make the challenger of a `promote` decision the champion (alias + BentoML import)."""
+class ChampionMovedError(RuntimeError):
+    """The alias no longer points where the decision to move it was made."""
+
+
+def _set_tags(client: MlflowClient, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
+
+
+def _summary(client: MlflowClient, version: str, bento: str, previous: str | None) -> dict[str, Any]:
+    model_version = client.get_model_version(REGISTERED_MODEL, version)
+    return {
+        "version": str(version),
+        "month": model_version.tags.get("month", ""),
+        "as_of": model_version.tags.get("as_of", ""),
+        "run_id": model_version.run_id,
+        "bento_tag": bento,
+        "previous_version": previous,
+    }
+
+
+def _version_or_none(version: ModelVersion | None) -> str | None:
+    return None if version is None else str(version.version)
+
+
+def set_champion(client: MlflowClient, version: str, expected: str | None, tags: dict[str, str]) -> dict[str, Any]:
+    """Import `version` into BentoML, tag it, then point the alias at it if the alias still points
+    at `expected` (None: no champion); the replaced version gets `replaced_by`."""
+    bento = import_to_bentoml(client, version)
+    _set_tags(client, version, tags)
+    current = _version_or_none(champion_version(client))
+    if current != expected:
+        raise ChampionMovedError(
+            f"the champion moved to {current} (expected {expected}) before version {version} could replace it; "
+            "nothing was changed: re-run to decide against the current champion"
+        )
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+    now = utc_now()
+    _set_tags(client, version, {"champion_since": now})
+    if expected is not None and expected != version:
+        _set_tags(client, expected, {"replaced_at": now, "replaced_by": version})
+    return _summary(client, version, bento, expected)
+
+
+def promote_and_import(decision: dict[str, Any], request: str = "") -> dict[str, Any]:
+    """Make the challenger of a `promote` decision the champion (BentoML import, then the alias).
+
+    The decision's `champion_version` is the version it was compared against: the alias moves only
+    from there. A retry after the alias moved returns the same answer and tags nothing again.
+    """
     if not decision.get("promote"):
         raise ValueError(f"decision for version {decision.get('version')} is not to promote: {decision.get('reason')}")
     client = configure_mlflow()
     version = str(decision["version"])
-    previous = champion_version(client)
+    expected = decision.get("champion_version") or None
+    current = champion_version(client)
+    if _version_or_none(current) == version:
+        log.info("version %s is already the champion (a retried promotion): nothing to do", version)
+        return _summary(client, version, import_to_bentoml(client, version), expected)
     champion = set_champion(
-        client, version, {"previous_champion": str(previous.version) if previous else "", "decision": "promoted"}
+        client,
+        version,
+        expected,
+        {"previous_champion": expected or "", "decision": "promoted", "request": request},
     )
     log.info("version %s is the champion (was %s)", version, champion["previous_version"])
     return champion
 
 
-def rollback_champion(version: str | int | None, by: str, reason: str) -> dict[str, Any]:
-    """Point the alias at `version`, or at the version the current champion replaced, and
-    re-import it; who and why become tags on it."""
-    from mlflow.exceptions import MlflowException
+def rollback_target(current: ModelVersion | None, version: str | None, existing: list[str]) -> str:
+    """The version a rollback moves to: the one asked for, else the one the champion replaced."""
+    if version not in (None, ""):
+        target = str(version).strip()
+        if target not in existing:
+            raise UnknownVersionError(f"{REGISTERED_MODEL} has no version {target!r}; versions that exist: {existing}")
+        return target
+    if current is None:
+        raise UnknownVersionError(f"{REGISTERED_MODEL} has no champion to roll back from; versions: {existing}")
+    target = current.tags.get("previous_champion", "")
+    if not target:
+        raise UnknownVersionError(
+            f"champion version {current.version} replaced no earlier champion; pass a version (one of {existing})"
+        )
+    return target
 
+
+def rollback_champion(version: str | int | None, by: str, reason: str, request: str = "") -> dict[str, Any]:
+    """Point the alias at `version`, or at the version the current champion replaced, and
+    re-import it; who and why become tags on it. `request` (the Airflow run id) makes a retry of
+    the same request a no-op instead of a second step back."""
     client = configure_mlflow()
     current = champion_version(client)
-    existing = existing_versions(client)
-    if version in (None, ""):
-        if current is None:
-            raise UnknownVersionError(f"{REGISTERED_MODEL} has no champion to roll back from; versions: {existing}")
-        target = current.tags.get("previous_champion", "")
-        if not target:
-            raise UnknownVersionError(
-                f"champion version {current.version} replaced no earlier champion; pass a version (one of {existing})"
-            )
-    else:
-        target = str(version).strip()
-        try:
-            client.get_model_version(REGISTERED_MODEL, target)
-        except MlflowException as error:
-            raise UnknownVersionError(
-                f"{REGISTERED_MODEL} has no version {target!r}; versions that exist: {existing}"
-            ) from error
+    if request and current is not None and current.tags.get("rollback_request") == request:
+        log.info("rollback %s already moved the champion to %s: nothing to do", request, current.version)
+        return _summary(client, str(current.version), import_to_bentoml(client, str(current.version)), None) | {
+            "previous_version": current.tags.get("rolled_back_from") or None
+        }
+    target = rollback_target(current, None if version is None else str(version), existing_versions(client))
     champion = set_champion(
         client,
         target,
+        _version_or_none(current),
         {
             "rollback_by": by,
             "rollback_at": utc_now(),
             "rollback_reason": reason,
-            "rolled_back_from": str(current.version) if current else "",
+            "rolled_back_from": _version_or_none(current) or "",
+            "rollback_request": request,
         },
     )
     log.info(
@@ -74,28 +146,3 @@ def rollback_champion(version: str | int | None, by: str, reason: str) -> dict[s
         reason,
     )
     return champion
-
-
-def _set_tags(client: MlflowClient, version: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
-
-
-def set_champion(client: MlflowClient, version: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Import `version` into BentoML, point the alias at it, tag it and the version it replaces."""
-    previous = champion_version(client)
-    bento = import_to_bentoml(client, version)
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
-    now = utc_now()
-    if previous is not None and str(previous.version) != version:
-        _set_tags(client, str(previous.version), {"replaced_at": now, "replaced_by": version})
-    _set_tags(client, version, {"champion_since": now, **tags})
-    model_version = client.get_model_version(REGISTERED_MODEL, version)
-    return {
-        "version": str(version),
-        "month": model_version.tags.get("month", ""),
-        "as_of": model_version.tags.get("as_of", ""),
-        "run_id": model_version.run_id,
-        "bento_tag": bento,
-        "previous_version": str(previous.version) if previous else None,
-    }

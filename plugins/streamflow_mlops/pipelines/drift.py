@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.model.tracking import ensure_experiment
 from streamflow_mlops.monitoring.drift import (
     DEFAULT_DRIFT_THRESHOLD,
     MAX_SERVED_ROWS,
     MONITORING_EXPERIMENT,
+    SKIP,
     compute_drift,
     drift_gate,
+    month_older_than_champion,
     save_reports,
 )
 
@@ -82,26 +85,6 @@ def record_drift_report(db_url: str, row: dict[str, Any]) -> None:
         )
 
 
-def _monitoring_experiment(client: Any, settings: Settings) -> str:
-    from mlflow.exceptions import MlflowException
-
-    existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
-    if existing is not None:
-        return existing.experiment_id
-    # A tracking server stores artifacts itself; talking to the backend store directly, MLflow would
-    # default to ./mlruns under whatever the working directory is, so point it at the state dir.
-    remote = settings.mlflow_tracking_uri.startswith(("http://", "https://"))
-    location = None if remote else settings.mlflow_artifacts_dir.resolve().as_uri()
-    try:
-        return client.create_experiment(MONITORING_EXPERIMENT, artifact_location=location)
-    except MlflowException:
-        # Another drift run created it between the look-up and the create.
-        existing = client.get_experiment_by_name(MONITORING_EXPERIMENT)
-        if existing is None:
-            raise
-        return existing.experiment_id
-
-
 def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: float, reports: Sequence[Path]) -> str:
     """One MLflow run per check in `streamflow_monitoring`: params, drift metrics, the HTML reports."""
     from mlflow import MlflowClient
@@ -109,7 +92,7 @@ def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: fl
     uri = settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.create_run(
-        _monitoring_experiment(client, settings),
+        ensure_experiment(client, settings, MONITORING_EXPERIMENT),
         run_name=f"drift {result['month']}",
         tags={"month": result["month"], "decision": result["decision"], "reason": result["reason"]},
     )
@@ -144,6 +127,14 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
         "report_path": None,
     }
     reports: list[Path] = []
+    stale = month_older_than_champion(month, champion.month if champion else None)
+    if stale is not None:
+        # An older month re-delivered or re-run: never a reason to retrain (nor a report to keep).
+        result.update(reference_month=champion.month, decision=SKIP, reason=stale)
+        result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
+        record_drift_report(settings.db_url, result)
+        log.info("%s: %s", month, stale)
+        return result
     if champion is not None:
         import mlflow.sklearn
 

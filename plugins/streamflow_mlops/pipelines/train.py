@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,10 +13,11 @@ import pandas as pd
 
 from streamflow_mlops.config.schema import LABEL
 from streamflow_mlops.config.settings import REGISTERED_MODEL
-from streamflow_mlops.model.promotion import paired_bootstrap_auc_gain, should_promote
+from streamflow_mlops.model.promotion import Decision, paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
 from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
 from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc, train_model
+from streamflow_mlops.monitoring.drift import month_older_than_champion
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,17 @@ if TYPE_CHECKING:
     from streamflow_mlops.model.training import TrainedModel
 
 
-def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, Any]:
+class ChampionUnscorableError(RuntimeError):
+    """The champion could not be scored on the challenger's rows: the run fails, the champion stays."""
+
+
+def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = False) -> dict[str, Any]:
     """Score the champion on the challenger's validation rows and decide; the decision, both AUCs,
-    the gain and its bootstrap interval become tags on the challenger version."""
+    the gain and its bootstrap interval become tags on the challenger version.
+
+    A challenger trained on a month older than the champion's is kept out unless `force`; a
+    champion that can't be scored keeps its place and fails the run (ChampionUnscorableError),
+    after the reason is tagged on the challenger."""
     from sklearn.metrics import roc_auc_score
 
     client = configure_mlflow()
@@ -48,6 +58,9 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
                 labels, rows[CHALLENGER_SCORE].to_numpy(), champion_scores, seed=int(challenger.get("seed", 0))
             )
     decision = should_promote(challenger_auc, champion_auc, delta, bootstrap)
+    stale = month_older_than_champion(challenger.get("month", ""), champion.tags.get("month")) if champion else None
+    if stale and not force:
+        decision = Decision(False, stale)
     tags = {
         "decision": "promote" if decision.promote else "keep_champion",
         "reason": decision.reason,
@@ -63,6 +76,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
+    if champion_auc is not None and math.isnan(champion_auc) and not decision.promote:
+        raise ChampionUnscorableError(f"version {version}: {decision.reason}")
     return {
         **challenger,
         "promote": decision.promote,

@@ -113,10 +113,18 @@ def library_wheel(repo_root: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("streamflow_mlops-*.whl"):
         old.unlink()
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out_dir), str(repo_root)],
-        check=True,
-    )
+    # setuptools leaves build/ and an egg-info in the source tree; remove what this build made.
+    leftovers = [
+        p for p in (repo_root / "build", repo_root / "plugins" / "streamflow_mlops.egg-info") if not p.exists()
+    ]
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out_dir), str(repo_root)],
+            check=True,
+        )
+    finally:
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
     (wheel,) = out_dir.glob("streamflow_mlops-*.whl")
     return wheel
 

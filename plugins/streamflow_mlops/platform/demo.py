@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from streamflow_mlops.config.settings import Settings
+from streamflow_mlops.config.settings import Settings, redact_url
 from streamflow_mlops.platform.embedded import stop_embedded, up, write_env_file
+from streamflow_mlops.platform.private_files import private_secret, write_private
 
 AIRFLOW_USER = "admin"
 DEMO_MONTHS = ("month_000", "month_001")
@@ -34,23 +35,11 @@ def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _secret(path: Path, make: Callable[[], str]) -> str:
-    """A generated secret kept under the state dir (0600), so a second run reuses it."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(make())
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
 def airflow_settings(settings: Settings) -> dict[str, str]:
     """Airflow configuration for the embedded stack; secrets are generated once and kept."""
     home = settings.airflow_home
-    password = _secret(home / "admin_password", lambda: secrets.token_urlsafe(12))
-    passwords_file = home / "passwords.json"
-    passwords_file.parent.mkdir(parents=True, exist_ok=True)
-    passwords_file.write_text(json.dumps({AIRFLOW_USER: password}))
-    passwords_file.chmod(0o600)
+    password = private_secret(home / "admin_password", lambda: secrets.token_urlsafe(12))
+    passwords_file = write_private(home / "passwords.json", json.dumps({AIRFLOW_USER: password}))
     return {
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
@@ -60,8 +49,8 @@ def airflow_settings(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{settings.airflow_port}/execution/",
         "AIRFLOW__API__PORT": str(settings.airflow_port),
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
-        "AIRFLOW__CORE__FERNET_KEY": _secret(home / "fernet_key", _fernet_key),
+        "AIRFLOW__API_AUTH__JWT_SECRET": private_secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
+        "AIRFLOW__CORE__FERNET_KEY": private_secret(home / "fernet_key", _fernet_key),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         # A retry on a laptop should come while the user is still watching, not after 5 minutes.
         "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "20",
@@ -298,10 +287,16 @@ class Stack:
         settings = self.settings
         say(f"state dir {settings.state_dir}")
         url = up(settings)
-        say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {url})")
+        say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {redact_url(url)})")
         ensure_drops(settings)
         env = {**os.environ, **self.client_settings.client_env(), **airflow_settings(settings)}
         env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        # Through the environment, not argv: a command line (with the database password) is
+        # readable by every local user in `ps`.
+        env["MLFLOW_BACKEND_STORE_URI"] = settings.mlflow_backend_url
+        # MLflow's server otherwise keeps seven job-consumer processes (GenAI evaluation, scorer
+        # jobs) polling forever; the platform runs no MLflow jobs, so they only cost idle CPU.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         write_env_file(self.client_settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")})
         self.processes = Processes(settings.state_dir / "logs", env)
         say("migrating the Airflow metadata database")
@@ -319,8 +314,6 @@ class Stack:
             [
                 str(self.bin_dir / "mlflow"),
                 "server",
-                "--backend-store-uri",
-                settings.mlflow_backend_url,
                 "--artifacts-destination",
                 str(settings.mlflow_artifacts_dir),
                 "--serve-artifacts",
@@ -332,8 +325,16 @@ class Stack:
                 "1",
             ],
         )
-        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
+        # The scheduler and triggerer would each start a log server on all interfaces (Airflow binds
+        # it to [::] whatever the config says); on one machine the api-server reads the log files
+        # directly, so it isn't needed and nothing listens beyond 127.0.0.1.
+        for component, options in (
+            ("api-server", []),
+            ("scheduler", ["--skip-serve-logs"]),
+            ("dag-processor", []),
+            ("triggerer", ["--skip-serve-logs"]),
+        ):
+            self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component, *options])
         # A second run has a champion already: the service can start while Airflow boots.
         self.warm = lifecycle_done(self.settings)
         if self.warm:

@@ -3,11 +3,17 @@
 No root, apt or Docker needed. When run as root, the wheel's helper runs postgres as an
 unprivileged `pgserver` system user. The server listens on loopback TCP so that Airflow,
 MLflow, Feast and psql all connect the same way they would to a real server.
+
+The wheel's initdb trusts every local connection (any local user would be superuser, `COPY ...
+TO PROGRAM` included). On start the `postgres` role gets a generated password (kept 0600 under
+the state dir) and pg_hba.conf is rewritten to require it (scram-sha-256) on the socket and on
+loopback alike.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 import time
 from pathlib import Path
@@ -16,6 +22,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from streamflow_mlops.config.settings import AIRFLOW_DB, MLFLOW_DB, Settings, replace_database
+from streamflow_mlops.platform.private_files import private_secret, write_private
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +50,34 @@ def is_accepting(url: str, timeout: float = 2) -> bool:
         return False
 
 
+# scram-sha-256 for every connection: the socket and loopback TCP (the server listens nowhere else).
+PG_HBA = """# Written by streamflow (platform/embedded.py): a password for every connection.
+local   all   all                 scram-sha-256
+host    all   all   127.0.0.1/32  scram-sha-256
+host    all   all   ::1/128       scram-sha-256
+"""
+
+
+def require_password(settings: Settings, url: str) -> None:
+    """Give `postgres` the generated password and make pg_hba.conf require it (idempotent)."""
+    from psycopg import sql
+
+    password = settings.embedded_pg_password_file.read_text().strip()
+    with psycopg.connect(replace_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(password)))
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        if hba.read_text() != PG_HBA:
+            hba.write_text(PG_HBA)
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def start_embedded(settings: Settings) -> str:
-    """Start (or reuse) the embedded server and return the warehouse URL."""
+    """Start (or reuse) the embedded server and return the warehouse URL (with its password)."""
+    private_secret(settings.embedded_pg_password_file, lambda: secrets.token_urlsafe(24))
     url = settings.db_url
     if is_accepting(url):
+        require_password(settings, url)
         log.info("embedded postgres already running on port %s", settings.embedded_pg_port)
         return url
     server = _server(settings.pgdata)
@@ -58,7 +89,8 @@ def start_embedded(settings: Settings) -> str:
         if time.monotonic() > deadline:
             raise RuntimeError(f"embedded postgres did not accept connections; see {settings.pgdata / 'log'}")
         time.sleep(0.2)
-    log.info("embedded postgres started on port %s", settings.embedded_pg_port)
+    require_password(settings, url)
+    log.info("embedded postgres started on port %s (password authentication)", settings.embedded_pg_port)
     return url
 
 
@@ -88,8 +120,7 @@ def write_env_file(settings: Settings, extra: dict[str, str] | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Written by streamflow; `source` it to point airflow, mlflow, feast, bentoml and psql here."]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_private(path, "\n".join(lines) + "\n")
 
 
 def up(settings: Settings) -> str:

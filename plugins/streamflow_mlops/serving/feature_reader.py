@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ class OnlineFeatureReader(Protocol):
     def feature_refs(self, feature_service: str) -> tuple[FeatureRef, ...]: ...
 
     def read(self, user_ids: Sequence[str], feature_service: str) -> FeatureRows: ...
+
+    def forget_refs(self) -> None: ...
 
 
 class FeastSdkReader:
@@ -61,26 +64,36 @@ class FeastSdkReader:
         nothing = dict.fromkeys(lookup.feature_names)
         return {user_id: dict(lookup.values.get(user_id, nothing)) for user_id in user_ids}
 
+    def forget_refs(self) -> None:
+        """Nothing cached here: feature_refs asks the registry every time."""
+
 
 class SqliteOnlineReader:
     """Fast path for Feast's sqlite online store: one query per batch over the service's view tables.
 
     It decodes rows with Feast's own key and value codecs, resolves the FeatureService through the
-    Feast registry (cached per service), and is checked against `FeastSdkReader` by a parity test.
+    Feast registry, and is checked against `FeastSdkReader` by a parity test. A service's feature
+    list is cached for `refs_ttl_s` (Feast's own registry cache period), and dropped at once when
+    the champion changes: a new champion on a redefined FeatureService reads its new features.
     """
 
-    def __init__(self, path: str | Path, project: str, resolver: FeastSdkReader) -> None:
+    def __init__(self, path: str | Path, project: str, resolver: FeastSdkReader, refs_ttl_s: float = 60.0) -> None:
         self.path = str(path)
         self.project = project
         self.resolver = resolver
-        self._refs: dict[str, tuple[FeatureRef, ...]] = {}
+        self.refs_ttl_s = refs_ttl_s
+        self._refs: dict[str, tuple[float, tuple[FeatureRef, ...]]] = {}
         self._local = threading.local()
 
     def feature_refs(self, feature_service: str) -> tuple[FeatureRef, ...]:
-        refs = self._refs.get(feature_service)
-        if refs is None:
-            refs = self._refs[feature_service] = self.resolver.feature_refs(feature_service)
+        loaded_at, refs = self._refs.get(feature_service, (float("-inf"), ()))
+        if time.monotonic() - loaded_at > self.refs_ttl_s:
+            refs = self.resolver.feature_refs(feature_service)
+            self._refs[feature_service] = (time.monotonic(), refs)
         return refs
+
+    def forget_refs(self) -> None:
+        self._refs = {}
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

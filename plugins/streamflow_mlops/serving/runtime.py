@@ -63,7 +63,8 @@ class ServiceRuntime:
         except Unavailable as exc:
             logger.warning("%s", exc)
             return
-        self.watcher.poll_once()
+        if self.watcher.poll_once():
+            reader.forget_refs()
         champion = self.holder.champion
         if champion is not None:
             try:
@@ -122,3 +123,7 @@ class _RuntimeReader:
 
     def read(self, user_ids: Sequence[str], feature_service: str) -> FeatureRows:
         return self.runtime.require_reader().read(user_ids, feature_service)
+
+    def forget_refs(self) -> None:
+        if self.runtime.reader is not None:
+            self.runtime.reader.forget_refs()
