@@ -1,6 +1,11 @@
 """
 ### StreamFlow: train a challenger, compare with the champion, promote through the alias
 
+Scheduled on the asset `streamflow_retrain_request` (emitted by `streamflow_drift` when its gate
+says retrain): the month comes from the asset event's `extra`. Run by hand, it takes the
+`month` param. One run at a time: two concurrent runs would both compare with the same old
+champion and the later promotion would silently win.
+
 1. Point-in-time training set from Feast (the `churn_model_v1` FeatureService) for the month's
    `as_of`, joined with labels; stratified split seeded by `seed`; a scikit-learn Pipeline
    (preprocessing + classifier) logged whole to MLflow (experiment `streamflow`) and registered
@@ -11,26 +16,25 @@
    interval, the decision and its reason are tags on the challenger version.
 3. On promotion the alias moves, the old champion is tagged with when it was replaced, the new
    champion is imported into the BentoML model store, and the asset `streamflow_champion` is
-   emitted. A skipped promotion skips this step.
+   emitted. A kept champion skips this step (no event).
+
+`delta` 0.005: an AUC gain below half a point is within what a reseeded split moves; a NaN
+`delta` (which passes the form's schema) fails the run at once instead of promoting anything.
 """
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-CHAMPION = Asset("streamflow_champion")
+from streamflow_mlops.dag_defaults import CHAMPION, RETRAIN_REQUEST, dag_defaults, finite_number, month_param, run_month
 
 
 @dag(
-    schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
+    schedule=[RETRAIN_REQUEST],
+    max_active_runs=1,
     doc_md=__doc__,
-    default_args={"owner": "streamflow-ml", "retries": 1},
-    tags=["streamflow", "training", "mlflow"],
     params={
-        "month": Param("month_000", type="string", pattern=r"^month_\d{3}$", description="Month to train on"),
+        "month": month_param("Month to train on; an asset-triggered run takes it from the event"),
         "seed": Param(42, type="integer", minimum=0, description="Split and model seed"),
         "delta": Param(
             0.005,
@@ -40,20 +44,21 @@ CHAMPION = Asset("streamflow_champion")
             description="Minimum validation-AUC gain over the champion to promote",
         ),
     },
+    **dag_defaults("training", "mlflow"),
 )
 def streamflow_train():
     @task
-    def train_challenger(params=None) -> dict:
+    def train_challenger(params=None, triggering_asset_events=None) -> dict:
         from streamflow_mlops.training import train_and_register
 
-        # A run triggered by the drift gate passes conf {"month": ...}; Airflow merges it into params.
-        return train_and_register(params["month"], seed=int(params["seed"]))
+        finite_number(params, "delta")  # before the training, not after it
+        return train_and_register(run_month(params, triggering_asset_events), seed=int(params["seed"]))
 
     @task
     def compare_with_champion(challenger: dict, params=None) -> dict:
         from streamflow_mlops.registry import evaluate_and_decide
 
-        return evaluate_and_decide(challenger, delta=float(params["delta"]))
+        return evaluate_and_decide(challenger, delta=finite_number(params, "delta"))
 
     @task(outlets=[CHAMPION])
     def promote(decision: dict, outlet_events=None) -> dict:
