@@ -90,7 +90,10 @@ def platform(pg_server, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)
-    patch.delenv("STREAMFLOW_FEAST_ONLINE_STORE", raising=False)
+    # The tasks run in this process, and configure_mlflow sets MLflow's process-wide URIs (and
+    # MLFLOW_REGISTRY_URI): undone below, or a later test's MlflowClient(uri) reads this registry.
+    for key in ("STREAMFLOW_FEAST_ONLINE_STORE", "MLFLOW_REGISTRY_URI"):
+        patch.delenv(key, raising=False)
     get_settings.cache_clear()
 
     # Airflow reads its database and DAG folder into module globals when first imported (another
@@ -112,6 +115,10 @@ def platform(pg_server, tmp_path_factory):
         with bentoml_home(home / "bentoml"):
             yield {"dags": bag.dags, "settings": get_settings()}
     finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         airflow_settings.dispose_orm()
         patch.undo()
         airflow_settings.configure_vars()
