@@ -1,16 +1,20 @@
 """
 ### StreamFlow: drift gate for retraining
 
-Scheduled on the asset `streamflow_features`. Compares the new month's features (read through
-Feast at its `as_of`) with the features of the champion's training month (its `month` tag),
-using Evidently's `DataDriftPreset`, plus prediction drift (the champion's scores on reference
-vs current, and on what the service served, from `prediction_log`).
+Scheduled on the asset `streamflow_features`: the month comes from the asset event's `extra`;
+run by hand, from the `month` param. Compares the month's features (read through Feast at its
+`as_of`) with the features of the champion's training month (its `month` tag), using
+Evidently's `DataDriftPreset`, plus prediction drift (the champion's scores on reference vs
+current, and on what the service served, from `prediction_log`).
 
 The HTML report is kept under `.streamflow/reports/` and as an MLflow artifact of a monitoring
 run; a `drift_reports` row records the decision.
 
-**Gate**: drift share >= `drift_threshold` triggers `streamflow_train` for the month; no champion
-yet triggers the first training; otherwise the run ends with the skip and its reason logged.
+**Gate**: drift share >= `drift_threshold`, or no champion yet (the first training), makes
+`request_retrain` emit the asset `streamflow_retrain_request` with `{month, reason}`, which
+schedules `streamflow_train` for that month; otherwise `needs_retrain` skips it and logs why.
+An asset event is emitted once per successful task instance, so a retried drift run cannot
+start a second training.
 
 **Why 0.3 by default** (measured with `make bench`, `bench/bench_drift.py`: Evidently 0.7's
 `DataDriftPreset` over the 14 schema features, 7,043 users, generator seeds 1-5 and 42). The
@@ -38,29 +42,24 @@ Jensen-Shannon >= 0.1 for categorical.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from streamflow_mlops.monitoring.drift import DEFAULT_DRIFT_THRESHOLD
-
-FEATURES = Asset("streamflow_features")
+from streamflow_mlops.pipelines.dag_defaults import (
+    FEATURES,
+    RETRAIN_REQUEST,
+    dag_defaults,
+    finite_number,
+    month_param,
+    run_month,
+)
 
 
 @dag(
     schedule=[FEATURES],
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    default_args={"owner": "streamflow-ml", "retries": 1},
-    tags=["streamflow", "monitoring", "evidently"],
     params={
-        "month": Param(
-            "month_000",
-            type="string",
-            pattern=r"^month_\d{3}$",
-            description="Month to check; an asset-triggered run takes it from the event",
-        ),
+        "month": month_param("Month to check; an asset-triggered run takes it from the event"),
         "drift_threshold": Param(
             DEFAULT_DRIFT_THRESHOLD,
             type="number",
@@ -69,14 +68,15 @@ FEATURES = Asset("streamflow_features")
             description="Share of drifted feature columns that triggers a retrain",
         ),
     },
+    **dag_defaults("monitoring", "evidently"),
 )
 def streamflow_drift():
     @task
     def measure_drift(params=None, triggering_asset_events=None) -> dict:
         from streamflow_mlops.pipelines.drift import run_drift_check
-        from streamflow_mlops.pipelines.runs import month_for_run
 
-        return run_drift_check(month_for_run(params, triggering_asset_events), float(params["drift_threshold"]))
+        threshold = finite_number(params, "drift_threshold")
+        return run_drift_check(run_month(params, triggering_asset_events), threshold)
 
     @task.short_circuit
     def needs_retrain(result: dict) -> bool:
@@ -85,16 +85,14 @@ def streamflow_drift():
         logging.getLogger("airflow.task").info("%s: %s (%s)", result["month"], result["decision"], result["reason"])
         return result["decision"] == "retrain"
 
+    @task(outlets=[RETRAIN_REQUEST])
+    def request_retrain(result: dict, outlet_events=None) -> dict:
+        request = {"month": result["month"], "reason": result["reason"]}
+        outlet_events[RETRAIN_REQUEST].extra = request
+        return request
+
     result = measure_drift()
-    gate = needs_retrain(result)
-    trigger = TriggerDagRunOperator(
-        task_id="trigger_train",
-        trigger_dag_id="streamflow_train",
-        conf={"month": "{{ ti.xcom_pull(task_ids='measure_drift')['month'] }}"},
-        wait_for_completion=False,
-        retries=0,
-    )
-    gate >> trigger
+    needs_retrain(result) >> request_retrain(result)
 
 
 streamflow_drift()

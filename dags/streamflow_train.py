@@ -1,6 +1,11 @@
 """
 ### StreamFlow: train a challenger, compare with the champion, promote through the alias
 
+Scheduled on the asset `streamflow_retrain_request` (emitted by `streamflow_drift` when its gate
+says retrain): the month comes from the asset event's `extra`. Run by hand, it takes the
+`month` param. One run at a time: two concurrent runs would both compare with the same old
+champion and the later promotion would silently win.
+
 1. Point-in-time training set from Feast (the `churn_model_v1` FeatureService) for the month's
    `as_of`, joined with labels; stratified split seeded by `seed`; a scikit-learn Pipeline
    (preprocessing + classifier) logged whole to MLflow (experiment `streamflow`) and registered
@@ -11,26 +16,39 @@
    interval, the decision and its reason are tags on the challenger version.
 3. On promotion the alias moves, the old champion is tagged with when it was replaced, the new
    champion is imported into the BentoML model store, and the asset `streamflow_champion` is
-   emitted. A skipped promotion skips this step.
+   emitted. A kept champion skips this step (no event).
+
+A challenger of a month older than the champion's is kept out unless `force`; a champion that
+can't be scored on the challenger's rows stays and the run fails with the reason; a champion that
+moved since the comparison (another run, a rollback) is not overwritten (the run fails, nothing
+changed). A retried `promote` finds its move already made and changes nothing.
+
+`delta` 0.005: an AUC gain below half a point is within what a reseeded split moves; a NaN
+`delta` (which passes the form's schema) fails the run at once instead of promoting anything.
 """
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-CHAMPION = Asset("streamflow_champion")
+from streamflow_mlops.pipelines.dag_defaults import (
+    CHAMPION,
+    RETRAIN_REQUEST,
+    dag_defaults,
+    fail_at_once,
+    finite_number,
+    force_param,
+    month_param,
+    run_month,
+)
 
 
 @dag(
-    schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
+    schedule=[RETRAIN_REQUEST],
+    max_active_runs=1,
     doc_md=__doc__,
-    default_args={"owner": "streamflow-ml", "retries": 1},
-    tags=["streamflow", "training", "mlflow"],
     params={
-        "month": Param("month_000", type="string", pattern=r"^month_\d{3}$", description="Month to train on"),
+        "month": month_param("Month to train on; an asset-triggered run takes it from the event"),
         "seed": Param(42, type="integer", minimum=0, description="Split and model seed"),
         "delta": Param(
             0.005,
@@ -39,31 +57,35 @@ CHAMPION = Asset("streamflow_champion")
             maximum=1,
             description="Minimum validation-AUC gain over the champion to promote",
         ),
+        "force": force_param("Compare even a challenger of a month older than the champion's"),
     },
+    **dag_defaults("training", "mlflow"),
 )
 def streamflow_train():
     @task
-    def train_challenger(params=None) -> dict:
+    def train_challenger(params=None, triggering_asset_events=None) -> dict:
         from streamflow_mlops.pipelines.train import train_and_register
 
-        # A run triggered by the drift gate passes conf {"month": ...}; Airflow merges it into params.
-        return train_and_register(params["month"], seed=int(params["seed"]))
+        finite_number(params, "delta")  # before the training, not after it
+        return train_and_register(run_month(params, triggering_asset_events), seed=int(params["seed"]))
 
     @task
     def compare_with_champion(challenger: dict, params=None) -> dict:
-        from streamflow_mlops.pipelines.train import evaluate_and_decide
+        from streamflow_mlops.pipelines.train import ChampionUnscorableError, evaluate_and_decide
 
-        return evaluate_and_decide(challenger, delta=float(params["delta"]))
+        with fail_at_once(ChampionUnscorableError):
+            return evaluate_and_decide(challenger, delta=finite_number(params, "delta"), force=bool(params["force"]))
 
     @task(outlets=[CHAMPION])
-    def promote(decision: dict, outlet_events=None) -> dict:
+    def promote(decision: dict, run_id=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from streamflow_mlops.pipelines.champion import promote_and_import
+        from streamflow_mlops.pipelines.champion import ChampionMovedError, promote_and_import
 
         if not decision["promote"]:
             raise AirflowSkipException(f"kept the champion: {decision['reason']}")
-        champion = promote_and_import(decision)
+        with fail_at_once(ChampionMovedError):
+            champion = promote_and_import(decision, request=run_id)
         outlet_events[CHAMPION].extra = {"version": champion["version"], "month": champion["month"]}
         return champion
 

@@ -1,13 +1,13 @@
 # Airflow for the StreamFlow stack: the official image extended with the project's lock.
 #
-# requirements.txt is a full lock (it pins apache-airflow==3.2.2 itself, and every transitive
+# requirements.txt is a full lock (it pins apache-airflow==3.3.2 itself, and every transitive
 # dependency), so it is installed as-is instead of against Airflow's constraints file: `uv pip
 # install` of exact pins gives the versions the tests ran, and the airflow pin matches the base
 # image, so Airflow is never upgraded or downgraded by accident. Where the lock and the image's
 # constraints disagree on a shared package, the lock wins; the image's extra providers that the
 # project never imports are left as they are. requirements-celery.txt adds the CeleryExecutor
 # (resolved against the lock, see its header).
-FROM apache/airflow:3.2.2-python3.11
+FROM apache/airflow:3.3.2-python3.11
 
 COPY requirements.txt docker/airflow/requirements-celery.txt /tmp/requirements/
 RUN uv pip install --no-cache -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-celery.txt

@@ -82,6 +82,9 @@ def test_models_and_champion(stack):
     client = MlflowClient(stack.mlflow_uri)
     versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
     assert len(versions) == 2
+    # Both trainings were scheduled by the drift gate's `streamflow_retrain_request` event, and
+    # the month_001 version shows the month came from the event (the `month` param defaults to 000).
+    assert [r["run_type"] for r in stack.api.runs("streamflow_train")] == ["asset_triggered"] * 2
     assert {v.tags["month"] for v in versions} == {"month_000", "month_001"}
     for v in versions:
         assert {"as_of", "feature_service", "decision", "reason"} <= set(v.tags)

@@ -15,5 +15,7 @@ def month_for_run(params: Mapping[str, Any], triggering_events: Mapping[Any, Ite
     from streamflow_mlops.config.months import month_name, parse_month
 
     events = [e for group in (triggering_events or {}).values() for e in group]
+    # The execution API hands the run's events over in no promised order: sort by time.
+    events.sort(key=lambda e: e.timestamp)
     months = [e.extra["month"] for e in events if getattr(e, "extra", None) and e.extra.get("month")]
     return month_name(parse_month(months[-1] if months else params["month"]))

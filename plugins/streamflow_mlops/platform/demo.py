@@ -52,8 +52,6 @@ def airflow_settings(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": private_secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
         "AIRFLOW__CORE__FERNET_KEY": private_secret(home / "fernet_key", _fernet_key),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        # A retry on a laptop should come while the user is still watching, not after 5 minutes.
-        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "20",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
     }
@@ -151,7 +149,8 @@ class AirflowAPI:
 def wait_for_chain(api: AirflowAPI, month: str, since: set[str], timeout: float, processes: Processes) -> dict:
     """Wait until the asset chain started by one ingest settles; returns the runs it made.
 
-    The chain is ingest -> features -> drift, then train only if the drift gate triggered it.
+    The chain is ingest -> features -> drift, then train only if the drift gate requested it
+    (asset `streamflow_retrain_request`).
     """
     deadline = time.monotonic() + timeout
     seen: dict[str, dict] = {}
@@ -171,7 +170,7 @@ def wait_for_chain(api: AirflowAPI, month: str, since: set[str], timeout: float,
         if states.get("streamflow_drift") == "success":
             drift = seen["streamflow_drift"]
             gate = api.task_states("streamflow_drift", drift["dag_run_id"])
-            if gate.get("trigger_train") == "skipped" or states.get("streamflow_train") == "success":
+            if gate.get("request_retrain") == "skipped" or states.get("streamflow_train") == "success":
                 return seen
         time.sleep(2)
     raise TimeoutError(f"{month}: the lifecycle did not finish in {timeout:.0f}s")

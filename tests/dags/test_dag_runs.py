@@ -1,0 +1,332 @@
+"""Every DAG executed by Airflow itself with `dag.test()`: real task runs through the task SDK and
+the in-process execution API (XCom hand-over, params, short-circuit skips, asset events, retries),
+on a Postgres metadata database and a Postgres warehouse of the test server.
+
+One lifecycle is run once for the module, in the order a platform lives it, and each test reads
+the outcome of its step; the failing runs that change nothing run inside their own tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from streamflow_mlops.config.settings import (
+    CHAMPION_ALIAS,
+    FEATURE_SERVICE,
+    REGISTERED_MODEL,
+    get_settings,
+    replace_database,
+    with_driver,
+)
+from streamflow_mlops.synthetic.generate import DropSpec, build_drop, default_drift, write_drop
+from tests.conftest import REPO, bentoml_home
+
+pytestmark = pytest.mark.slow
+
+DAGS = REPO / "dags"
+USERS = 600
+# A champion that only knows the price and the plan: the DAG's challenger beats it on the same rows.
+WEAK_FEATURES = ["monthly_fee", "paperless_billing", "net_service"]
+RAW = ("users", "subscriptions", "usage_agg_30d", "payments_agg_90d", "support_agg_90d", "labels")
+
+
+@dataclass
+class Run:
+    """What a finished `dag.test()` run left in Airflow's metadata database."""
+
+    state: str
+    tasks: dict[str, str]
+    tries: dict[str, int]
+    events: dict[str, list[dict]]
+
+
+def finished(dr) -> Run:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    tis = dr.get_task_instances()
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter_by(source_dag_id=dr.dag_id, source_run_id=dr.run_id).all()
+        events: dict[str, list[dict]] = {}
+        for row in rows:
+            events.setdefault(row.asset.name, []).append(dict(row.extra))
+    return Run(
+        state=str(dr.state),
+        tasks={ti.task_id: str(ti.state) for ti in tis},
+        tries={ti.task_id: ti.try_number for ti in tis},
+        events=events,
+    )
+
+
+def warehouse_state(db_url: str) -> dict[str, list]:
+    with psycopg.connect(db_url) as conn:
+        return {t: conn.execute(f"SELECT * FROM streamflow.{t} ORDER BY as_of, user_id").fetchall() for t in RAW}
+
+
+@pytest.fixture(scope="module")
+def platform(pg_server, tmp_path_factory):
+    """A warehouse, an Airflow metadata database, a state dir, MLflow and BentoML stores, the drops."""
+    home = tmp_path_factory.mktemp("dag_runs")
+    names = {kind: f"t_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("warehouse", "airflow")}
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    warehouse = replace_database(pg_server, names["warehouse"])
+    env = {
+        "STREAMFLOW_DB_URL": warehouse,
+        "STREAMFLOW_HOME": str(home / "state"),
+        "STREAMFLOW_DROPS_DIR": str(home / "drops"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "AIRFLOW_CONN_STREAMFLOW_WAREHOUSE": warehouse,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": with_driver(replace_database(pg_server, names["airflow"]), "psycopg2"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        patch.setenv(key, value)
+    # The tasks run in this process, and configure_mlflow sets MLflow's process-wide URIs (and
+    # MLFLOW_REGISTRY_URI): undone below, or a later test's MlflowClient(uri) reads this registry.
+    for key in ("STREAMFLOW_FEAST_ONLINE_STORE", "MLFLOW_REGISTRY_URI"):
+        patch.delenv(key, raising=False)
+    get_settings.cache_clear()
+
+    # Airflow reads its database and DAG folder into module globals when first imported (another
+    # test module may have done so already): re-read them, then create the schema.
+    from airflow import settings as airflow_settings
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.db import initdb
+
+    airflow_settings.configure_vars()
+    airflow_settings.reconfigure_orm()
+    initdb()
+
+    for month in (0, 1):
+        write_drop(DropSpec(month, users=USERS, drift=default_drift(month)), home / "drops")
+    write_drop(DropSpec(2, users=USERS, broken="negative_fee"), home / "drops")
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    try:
+        with bentoml_home(home / "bentoml"):
+            yield {"dags": bag.dags, "settings": get_settings()}
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        airflow_settings.dispose_orm()
+        patch.undo()
+        airflow_settings.configure_vars()
+        airflow_settings.configure_orm()
+        get_settings.cache_clear()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def register_weak_champion() -> str:
+    """Version 1: a logistic regression on three features, promoted as the first champion."""
+    from streamflow_mlops.model.training import frame_from_tables, train_model
+    from streamflow_mlops.pipelines.champion import promote_and_import
+    from streamflow_mlops.pipelines.train import evaluate_and_decide, log_challenger
+
+    spec = DropSpec(0, users=USERS)
+    tables, _ = build_drop(spec)
+    trained = train_model(frame_from_tables(tables, spec.as_of), seed=5, classifier="logreg", features=WEAK_FEATURES)
+    weak = log_challenger(trained, month=spec.name, as_of=spec.as_of, feature_service=FEATURE_SERVICE)
+    return promote_and_import(evaluate_and_decide(weak, delta=0.005))["version"]
+
+
+def champion() -> str:
+    from mlflow import MlflowClient
+
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    client: MlflowClient = configure_mlflow()
+    return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version)
+
+
+def version_tags(version: str) -> dict[str, str]:
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    return configure_mlflow().get_model_version(REGISTERED_MODEL, version).tags
+
+
+@pytest.fixture(scope="module")
+def lifecycle(platform):
+    """The runs of one platform's life, by hand as a user would trigger them, in order."""
+    dags = platform["dags"]
+
+    def run(dag_id: str, **conf) -> Run:
+        return finished(dags[dag_id].test(run_conf=conf))
+
+    runs = {"ingest": run("streamflow_ingest", month="month_000")}
+    runs["features"] = run("streamflow_features", month="month_000")
+    runs["drift_first"] = run("streamflow_drift", month="month_000")
+    runs["weak_champion"] = register_weak_champion()
+    runs["train_promote"] = run("streamflow_train", month="month_000")
+    runs["drift_skip"] = run("streamflow_drift", month="month_000")
+    runs["ingest_month_001"] = run("streamflow_ingest", month="month_001")
+    runs["features_month_001"] = run("streamflow_features", month="month_001")
+    runs["drift_retrain"] = run("streamflow_drift", month="month_001")
+    runs["train_keep"] = run("streamflow_train", month="month_001", delta=1.0)
+    runs["champion_after_keep"] = champion()
+    runs["rollback_previous"] = run("streamflow_rollback", reason="the retention team saw odd scores")
+    runs["champion_after_rollback"] = champion()
+    runs["rollback_explicit"] = run("streamflow_rollback", version="3", reason="roll forward")
+    runs["champion_after_explicit"] = champion()
+    # Re-deliveries: the same month_000 files again, and an older month's features re-run.
+    runs["ingest_unchanged"] = run("streamflow_ingest", month="month_000")
+    runs["features_older"] = run("streamflow_features", month="month_000")
+    return runs
+
+
+def test_ingest_loads_a_good_month_and_emits_the_snapshots(lifecycle, platform):
+    run = lifecycle["ingest"]
+    assert run.state == "success" and run.tasks == {"validate": "success", "load": "success"}
+    assert run.events == {"streamflow_snapshots": [{"month": "month_000", "as_of": "2024-01-31"}]}
+    with psycopg.connect(platform["settings"].db_url) as conn:
+        per_month = conn.execute("SELECT count(*) FROM streamflow.usage_agg_30d_snapshots GROUP BY as_of ORDER BY 1")
+        assert [n for (n,) in per_month] == [USERS, USERS]  # month_000, and month_001 from the second run
+
+
+def test_ingest_rejects_a_broken_month_at_once_and_changes_nothing(lifecycle, platform, capfd):
+    db_url = platform["settings"].db_url
+    before = warehouse_state(db_url)
+
+    run = finished(platform["dags"]["streamflow_ingest"].test(run_conf={"month": "month_002"}))
+
+    assert run.state == "failed"
+    assert run.tasks == {"validate": "failed", "load": "upstream_failed"}
+    assert run.tries["validate"] == 1, "a rejected batch must not be retried"
+    assert run.events == {}
+    assert "expect_column_values_to_be_between(monthly_fee" in capfd.readouterr().out
+    assert warehouse_state(db_url) == before
+    with psycopg.connect(db_url) as conn:
+        status, failed = conn.execute(
+            "SELECT status, failed_expectations FROM streamflow.ingestion_runs WHERE month = 'month_002'"
+        ).fetchone()
+    assert status == "rejected" and "monthly_fee" in str(failed)
+
+
+def test_an_unchanged_redelivery_publishes_nothing(lifecycle, platform):
+    run = lifecycle["ingest_unchanged"]
+    assert run.state == "success" and run.tasks == {"validate": "success", "load": "skipped"}
+    assert run.events == {}, "an unchanged drop must not start features, drift and training again"
+    with psycopg.connect(platform["settings"].db_url) as conn:
+        statuses = [
+            s for (s,) in conn.execute("SELECT status FROM streamflow.ingestion_runs WHERE month = 'month_000'")
+        ]
+    assert statuses == ["success", "unchanged"]
+
+
+def test_an_older_month_never_moves_the_online_store_back(lifecycle):
+    run = lifecycle["features_older"]
+    assert run.tasks == {"apply": "success", "materialize": "skipped", "check_parity": "skipped"}
+    assert run.events == {}
+
+
+def test_features_materialize_the_month_and_emit_it(lifecycle):
+    run = lifecycle["features"]
+    assert run.state == "success"
+    assert run.tasks == {"apply": "success", "materialize": "success", "check_parity": "success"}
+    assert run.events == {"streamflow_features": [{"month": "month_000", "as_of": "2024-01-31"}]}
+
+
+def test_drift_without_a_champion_requests_the_first_training(lifecycle):
+    run = lifecycle["drift_first"]
+    assert run.tasks == {"measure_drift": "success", "needs_retrain": "success", "request_retrain": "success"}
+    assert run.events == {
+        "streamflow_retrain_request": [{"month": "month_000", "reason": "no champion yet: first training"}]
+    }
+
+
+def test_drift_below_the_threshold_skips_the_request(lifecycle):
+    run = lifecycle["drift_skip"]  # month_000 against the champion's own month_000: nothing drifted
+    assert run.state == "success"
+    assert run.tasks == {"measure_drift": "success", "needs_retrain": "success", "request_retrain": "skipped"}
+    assert run.events == {}, "a skipped gate must emit no retrain request"
+
+
+def test_drift_past_the_threshold_requests_a_retrain_for_the_month(lifecycle):
+    run = lifecycle["drift_retrain"]
+    assert run.tasks["request_retrain"] == "success"
+    (request,) = run.events["streamflow_retrain_request"]
+    assert request["month"] == "month_001" and request["reason"].startswith("drift share")
+
+
+def test_train_promotes_a_better_challenger_and_emits_the_champion(lifecycle):
+    run = lifecycle["train_promote"]
+    weak = lifecycle["weak_champion"]
+    assert run.tasks == {"train_challenger": "success", "compare_with_champion": "success", "promote": "success"}
+    (event,) = run.events["streamflow_champion"]
+    assert event["month"] == "month_000" and event["version"] != weak
+    tags = version_tags(event["version"])
+    assert tags["decision"] == "promoted" and tags["previous_champion"] == weak
+
+
+def test_train_keeps_the_champion_when_the_gain_is_below_delta(lifecycle):
+    run = lifecycle["train_keep"]
+    promoted = lifecycle["train_promote"].events["streamflow_champion"][0]["version"]
+    assert run.state == "success"
+    assert run.tasks == {"train_challenger": "success", "compare_with_champion": "success", "promote": "skipped"}
+    assert run.events == {}
+    assert lifecycle["champion_after_keep"] == promoted
+    tags = version_tags("3")
+    assert tags["month"] == "month_001", "a manual run trains on its month param"
+    assert tags["decision"] == "keep_champion" and "below delta 1.0000" in tags["reason"]
+
+
+def test_rollback_without_a_version_returns_to_the_previous_champion(lifecycle):
+    run = lifecycle["rollback_previous"]
+    weak = lifecycle["weak_champion"]
+    assert run.tasks == {"rollback": "success"}
+    assert run.events == {"streamflow_champion": [{"version": weak, "month": "month_000"}]}
+    assert lifecycle["champion_after_rollback"] == weak
+    assert version_tags(weak)["rollback_reason"] == "the retention team saw odd scores"
+
+
+def test_rollback_to_an_explicit_version(lifecycle):
+    run = lifecycle["rollback_explicit"]
+    assert run.tasks == {"rollback": "success"}
+    assert run.events == {"streamflow_champion": [{"version": "3", "month": "month_001"}]}
+    assert lifecycle["champion_after_explicit"] == "3"
+
+
+def test_rollback_to_an_unknown_version_fails_at_once_with_the_versions(lifecycle, platform, capfd):
+    run = finished(platform["dags"]["streamflow_rollback"].test(run_conf={"version": "99"}))
+
+    assert run.state == "failed" and run.tasks == {"rollback": "failed"}
+    assert run.tries["rollback"] == 1, "a missing version must not be retried"
+    assert "has no version '99'; versions that exist: ['1', '2', '3']" in capfd.readouterr().out
+    assert champion() == lifecycle["champion_after_explicit"]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "conf"),
+    [
+        ("streamflow_ingest", {"month": "2024-01"}),
+        ("streamflow_train", {"delta": 2}),
+        ("streamflow_drift", {"drift_threshold": -0.1}),
+        ("streamflow_rollback", {"version": "v2"}),
+    ],
+)
+def test_invalid_params_fail_before_any_task_runs(platform, dag_id, conf):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        platform["dags"][dag_id].test(run_conf=conf)
+
+
+def test_a_nan_param_never_reaches_a_task(platform):
+    """JSON-schema bounds let NaN through; Postgres' JSON column refuses it in the run's conf, and
+    where another database stores it, `finite_number` fails the task (tests/dags/test_dag_defaults.py)."""
+    from sqlalchemy.exc import DataError
+
+    with pytest.raises(DataError, match="NaN"):
+        platform["dags"]["streamflow_train"].test(run_conf={"month": "month_000", "delta": float("nan")})
