@@ -42,6 +42,14 @@ class ModelRef(BaseModel):
     version: str
 
 
+class Reason(BaseModel):
+    """One feature raising this user's risk: its value and its exact share of the logit."""
+
+    feature: str
+    value: Any
+    contribution: float
+
+
 class Prediction(BaseModel):
     user_id: str
     churn_probability: float
@@ -49,6 +57,9 @@ class Prediction(BaseModel):
     threshold: float
     model: ModelRef
     features: dict[str, Any]
+    reasons: list[Reason] = Field(
+        description="Top 3 features raising the risk, largest first (exact logit shares; empty for tree models)"
+    )
 
 
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
