@@ -77,7 +77,7 @@ def test_top_reason_indices_skip_non_positive_and_keep_feature_order_on_ties():
 def test_reasons_json_rounds_contributions_and_unwraps_values():
     columns = {"a": np.array([1.5, 2.0]), "b": np.array(["x", "y"], dtype=object)}
     out = reasons_json(("a", "b"), columns, np.array([[0.123456, 1.0], [-1.0, -2.0]]), np.array([[1, 0], [-1, -1]]))
-    assert out == [
+    assert out.tolist() == [
         '[{"feature": "b", "value": "x", "contribution": 1.0}, {"feature": "a", "value": 1.5, "contribution": 0.1235}]',
         "[]",
     ]
@@ -91,3 +91,22 @@ def test_tree_models_get_no_reasons(classifier):
     probabilities, reasons = scored_reasons(model, rows)
     assert np.array_equal(probabilities, model.predict_proba(rows))
     assert reasons == [[] for _ in rows]
+
+
+def test_reasons_json_is_json_dumps_of_each_rows_reasons():
+    import json
+
+    from streamflow_mlops.model.reasons import reasons_for
+
+    model, frame = fitted("spline_logreg")
+    rows = frame[COLUMNS].head(300)
+    _, contributions = model.explain_frame(rows)
+    indices = top_reason_indices(contributions)
+    features = model.explainer.features
+    text = reasons_json(features, {f: rows[f].to_numpy() for f in features}, contributions, indices)
+    for i, record in enumerate(rows.to_dict("records")):
+        expected = [
+            reason | {"contribution": round(reason["contribution"], 4)}
+            for reason in reasons_for(features, record, contributions[i], indices[i])
+        ]
+        assert text[i] == json.dumps(expected)

@@ -52,8 +52,8 @@ def configure_mlflow(settings: Settings | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(client: MlflowClient, settings: Settings | None = None) -> str:
-    """The `streamflow` experiment's id, creating it on first use.
+def ensure_experiment(client: MlflowClient, settings: Settings | None = None, name: str = EXPERIMENT) -> str:
+    """The id of experiment `name` (default `streamflow`), creating it on first use.
 
     Talking to the database directly (no MLflow server), artifacts would otherwise land in
     `./mlruns` of whatever directory the worker runs in; they go under the state dir instead.
@@ -61,16 +61,16 @@ def ensure_experiment(client: MlflowClient, settings: Settings | None = None) ->
     from mlflow.exceptions import MlflowException
 
     settings = settings or get_settings()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     served = settings.mlflow_tracking_uri.startswith(("http://", "https://"))
     location = None if served else settings.mlflow_artifacts_dir.resolve().as_uri()
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location)
     except MlflowException:
         # Another worker created it between our look-up and create.
-        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
