@@ -44,7 +44,7 @@ KINDS = (DRIFT, PERFORMANCE, SCORES)
 
 
 def workspace_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).state_dir / "evidently"
+    return (settings or get_settings()).evidently_workspace
 
 
 def snapshot_time(as_of: date | datetime) -> datetime:
