@@ -53,7 +53,7 @@ def configure_mlflow(settings: Settings | None = None) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings | None = None, name: str = EXPERIMENT) -> str:
-    """The id of experiment `name` (default `streamflow`), creating it on first use.
+    """The experiment's id (`streamflow` by default), creating it on first use.
 
     Talking to the database directly (no MLflow server), artifacts would otherwise land in
     `./mlruns` of whatever directory the worker runs in; they go under the state dir instead.

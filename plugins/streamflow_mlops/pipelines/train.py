@@ -12,7 +12,6 @@ import pandas as pd
 
 from streamflow_mlops.config.schema import LABEL
 from streamflow_mlops.config.settings import REGISTERED_MODEL
-from streamflow_mlops.model.model_card import publish_model_card
 from streamflow_mlops.model.promotion import paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
 from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
@@ -64,6 +63,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
+    from streamflow_mlops.model.model_card import publish_model_card
+
     publish_model_card(client, version)
     return {
         **challenger,

@@ -307,8 +307,6 @@ class Stack:
         say(f"postgres ready ({'embedded' if settings.embedded else 'existing server'}: {url})")
         ensure_drops(settings)
         env = {**os.environ, **self.client_settings.client_env(), **airflow_settings(settings)}
-        # Evidently's UI reports usage to its vendor unless told not to; a local demo shouldn't.
-        env.setdefault("DO_NOT_TRACK", "1")
         env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
         write_env_file(self.client_settings, {k: v for k, v in env.items() if k.startswith("AIRFLOW__")})
         self.processes = Processes(settings.state_dir / "logs", env)
@@ -342,11 +340,11 @@ class Stack:
         )
         for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self.processes.start(f"airflow-{component}", [str(self.bin_dir / "airflow"), component])
-        self.launch_dashboard()
         # A second run has a champion already: the service can start while Airflow boots.
         self.warm = lifecycle_done(self.settings)
         if self.warm:
             self.launch_service()
+        self.launch_dashboard()
         wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
         wait_for("Evidently UI", lambda: http_ok(f"{self.evidently_url}/api/version"), 120, self.processes)
         wait_for(
@@ -394,6 +392,8 @@ class Stack:
         """Evidently's own UI over the workspace the drift and score DAGs fill (monitoring/dashboard.py)."""
         workspace = self.settings.evidently_workspace
         workspace.mkdir(parents=True, exist_ok=True)
+        # Evidently's UI reports usage to its vendor unless told not to; a local demo shouldn't.
+        self.processes.env.setdefault("DO_NOT_TRACK", "1")
         self.processes.start(
             "evidently-ui",
             [
