@@ -42,6 +42,14 @@ class ModelRef(BaseModel):
     version: str
 
 
+class Reason(BaseModel):
+    """One feature raising this user's risk: its value and its exact share of the logit."""
+
+    feature: str
+    value: Any
+    contribution: float
+
+
 class Prediction(BaseModel):
     user_id: str
     churn_probability: float
@@ -49,9 +57,58 @@ class Prediction(BaseModel):
     threshold: float
     model: ModelRef
     features: dict[str, Any]
+    reasons: list[Reason] = Field(
+        description="Top 3 features raising the risk, largest first (exact logit shares; empty for tree models)"
+    )
 
 
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
+
+
+# What `/` (the Swagger page) and `/docs.json` (`info.description`) show, served from source or
+# from a built bento (where it becomes the bento's README: bentofile.yaml has no description).
+SERVICE_DESCRIPTION = f"""\
+# StreamFlow churn service
+
+The probability that a StreamFlow subscriber churns in the coming month, from the current
+**champion** model (`models:/streamflow_churn@champion` in MLflow) scored on the user's features
+read from the Feast online store (exactly the features of the champion's FeatureService). A newly
+promoted champion is picked up within about 10 s, without a restart and without failing a request.
+
+## Routes
+
+| route | request | answer |
+| --- | --- | --- |
+| `POST /predict` | `{{"user_id": "7590-VHVEG"}}` | `user_id`, `churn_probability`, `churn` (probability >= `threshold`), `threshold`, `model` (`name`, `version`), `features`, `reasons` |
+| `POST /predict_batch` | `{{"user_ids": [...]}}`, 1 to {MAX_BATCH_IDS} ids | one answer per id, in order; an id that fails gets its error object with its `status` |
+| `POST /features` | `{{"user_id": ...}}` | the online features of the champion's FeatureService |
+| `GET /healthz`, `/readyz`, `/metrics` | | alive; ready once a champion and the feature store are loaded; Prometheus metrics |
+
+`reasons`: the top 3 features raising this user's risk, largest first, each `{{feature, value,
+contribution}}`, where `contribution` is the feature's exact share of the logit relative to a
+reference user (for the default spline logistic regression and plain logistic regression; tree
+models give an empty list).
+
+## Errors
+
+| status | body | when |
+| --- | --- | --- |
+| 404 | `{{"error": "unknown_user", "user_id": ...}}` | the online store has no features for this user |
+| 422 | `{{"error": "missing_features", "user_id": ..., "missing": [...]}}` | some of the champion's features are missing |
+| 400 | a validation message | malformed JSON, an id not like `7590-VHVEG`, an empty or oversize batch, a body over {MAX_BODY_BYTES // 1024} KB |
+| 503 | `{{"error": "model_unavailable" or "feature_store_unavailable", "detail": ...}}` | no champion loaded yet, or the feature store can't answer |
+
+A bad request never gets a 500. Every prediction is recorded in the warehouse's `prediction_log`.
+"""  # noqa: E501 (markdown tables: a row is one line)
+
+
+class DocumentedService(bentoml.Service):
+    """A BentoML service whose docs page shows its own description when served from source too
+    (BentoML 1.4 shows its template README unless the service comes from a built bento)."""
+
+    @property
+    def doc(self) -> str:
+        return self.bento.doc if self.bento is not None else (self.description or super().doc)
 
 
 def error_response(error: ServingError) -> JSONResponse:
@@ -60,6 +117,8 @@ def error_response(error: ServingError) -> JSONResponse:
 
 @bentoml.service(
     name="churn_service",
+    description=SERVICE_DESCRIPTION,
+    service_class=DocumentedService,
     # A worker's event loop tops out near one core (HTTP parsing and BentoML's request path are
     # most of a request's CPU), so one worker per core, up to 4: on 2 cores 2 workers gave ~1.6x
     # one worker's requests/s at concurrency 32 (bench/bench_serving.py).

@@ -17,6 +17,7 @@ EXPECTED = {
     "streamflow_train": {"month", "seed", "delta", "force"},
     "streamflow_drift": {"month", "drift_threshold"},
     "streamflow_rollback": {"version", "reason"},
+    "streamflow_score": {"month", "top_k"},
 }
 HEAVY = ("pandas", "sklearn", "mlflow", "feast", "evidently", "great_expectations", "bentoml", "numpy")
 

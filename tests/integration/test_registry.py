@@ -82,6 +82,11 @@ def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
     assert tags["decision"] == "keep_champion" and "below delta" in tags["reason"]
     assert tags["champion_version"] == weak["version"]
     assert champion(client) == weak["version"]
+    # Its model card: the version's description and artifacts of its run (model/model_card.py).
+    card = client.get_model_version(REGISTERED_MODEL, same["version"]).description
+    assert card.startswith(f"# {REGISTERED_MODEL} v{same['version']}") and "**Decision: keep_champion**" in card
+    artifacts = {a.path for a in client.list_artifacts(same["run_id"], "model_card")}
+    assert artifacts == {"model_card/model_card.md", "model_card/calibration.png"}
 
     # 3. A clearly better challenger, judged on its own validation rows, takes over.
     strong = register(train_model(frame, seed=5))

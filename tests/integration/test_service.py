@@ -201,6 +201,20 @@ def test_predict_answers_with_model_threshold_and_features(client, served_stack)
     assert online["features"] == body["features"] and online["feature_service"] == "churn_model_v1"
 
 
+def test_a_tree_champion_answers_with_no_reasons(client, served_stack):
+    # versions[0] is HGB: no exact decomposition, so no reason codes (model/reasons.py).
+    body = client.post("/predict", json={"user_id": served_stack.users[0]}).json()
+    assert body["model"]["version"] == served_stack.versions[0] and body["reasons"] == []
+
+
+def test_docs_describe_the_service_its_routes_and_errors(client):
+    description = client.get("/docs.json").json()["info"]["description"]
+    assert description.startswith("# StreamFlow churn service")
+    for text in ("POST /predict_batch", "reasons", "unknown_user", "missing_features", "503"):
+        assert text in description, text
+    assert "This is a Machine Learning Service created with BentoML" not in description
+
+
 def test_predict_batch_reports_unknown_ids_per_item(client, served_stack):
     ids = [served_stack.users[1], "0000-NOONE", served_stack.users[2]]
     answer = client.post("/predict_batch", json={"user_ids": ids})

@@ -38,3 +38,11 @@ def parse_month(value: str | int) -> int:
 def month_as_of_ts(month: str | int) -> datetime:
     """A month's as_of as the snapshot tables store it: midnight UTC of the month's last day."""
     return datetime.combine(month_as_of(parse_month(month)), dt_time.min, tzinfo=UTC)
+
+
+def month_of_as_of(as_of: date) -> int:
+    """The month number whose as_of is `as_of` (2024-02-29 -> 1); any other date raises ValueError."""
+    month = (as_of.year - FIRST_AS_OF.year) * 12 + as_of.month - FIRST_AS_OF.month
+    if month < 0 or month_as_of(month) != as_of:
+        raise ValueError(f"{as_of} is not a month's as_of (the last day of a month from {FIRST_AS_OF})")
+    return month

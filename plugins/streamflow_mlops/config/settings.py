@@ -54,6 +54,7 @@ class Settings:
     airflow_port: int = 8080
     mlflow_port: int = 5000
     service_port: int = 3000
+    evidently_port: int = 8000
     bentoml_home_override: str | None = None
 
     @property
@@ -107,6 +108,11 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.state_dir / "reports"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        """The Evidently UI's workspace (monitoring/dashboard.py writes it, `evidently ui` serves it)."""
+        return self.state_dir / "evidently"
 
     @property
     def airflow_home(self) -> Path:
@@ -186,5 +192,6 @@ def get_settings() -> Settings:
         airflow_port=int(os.environ.get("STREAMFLOW_AIRFLOW_PORT", "8080")),
         mlflow_port=int(os.environ.get("STREAMFLOW_MLFLOW_PORT", "5000")),
         service_port=int(os.environ.get("STREAMFLOW_SERVICE_PORT", "3000")),
+        evidently_port=int(os.environ.get("STREAMFLOW_EVIDENTLY_PORT", "8000")),
         bentoml_home_override=os.environ.get("BENTOML_HOME") or None,
     )

@@ -76,6 +76,20 @@ OPERATIONAL_DDL = [
   model_version TEXT NOT NULL
 )""",
     f"CREATE INDEX IF NOT EXISTS prediction_log_time ON {S}.prediction_log (predicted_at)",
+    # The monthly batch scores (pipelines/score.py). One LIST partition per month: a re-run
+    # builds the month as a new table and swaps it in, rather than delete a million rows.
+    f"""CREATE TABLE IF NOT EXISTS {S}.churn_scores (
+  month TEXT NOT NULL,
+  user_id TEXT COLLATE "C" NOT NULL,
+  as_of DATE NOT NULL,
+  churn_probability DOUBLE PRECISION NOT NULL,
+  rank INTEGER NOT NULL CHECK (rank >= 1),
+  decile SMALLINT NOT NULL CHECK (decile BETWEEN 1 AND 10),
+  model_version TEXT NOT NULL,
+  reasons JSONB NOT NULL,
+  scored_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (month, user_id)
+) PARTITION BY LIST (month)""",
     f"""CREATE TABLE IF NOT EXISTS {S}.drift_reports (
   id BIGSERIAL PRIMARY KEY,
   month TEXT NOT NULL,

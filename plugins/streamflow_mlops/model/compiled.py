@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamflow_mlops.model.reasons import linear_contributions
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,7 @@ class PipelineModel:
         if single_threaded:
             pipeline.set_params(**single_threaded)
         self.fast = compile_pipeline(pipeline)
+        self.explainer = linear_contributions(pipeline)
 
     def verify(self, rows: Sequence[Mapping[str, Any]]) -> bool:
         """Keep the fast path only if it gives the pipeline's probabilities bit for bit on `rows`."""
@@ -63,6 +66,27 @@ class PipelineModel:
         if self.fast is not None:
             return self.fast.predict_proba(rows)
         return self.frame_predict_proba(rows)
+
+    def explain(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict_proba(rows)` and, for a linear model, each feature's contribution to the logit
+        (rows x `explainer.features`, model/reasons.py) from the same encoded rows; None otherwise."""
+        if self.explainer is None:
+            return self.predict_proba(rows), None
+        if self.fast is not None:
+            encoded = self.fast.transform(rows)
+            return self.fast.scores(encoded), self.explainer.contributions(encoded)
+        import pandas as pd
+
+        return self.explain_frame(pd.DataFrame({column: [row[column] for row in rows] for column in self.columns}))
+
+    def explain_frame(self, frame: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """`explain` on a DataFrame (batch scoring): the pipeline's own transform and classifier,
+        so the probabilities are its predict_proba's; contributions from the same encoded array."""
+        if self.explainer is None:
+            return self.pipeline.predict_proba(frame[self.columns])[:, 1], None
+        encoded = self.pipeline[:-1].transform(frame[self.columns])
+        probabilities = self.pipeline[-1].predict_proba(encoded)[:, 1]
+        return probabilities, self.explainer.contributions(encoded)
 
 
 ArrayStep = Callable[["np.ndarray"], "np.ndarray"]

@@ -138,6 +138,7 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
     if champion is not None:
         import mlflow.sklearn
 
+        from streamflow_mlops.config.months import month_as_of_ts
         from streamflow_mlops.config.settings import FEATURE_SERVICE
         from streamflow_mlops.features.retrieval import feature_frame
         from streamflow_mlops.model.registry import model_uri
@@ -156,6 +157,8 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
             current_scores=pipeline.predict_proba(current[needed])[:, 1],
             served_scores=served_scores(settings.db_url, champion.version),
             feature_names=names,
+            timestamp=month_as_of_ts(month),
+            month=month,
         )
         stem = f"drift_{month}_vs_{champion.month}_v{champion.version}"
         paths = save_reports(drift, settings.reports_dir / "drift", stem)
@@ -170,6 +173,10 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
     decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
     result.update(decision=decision, reason=reason)
     result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
+    if champion is not None:
+        from streamflow_mlops.monitoring.dashboard import add_drift_snapshot
+
+        result["dashboard_snapshot"] = add_drift_snapshot(month, drift.snapshots["data"], settings)
     record_drift_report(settings.db_url, result)
     log.info(
         "%s vs %s: drift share %s, drifted %s -> %s (%s)",

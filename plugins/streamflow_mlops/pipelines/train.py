@@ -76,6 +76,9 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
+    from streamflow_mlops.model.model_card import publish_model_card
+
+    publish_model_card(client, version)
     if champion_auc is not None and math.isnan(champion_auc) and not decision.promote:
         raise ChampionUnscorableError(f"version {version}: {decision.reason}")
     return {

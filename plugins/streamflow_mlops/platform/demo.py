@@ -226,6 +226,11 @@ def lifecycle_summary(settings: Settings) -> list[str]:
         ):
             share_text = "n/a" if share is None else f"{share:.2f}"
             lines.append(f"drift {month} vs {ref or '-'}: share {share_text} -> {decision} ({reason})")
+        for month, users, version, top in conn.execute(
+            "SELECT month, count(*), max(model_version), max(churn_probability) FROM streamflow.churn_scores "
+            "GROUP BY month ORDER BY month"
+        ):
+            lines.append(f"scores {month}: {users} users by model v{version}, riskiest {top:.3f}")
     client = MlflowClient(settings.mlflow_tracking_uri)
     # search_model_versions leaves `aliases` empty; ask for the alias itself.
     champion = _champion_version(settings)
@@ -272,6 +277,7 @@ class Stack:
         self.mlflow_uri = f"http://127.0.0.1:{settings.mlflow_port}"
         self.airflow_url = f"http://127.0.0.1:{settings.airflow_port}"
         self.service_url = f"http://127.0.0.1:{settings.service_port}"
+        self.evidently_url = f"http://127.0.0.1:{settings.evidently_port}"
         # Clients in this process talk to the MLflow server, as the DAG tasks and the service do.
         self.client_settings = replace(settings, mlflow_tracking_uri_override=self.mlflow_uri)
         self.bin_dir = Path(sys.executable).parent
@@ -338,7 +344,9 @@ class Stack:
         self.warm = lifecycle_done(self.settings)
         if self.warm:
             self.launch_service()
+        self.launch_dashboard()
         wait_for("MLflow", lambda: http_ok(f"{self.mlflow_uri}/health"), 180, self.processes)
+        wait_for("Evidently UI", lambda: http_ok(f"{self.evidently_url}/api/version"), 120, self.processes)
         wait_for(
             "Airflow api-server", lambda: http_ok(f"{self.airflow_url}/api/v2/monitor/health"), 240, self.processes
         )
@@ -380,6 +388,26 @@ class Stack:
                 cwd=self.settings.repo_root,
             )
 
+    def launch_dashboard(self) -> None:
+        """Evidently's own UI over the workspace the drift and score DAGs fill (monitoring/dashboard.py)."""
+        workspace = self.settings.evidently_workspace
+        workspace.mkdir(parents=True, exist_ok=True)
+        # Evidently's UI reports usage to its vendor unless told not to; a local demo shouldn't.
+        self.processes.env.setdefault("DO_NOT_TRACK", "1")
+        self.processes.start(
+            "evidently-ui",
+            [
+                str(self.bin_dir / "evidently"),
+                "ui",
+                "--workspace",
+                str(workspace),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.settings.evidently_port),
+            ],
+        )
+
     def serve(self) -> None:
         self.launch_service()
         wait_for("churn service", lambda: http_ok(f"{self.service_url}/readyz"), 240, self.processes)
@@ -392,6 +420,8 @@ class Stack:
         print(f"  Airflow UI   {self.airflow_url}   login {AIRFLOW_USER} / {self.api.password}")
         print(f"  MLflow UI    {self.mlflow_uri}")
         print(f"  Churn API    {self.service_url}   (docs at {self.service_url}/docs)")
+        print(f'  Monitoring   {self.evidently_url}   (Evidently UI, project "streamflow churn")')
+        print(f"  Scores       {self.settings.state_dir / 'scores'}   (retention lists; table streamflow.churn_scores)")
         print(f"  Shell env    source {self.settings.state_dir / 'env'}")
         print(f"\nSample prediction:\n  {curl}\n  {answer}\n\nLifecycle:")
         for line in lifecycle_summary(self.client_settings):

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streamflow_mlops.config.settings import FEATURE_SERVICE
+from streamflow_mlops.model.compiled import ProbabilityModel
+from streamflow_mlops.model.reasons import reasons_for, top_reason_indices
 from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
 from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ModelHolder
 from streamflow_mlops.serving.errors import ServingError, Unavailable
@@ -33,8 +35,15 @@ MAX_COALESCED = 64
 REQUEST_TIMEOUT_S = 10.0
 
 
-def answer(user_id: str, probability: float, champion: Champion, features: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON answer of one prediction (docs/architecture.md, "Service")."""
+def answer(
+    user_id: str,
+    probability: float,
+    champion: Champion,
+    features: Mapping[str, Any],
+    reasons: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The JSON answer of one prediction (docs/architecture.md, "Service"); `reasons` are the top
+    features raising the risk (model/reasons.py), empty for a model without exact contributions."""
     return {
         "user_id": user_id,
         "churn_probability": probability,
@@ -42,7 +51,27 @@ def answer(user_id: str, probability: float, champion: Champion, features: Mappi
         "threshold": champion.threshold,
         "model": {"name": champion.name, "version": champion.version},
         "features": dict(features),
+        "reasons": [dict(reason) for reason in reasons],
     }
+
+
+def scored_reasons(
+    model: ProbabilityModel, rows: Sequence[Mapping[str, Any]]
+) -> tuple[Sequence[float], list[list[dict[str, Any]]]]:
+    """Probabilities and each row's top reasons; a model that can't explain itself (a tree, a
+    stand-in) gets empty reasons and costs no more than its predict_proba."""
+    explain = getattr(model, "explain", None)
+    if explain is None:
+        return model.predict_proba(rows), [[] for _ in rows]
+    probabilities, contributions = explain(rows)
+    if contributions is None:
+        return probabilities, [[] for _ in rows]
+    features = model.explainer.features
+    indices = top_reason_indices(contributions)
+    return probabilities, [
+        reasons_for(features, row, row_contributions, row_indices)
+        for row, row_contributions, row_indices in zip(rows, contributions, indices, strict=True)
+    ]
 
 
 @dataclass
@@ -78,14 +107,14 @@ class ChurnScorer:
                 outcomes[user_id] = exc
         if scored:
             try:
-                probabilities = champion.model.predict_proba([features for _, features in scored])
+                probabilities, reasons = scored_reasons(champion.model, [features for _, features in scored])
             except Exception as exc:
                 logger.exception("model %s failed on a batch of %d", champion.tag, len(scored))
                 raise Unavailable("model", f"{champion.tag} failed: {exc}") from exc
             now = self.clock()
             log_rows = []
-            for (user_id, features), probability in zip(scored, probabilities, strict=True):
-                outcomes[user_id] = answer(user_id, float(probability), champion, features)
+            for (user_id, features), probability, why in zip(scored, probabilities, reasons, strict=True):
+                outcomes[user_id] = answer(user_id, float(probability), champion, features, why)
                 log_rows.append(LogRow(now, user_id, features, float(probability), champion.name, champion.version))
             if self.log is not None:
                 self.log.submit(log_rows)
