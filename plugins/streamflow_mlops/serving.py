@@ -611,8 +611,13 @@ class ModelHolder:
 def newest_imported_tag() -> str | None:
     """The most recently imported `streamflow_churn` model in the BentoML store, if any."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    models = bentoml.models.list(REGISTERED_MODEL)
+    try:
+        models = bentoml.models.list(REGISTERED_MODEL)
+    except NotFound:
+        # What BentoML answers for a name never imported: a fresh stack before its first champion.
+        return None
     if not models:
         return None
     return str(max(models, key=lambda model: model.info.creation_time).tag)
@@ -1068,12 +1073,17 @@ class ServiceRuntime:
             return False
 
     def _run(self) -> None:
-        try:
-            self.poll()
-        finally:
-            self.holder.settle()
-        while not self._stop.wait(self.poll_interval_s):
-            self.poll()
+        settled = False
+        while not settled or not self._stop.wait(self.poll_interval_s):
+            try:
+                self.poll()
+            except Exception:
+                # Whatever one round hits (MLflow, BentoML, the store), the next may not: a dead
+                # thread would never load a champion again and the worker would stay unready.
+                logger.exception("champion watcher: poll failed, next try in %.0f s", self.poll_interval_s)
+            if not settled:
+                self.holder.settle()
+                settled = True
 
     def start(self) -> None:
         self.log.start()
