@@ -538,3 +538,18 @@ def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():
     with pytest.raises(ValueError):
         serving_requirements(lock, roots=["no-such-package-here"])
 
+
+def test_serving_closure_follows_the_extras_the_project_declares():
+    from pathlib import Path
+
+    from streamflow_mlops.bento_build import requirement_closure, serving_requirements
+
+    # pyproject.toml declares feast[postgres,redis]: the bento must carry both online/offline drivers.
+    feast = requirement_closure(["feast"])
+    assert {"redis", "hiredis", "psycopg-pool"} <= feast
+    # Extras nobody asked for stay out (feast[gcp] would bring BigQuery).
+    assert "google-cloud-bigquery" not in feast
+    assert "redis" in requirement_closure(["feast[redis]"]) and "redis" not in requirement_closure(["pandas"])
+    lock = Path(__file__).resolve().parents[2] / "requirements.txt"
+    names = {line.split("==")[0].lower() for line in serving_requirements(lock)}
+    assert {"redis", "hiredis"} <= names
