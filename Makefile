@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test test-fast bench lint bento stack-up stack-down generate clean
+.PHONY: venv demo test test-compose test-fast bench lint bento stack-up stack-down generate clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# The container mode on a Docker engine (tests/compose): builds the images, runs the lifecycle
+# through a compose stack and the containerized bento, then `down -v` (~20 min; logs of a failed
+# run under .streamflow/compose-logs/). Starts ../shared/container-engine when it is there.
+test-compose: venv
+	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
 
 bench: venv
 	$(BIN)/python -m bench
