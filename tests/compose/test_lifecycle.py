@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def test_a_bad_batch_is_rejected_and_leaves_the_warehouse_unchanged(stack, api, 
 def test_the_bento_built_in_the_airflow_image_serves_the_same_prediction(stack, timings):
     """`python -m streamflow_mlops bento` in the Airflow image, `bentoml containerize` on the host."""
     home = STATE / "compose-test" / "bentoml"
+    shutil.rmtree(home, ignore_errors=True)  # a new bento each run: don't pile up the old ones
     env = {"BENTOML_HOME": str(home), "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
     with timings.phase("bento: build in the airflow image"):
         built = stack.exec("airflow-scheduler", "python", "-m", "streamflow_mlops", "bento")
@@ -209,6 +211,7 @@ def test_the_bento_built_in_the_airflow_image_serves_the_same_prediction(stack, 
         logs = run(["docker", "logs", name], timeout=60, check=False)
         (LOGS / "bento-container.log").write_text(logs.stdout + logs.stderr)
         run(["docker", "rm", "-f", name], timeout=60, check=False)
+        run(["docker", "rmi", image], timeout=120, check=False)
 
 
 def image_size(image: str) -> str:
