@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test test-fast bench lint bento stack-up stack-down generate clean
+.PHONY: venv demo test test-compose test-fast bench lint bento stack-up stack-down generate clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ test: venv
 # Unit tests (no database, network or apt) and the DAG integrity checks: under a minute.
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/dags/test_dag_integrity.py
+
+# The container mode on a Docker engine (tests/compose): builds the images, runs the lifecycle
+# through a compose stack and the containerized bento, then `down -v` (~20 min; logs of a failed
+# run under .streamflow/compose-logs/). Starts ../shared/container-engine when it is there.
+test-compose: venv
+	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
 
 bench: venv
 	$(BIN)/python -m bench

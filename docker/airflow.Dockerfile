@@ -1,4 +1,4 @@
-# Airflow for the StreamFlow stack: the official image extended with the project's lock.
+# Airflow for the StreamFlow stack: the official image extended with the project's lock and library.
 #
 # requirements.txt is a full lock (it pins apache-airflow==3.3.2 itself, and every transitive
 # dependency), so it is installed as-is instead of against Airflow's constraints file: `uv pip
@@ -12,8 +12,18 @@ FROM apache/airflow:3.3.2-python3.11
 COPY requirements.txt docker/airflow/requirements-celery.txt /tmp/requirements/
 RUN uv pip install --no-cache -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-celery.txt
 
-# The same files as on the host: compose mounts them over these paths read-only, an image run
-# elsewhere (Kubernetes, a registry pull) uses these baked-in copies.
+# The library, installed like any distribution (its dependencies are the lock above): DAG tasks,
+# the Feast CLI and `python -m streamflow_mlops` import it from site-packages, not from a path.
+COPY --chown=airflow:0 pyproject.toml README.md /tmp/streamflow-src/
+COPY --chown=airflow:0 plugins /tmp/streamflow-src/plugins
+RUN uv pip install --no-cache --no-deps /tmp/streamflow-src && rm -rf /tmp/streamflow-src
+
+# The repository files the tasks read at run time (STREAMFLOW_REPO): the DAGs, the feature repo,
+# the suites, and what `python -m streamflow_mlops bento` builds from (the bentofile, the service,
+# the library sources it bundles and the lock it takes the pins from). Compose mounts the DAGs,
+# the feature repo and the suites over these read-only; an image run elsewhere (Kubernetes) uses
+# these copies.
+COPY --chown=airflow:0 requirements.txt pyproject.toml README.md /opt/airflow/
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
 COPY --chown=airflow:0 feature_repo /opt/airflow/feature_repo
@@ -21,7 +31,5 @@ COPY --chown=airflow:0 expectations /opt/airflow/expectations
 COPY --chown=airflow:0 bentos /opt/airflow/bentos
 COPY --chown=airflow:0 docker/airflow/airflow-init.sh /opt/airflow/airflow-init.sh
 
-# Airflow puts plugins/ on sys.path itself; subprocesses such as the Feast CLI need it too.
-# STREAMFLOW_REPO is where settings look for feature_repo/ and expectations/.
-ENV PYTHONPATH=/opt/airflow/plugins \
-    STREAMFLOW_REPO=/opt/airflow
+# STREAMFLOW_REPO is where settings look for feature_repo/, expectations/ and the bento sources.
+ENV STREAMFLOW_REPO=/opt/airflow

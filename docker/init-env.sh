@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Writes .env from .env.example with every `change-me` secret replaced by a fresh random value,
-# and AIRFLOW_UID set to the current user. Never overwrites an existing .env.
+# and AIRFLOW_UID set to the current user. Never overwrites an existing file.
+#   docker/init-env.sh [PATH]   # PATH (default .env, relative to the repository) for
+#                               # `docker compose --env-file PATH`, e.g. a second stack beside yours
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${1:-.env}"
 
-if [[ -e .env ]]; then
-    echo ".env already exists; edit it or remove it first" >&2
+if [[ -e "$target" ]]; then
+    echo "$target already exists; edit it or remove it first" >&2
     exit 1
 fi
 
@@ -23,5 +26,5 @@ while IFS= read -r line; do
         *=change-me) echo "${line%%=*}=$(random_hex)" ;;
         *) echo "$line" ;;
     esac
-done < .env.example > .env
-echo "wrote .env (secrets generated; the Airflow admin password is AIRFLOW_ADMIN_PASSWORD in .env)"
+done < .env.example > "$target"
+echo "wrote $target (secrets generated; the Airflow admin password is AIRFLOW_ADMIN_PASSWORD in it)"

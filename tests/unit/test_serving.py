@@ -21,13 +21,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from streamflow_mlops.config.settings import Settings
 from streamflow_mlops.model.compiled import ArrayPipeline, PipelineModel, compile_pipeline, spline_step
 from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
-from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ChampionWatcher, ModelHolder, champion_labels
+from streamflow_mlops.serving.champion import (
+    FIRST_LOAD_WAIT_S,
+    Champion,
+    ChampionWatcher,
+    ModelHolder,
+    champion_labels,
+    newest_imported_tag,
+)
 from streamflow_mlops.serving.errors import MissingFeatures, Unavailable, UnknownUser
 from streamflow_mlops.serving.feature_reader import FeatureRef, SqliteOnlineReader, split_lookup
 from streamflow_mlops.serving.http import BodySizeLimit, JsonBodyOnly
+from streamflow_mlops.serving.runtime import ServiceRuntime
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
+from tests.conftest import bentoml_home
 
 FEATURES = ("monthly_fee", "net_service")
 
@@ -303,6 +313,69 @@ def test_watcher_keeps_the_current_model_when_mlflow_or_loading_fails():
     assert holder.champion.version == "3" and "model files gone" in watcher.last_error
 
 
+def test_newest_imported_tag_is_none_in_a_store_that_never_had_the_model(tmp_path):
+    # A fresh stack: BentoML raises NotFound for a model name that was never imported.
+    with bentoml_home(tmp_path / "bentoml"):
+        assert newest_imported_tag() is None
+
+
+class FlakyReader(TableReader):
+    """An online store whose first lookups fail with errors nobody planned for."""
+
+    def __init__(self, rows: dict[str, dict], failures: int) -> None:
+        super().__init__(rows)
+        self.failures = failures
+
+    def feature_refs(self, feature_service: str) -> tuple[FeatureRef, ...]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("registry answered garbage")
+        return super().feature_refs(feature_service)
+
+
+def test_runtime_watcher_survives_a_fresh_stack_and_any_poll_error_then_serves_the_first_champion(tmp_path):
+    """The compose stack's churn service starts before any champion exists and must pick up the first one."""
+    promoted: dict[str, str] = {}
+
+    def champion_version() -> str:
+        if "version" not in promoted:
+            raise LookupError("registered model alias champion not found")
+        return promoted["version"]
+
+    settings = Settings(
+        repo_root=tmp_path,
+        state_dir=tmp_path / "state",
+        drops_dir=tmp_path / "drops",
+        db_url_override="postgresql://127.0.0.1:1/none",
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=1,
+        online_store_override=None,
+    )
+    reader = FlakyReader(ROWS, failures=2)
+    with bentoml_home(tmp_path / "bentoml"):
+        runtime = ServiceRuntime(
+            settings,
+            champion_version=champion_version,
+            poll_interval_s=0.05,
+            reader_factory=lambda _settings: reader,
+            log_writer=PredictionLogWriter(settings.db_url),
+        )
+        runtime.watcher.load = lambda tag: champion(tag.split(":v")[1])
+        runtime.start()
+        try:
+            time.sleep(0.5)  # polls with no champion anywhere: MLflow has no alias, BentoML no model
+            assert runtime._thread.is_alive() and not runtime.ready()
+            promoted["version"] = "1"
+            deadline = time.monotonic() + 5
+            # The first polls with a champion hit the store's unforeseen errors; later ones succeed.
+            while (reader.failures or not runtime.ready()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert runtime.ready() and runtime.holder.champion.version == "1"
+            assert runtime._thread.is_alive()
+        finally:
+            runtime.stop()
+
+
 def test_swap_is_atomic_under_concurrent_scoring():
     """Every answer comes whole from one champion: version and threshold never mix."""
     holder = ModelHolder()
@@ -489,3 +562,19 @@ def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():
     assert not any(name.startswith(("apache-airflow", "great-expectations", "evidently")) for name in names)
     with pytest.raises(ValueError):
         serving_requirements(lock, roots=["no-such-package-here"])
+
+
+def test_serving_closure_follows_the_extras_the_project_declares():
+    from pathlib import Path
+
+    from streamflow_mlops.platform.bento import requirement_closure, serving_requirements
+
+    # pyproject.toml declares feast[postgres,redis]: the bento must carry both online/offline drivers.
+    feast = requirement_closure(["feast"])
+    assert {"redis", "hiredis", "psycopg-pool"} <= feast
+    # Extras nobody asked for stay out (feast[gcp] would bring BigQuery).
+    assert "google-cloud-bigquery" not in feast
+    assert "redis" in requirement_closure(["feast[redis]"]) and "redis" not in requirement_closure(["pandas"])
+    lock = Path(__file__).resolve().parents[2] / "requirements.txt"
+    names = {line.split("==")[0].lower() for line in serving_requirements(lock)}
+    assert {"redis", "hiredis"} <= names

@@ -21,6 +21,8 @@ from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
 logger = logging.getLogger(__name__)
 
 BENTOFILE = Path("bentos") / "churn_service" / "bentofile.yaml"
+# This library's own distribution (pyproject.toml): its dependencies declare the extras to follow.
+PROJECT_DISTRIBUTION = "streamflow-mlops"
 # What the service imports at run time (psycopg2 is MLflow's Postgres driver, psycopg-pool Feast's).
 SERVING_ROOTS = (
     "bentoml",
@@ -54,25 +56,47 @@ def read_pins(requirements_txt: Path) -> dict[str, str]:
 
 
 def requirement_closure(roots: Iterable[str]) -> set[str]:
-    """The roots and every distribution they require (no extras), from installed metadata."""
+    """The roots and every distribution they require, extras included, from installed metadata.
+
+    A root may name extras (`feast[redis]`); a bare root gets the extras that this project's own
+    distribution declares for it (pyproject's `feast[postgres,redis]`), and every requirement on
+    the way brings the extras it names. Without them Feast's Redis online store loses `redis`.
+    """
     from packaging.requirements import Requirement
 
-    seen: set[str] = set()
-    todo = [canonical(root) for root in roots]
+    try:
+        declared_specs = metadata.requires(PROJECT_DISTRIBUTION) or []
+    except metadata.PackageNotFoundError as exc:
+        raise RuntimeError(
+            f"{PROJECT_DISTRIBUTION} is not installed, so the extras it declares are unknown; run `make venv`"
+        ) from exc
+    declared: dict[str, set[str]] = {}
+    for spec in declared_specs:
+        requirement = Requirement(spec)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            declared.setdefault(canonical(requirement.name), set()).update(requirement.extras)
+
+    # (distribution, extra) pairs; "" is the distribution itself.
+    todo: list[tuple[str, str]] = []
+    for root in roots:
+        requirement = Requirement(root)
+        name = canonical(requirement.name)
+        todo += [(name, extra) for extra in {"", *requirement.extras, *declared.get(name, ())}]
+    seen: set[tuple[str, str]] = set()
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
             continue
-        seen.add(name)
+        seen.add((name, extra))
         try:
             requires = metadata.requires(name) or []
         except metadata.PackageNotFoundError:
             continue
         for spec in requires:
             requirement = Requirement(spec)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(canonical(requirement.name))
-    return seen
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(canonical(requirement.name), sub) for sub in {"", *requirement.extras}]
+    return {name for name, _ in seen}
 
 
 def serving_requirements(requirements_txt: Path, roots: Iterable[str] = SERVING_ROOTS) -> list[str]:
@@ -117,11 +141,24 @@ def library_wheel(repo_root: Path, out_dir: Path) -> Path:
     leftovers = [
         p for p in (repo_root / "build", repo_root / "plugins" / "streamflow_mlops.egg-info") if not p.exists()
     ]
+    # uv where there is one (the venv, the Airflow image: its venvs have no pip), else pip.
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    if Path(uv).exists():
+        command = [uv, "build", "--quiet", "--wheel", "--out-dir", str(out_dir), str(repo_root)]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(out_dir),
+            str(repo_root),
+        ]
     try:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out_dir), str(repo_root)],
-            check=True,
-        )
+        subprocess.run(command, check=True)
     finally:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)

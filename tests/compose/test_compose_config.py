@@ -1,10 +1,10 @@
-"""The container mode, checked without a Docker engine.
+"""The compose file, checked with the real `docker compose config` (Compose v2) and no stack running.
 
-`docker-compose config` (Debian's docker-compose v1, which validates and resolves the file with
-no daemon) must accept the compose file with .env.example; the resolved services must all carry
-health checks, publish the contract ports, and reference only files that exist; credentials come
-only from ${VARS} that .env.example declares. The Postgres init script and airflow-init script
-run for real against the test Postgres.
+`docker compose config` must accept the compose file with .env.example; the resolved services
+must all carry health checks, publish the contract ports on 127.0.0.1 unless STREAMFLOW_BIND opens
+them, and reference only files that exist; credentials come only from ${VARS} that .env.example
+declares. The Postgres init script and airflow-init script run for real against the test Postgres.
+Part of `make test-compose`, which brings the engine up first; tests/unit needs no Docker.
 """
 
 from __future__ import annotations
@@ -35,42 +35,29 @@ PLACEHOLDER = "change-me"
 ONE_SHOT = {"airflow-init"}
 # Runtime data, not repository files: the generator (or the user) fills it, Docker creates it.
 RUNTIME_MOUNTS = {REPO / "data" / "drops"}
-CONTRACT_PORTS = {"airflow-apiserver": 8080, "mlflow": 5000, "churn-service": 3000}
+CONTRACT_PORTS = {"airflow-apiserver": 8080, "mlflow": 5000, "churn-service": 3000, "evidently": 8000}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|JWT|TOKEN")
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}")
 
 
-def _install_docker_compose() -> None:
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "docker-compose"], env=env, capture_output=True, timeout=600)
-
-
 @pytest.fixture(scope="session")
-def docker_compose() -> str:
-    """Path of the docker-compose v1 binary, installed from Debian's packages when missing."""
-    if not shutil.which("docker-compose"):
-        _install_docker_compose()
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose is not installed and could not be installed (apt-get install docker-compose)")
-    return binary
+def docker_compose(engine) -> list[str]:
+    return ["docker", "compose"]
 
 
-def _compose(docker_compose: str, *args: str) -> subprocess.CompletedProcess:
-    # A clean environment: the variables must come from .env.example, not from the caller's shell.
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    command = [docker_compose, "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE), *args]
+def _compose(docker_compose: list[str], *args: str, env_file: Path = ENV_EXAMPLE, **environment: str):
+    # A clean environment: the variables must come from the env file, not from the caller's shell.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **environment}
+    command = [*docker_compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def resolved(docker_compose) -> dict:
-    result = _compose(docker_compose, "config")
+    # Compose v2 resolves only the active profiles' services: ask for all of them.
+    result = _compose(docker_compose, "--profile", "celery", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +79,9 @@ def test_config_accepts_env_example_with_and_without_the_celery_profile(docker_c
 def test_config_refuses_a_missing_secret(docker_compose, tmp_path):
     env_file = tmp_path / "env"
     env_file.write_text("\n".join(f"{k}={v}" for k, v in env_example().items() if k != "POSTGRES_PASSWORD"))
-    command = [docker_compose, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--quiet"]
-    result = subprocess.run(command, cwd=REPO, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True)
+    result = _compose(docker_compose, "config", "--quiet", env_file=env_file)
     assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr or ".env.example" in result.stderr
+    assert "POSTGRES_PASSWORD" in result.stderr
 
 
 def test_the_whole_system_is_there(resolved):
@@ -147,10 +133,18 @@ def test_depends_on_waits_for_health_not_just_start(resolved):
             assert rule.get("condition") == wanted, f"{name} -> {dependency}"
 
 
-def test_contract_ports_are_published(resolved):
+def test_contract_ports_are_published_on_localhost_only(resolved):
     for name, port in CONTRACT_PORTS.items():
-        ports = resolved["services"][name]["ports"]
-        assert {"published": port, "target": port} in ports, (name, ports)
+        ports = [(p["host_ip"], int(p["published"]), p["target"]) for p in resolved["services"][name]["ports"]]
+        assert ports == [("127.0.0.1", port, port)], (name, ports)
+
+
+def test_streamflow_bind_opens_every_published_port(docker_compose):
+    result = _compose(docker_compose, "config", "--format", "json", STREAMFLOW_BIND="0.0.0.0")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name in CONTRACT_PORTS:
+        assert {p["host_ip"] for p in services[name]["ports"]} == {"0.0.0.0"}, name
 
 
 def _bind_sources(service: dict) -> list[Path]:
@@ -221,8 +215,44 @@ def test_every_dockerfile_copy_source_exists_in_the_build_context(resolved):
 
 def test_build_context_leaves_out_local_state_and_secrets():
     patterns = _dockerignore_patterns()
-    for path in (".venv", ".env", ".streamflow", "data/drops", "plugins/streamflow_mlops/__pycache__"):
+    for path in (
+        ".venv",
+        ".env",
+        ".git",
+        ".streamflow",
+        "data/drops",
+        "tests",
+        "bench",
+        ".pytest_cache",
+        "plugins/streamflow_mlops/__pycache__",
+        "plugins/streamflow_mlops.egg-info",
+    ):
         assert _ignored(path, patterns), path
+
+
+def test_images_install_the_library_as_a_distribution_not_through_pythonpath():
+    for name in ("airflow.Dockerfile", "churn-service.Dockerfile"):
+        dockerfile = (REPO / "docker" / name).read_text()
+        assert "PYTHONPATH" not in dockerfile, name
+        assert re.search(r"COPY .*pyproject\.toml README\.md", dockerfile), name
+        assert re.search(r"uv pip install .*--no-deps ", dockerfile), name
+    assert "PYTHONPATH" not in COMPOSE_FILE.read_text()
+
+
+def test_the_airflow_image_carries_what_make_bento_reads():
+    # `python -m streamflow_mlops bento` inside the image reads the lock and the bentofile from
+    # STREAMFLOW_REPO, and bundles the library sources from there.
+    dockerfile = (REPO / "docker" / "airflow.Dockerfile").read_text()
+    repo = re.search(r"STREAMFLOW_REPO=(\S+)", dockerfile).group(1)
+    copied = {
+        (source, target.rstrip("/"))
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY")
+        for *sources, target in [[w for w in line.split()[1:] if not w.startswith("--")]]
+        for source in sources
+    }
+    for source, target in (("requirements.txt", repo), ("bentos", f"{repo}/bentos"), ("plugins", f"{repo}/plugins")):
+        assert (source, target) in copied, (source, target)
 
 
 def test_churn_service_serves_the_bento_class():
