@@ -81,9 +81,6 @@ def platform(pg_server, tmp_path_factory):
         "STREAMFLOW_HOME": str(home / "state"),
         "STREAMFLOW_DROPS_DIR": str(home / "drops"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        # configure_mlflow (run by the in-process tasks) exports this one too: set here, so that
-        # undo() removes it again, or a later test's MlflowClient(uri) would read this registry.
-        "MLFLOW_REGISTRY_URI": f"sqlite:///{home / 'mlflow.db'}",
         "BENTOML_HOME": str(home / "bentoml"),
         "AIRFLOW_CONN_STREAMFLOW_WAREHOUSE": warehouse,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": with_driver(replace_database(pg_server, names["airflow"]), "psycopg2"),
