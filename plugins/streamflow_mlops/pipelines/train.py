@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from streamflow_mlops.config.schema import LABEL
+from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
+from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
@@ -24,13 +25,17 @@ if TYPE_CHECKING:
 
 
 def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, Any]:
-    """Score the champion on the challenger's validation rows and decide; the decision, both AUCs,
-    the gain and its bootstrap interval become tags on the challenger version."""
+    """Score the champion on the challenger's evaluation rows (the month's rows of the held-out
+    users, which neither model trained on) and decide; the decision, both AUCs, the gain, its
+    bootstrap interval and the rows that decided (`eval_population`, `eval_rows`) become tags on
+    the challenger version."""
     from sklearn.metrics import roc_auc_score
 
     client = configure_mlflow()
     version = str(challenger["version"])
     rows = validation_rows(challenger["run_id"])
+    if not is_eval_holdout(rows[ENTITY]).all():
+        raise ValueError(f"version {version}'s evaluation rows include users outside the evaluation holdout")
     labels = rows[LABEL].to_numpy()
     challenger_auc = float(roc_auc_score(labels, rows[CHALLENGER_SCORE]))
     champion = champion_version(client)
@@ -59,6 +64,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
         "auc_gain_ci_low": repr(bootstrap.ci_low) if bootstrap else "",
         "auc_gain_ci_high": repr(bootstrap.ci_high) if bootstrap else "",
         "auc_gain_ci_level": repr(bootstrap.confidence) if bootstrap else "",
+        "eval_population": eval_population(challenger["month"]),
+        "eval_rows": str(len(rows)),
     }
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
@@ -73,6 +80,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float) -> dict[str, A
         "champion_auc": _finite(champion_auc),
         "auc_gain": bootstrap.gain if bootstrap else None,
         "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
+        "eval_population": tags["eval_population"],
+        "eval_rows": len(rows),
     }
 
 
