@@ -34,6 +34,11 @@ before only forced a retrain. A month that returns to normal after a retrain on 
 is drift too (0.500): the champion's training data no longer looks like the traffic. Per-feature
 tests are Evidently's defaults above 1,000 rows: normed Wasserstein >= 0.1 for numeric,
 Jensen-Shannon >= 0.1 for categorical.
+
+**Decay** (issue 17): the same task scores the champion on the month's labels it never trained
+on (a `model_performance` row, an Evidently classification report); a realized AUC below the
+champion's own validation AUC by more than `decay_threshold` also retrains. The default's
+measurement (`bench/bench_honest.py`) is in `monitoring/performance.py`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Asset, Param, dag, task
 
 from streamflow_mlops.monitoring.drift import DEFAULT_DRIFT_THRESHOLD
+from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD
 
 FEATURES = Asset("streamflow_features")
 
@@ -68,6 +74,13 @@ FEATURES = Asset("streamflow_features")
             maximum=1,
             description="Share of drifted feature columns that triggers a retrain",
         ),
+        "decay_threshold": Param(
+            DEFAULT_DECAY_THRESHOLD,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Realized AUC below the champion's validation AUC by more than this triggers a retrain",
+        ),
     },
 )
 def streamflow_drift():
@@ -76,7 +89,11 @@ def streamflow_drift():
         from streamflow_mlops.pipelines.drift import run_drift_check
         from streamflow_mlops.pipelines.runs import month_for_run
 
-        return run_drift_check(month_for_run(params, triggering_asset_events), float(params["drift_threshold"]))
+        return run_drift_check(
+            month_for_run(params, triggering_asset_events),
+            float(params["drift_threshold"]),
+            decay_threshold=float(params["decay_threshold"]),
+        )
 
     @task.short_circuit
     def needs_retrain(result: dict) -> bool:

@@ -15,7 +15,7 @@ EXPECTED = {
     "streamflow_ingest": {"month"},
     "streamflow_features": {"month"},
     "streamflow_train": {"month", "seed", "delta"},
-    "streamflow_drift": {"month", "drift_threshold"},
+    "streamflow_drift": {"month", "drift_threshold", "decay_threshold"},
     "streamflow_rollback": {"version", "reason"},
 }
 HEAVY = ("pandas", "sklearn", "mlflow", "feast", "evidently", "great_expectations", "bentoml", "numpy")

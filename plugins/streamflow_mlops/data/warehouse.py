@@ -83,6 +83,27 @@ OPERATIONAL_DDL = [
   report_path TEXT,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
+    # Realized performance (issue 17): one row per evaluated month and model version; as_of is the
+    # labels' as_of; re-evaluating a month replaces its row.
+    f"""CREATE TABLE IF NOT EXISTS {S}.model_performance (
+  month TEXT NOT NULL,
+  as_of DATE NOT NULL,
+  model_name TEXT NOT NULL,
+  model_version TEXT NOT NULL,
+  trained_month TEXT,
+  rows INTEGER NOT NULL,
+  positives INTEGER NOT NULL,
+  auc DOUBLE PRECISION NOT NULL,
+  pr_auc DOUBLE PRECISION NOT NULL,
+  lift_at_10 DOUBLE PRECISION NOT NULL,
+  brier DOUBLE PRECISION NOT NULL,
+  mean_score DOUBLE PRECISION NOT NULL,
+  churn_rate DOUBLE PRECISION NOT NULL,
+  validation_auc DOUBLE PRECISION,
+  report_path TEXT,
+  evaluated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (month, model_version)
+)""",
 ]
 
 
