@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
-from streamflow_mlops.config.schema import ENTITY, LABEL
+from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
@@ -107,9 +107,14 @@ def log_challenger(
     if truth is not None:
         ceiling = best_achievable_auc(truth, trained.val)
         extra_metrics = {"best_achievable_auc": ceiling, "val_auc_vs_best": trained.metrics["val_auc"] / ceiling}
-    return log_trained_model(
+    challenger = log_trained_model(
         trained, month=month, as_of=as_of, feature_service=feature_service, extra_metrics=extra_metrics
     )
+    # With a label lag the month's training rows are an earlier period's: realized performance
+    # compares this date with the labels of later months (pipelines/performance.py).
+    labels_as_of = pd.Timestamp(trained.train[TIMESTAMP].max()).date().isoformat()
+    configure_mlflow().set_model_version_tag(REGISTERED_MODEL, challenger["version"], "labels_as_of", labels_as_of)
+    return {**challenger, "labels_as_of": labels_as_of}
 
 
 def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
