@@ -11,6 +11,7 @@ from streamflow_mlops.monitoring.drift import MONITORING_EXPERIMENT, drift_gate
 from streamflow_mlops.monitoring.performance import combine_gates, decay_gate
 from streamflow_mlops.pipelines.drift import run_drift_check
 from streamflow_mlops.pipelines.performance import realized_performance
+from streamflow_mlops.platform.demo import realized_lines
 from tests.conftest import load_months
 from tests.integration.test_drift_check import register_champion
 
@@ -59,3 +60,5 @@ def test_champion_is_scored_on_later_labels_recorded_once_and_gated(stack_env, t
     [row] = realized_performance(stack_env.db_url, "month_001")
     assert row["model_version"] == version and row["rows"] == USERS
     assert row["auc"] == pytest.approx(performance["auc"]) and row["validation_auc"] == performance["validation_auc"]
+    [line] = realized_lines(stack_env)
+    assert line.startswith(f"champion v{version} (trained month_000) on month_001: realized AUC {row['auc']:.3f}")
