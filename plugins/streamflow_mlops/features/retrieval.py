@@ -61,9 +61,9 @@ def labels_as_of(month: str | int, settings: Settings | None = None) -> datetime
 def build_training_set(
     month: str | int, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:
-    """Point-in-time training set: the newest labels known at the month's as_of (`labels_as_of`),
-    every feature of the FeatureService as of the labels' own as_of (nothing later), and
-    `churn_label`. Columns: user_id, as_of (the labels'), features in the service's order, churn_label."""
+    """Point-in-time training set: the labels the month's drop brought (`labels_as_of`), every
+    feature of the FeatureService as of the labels' own as_of (nothing later), and `churn_label`.
+    Columns: user_id, as_of (the labels'), features in the service's order, churn_label."""
     as_of = labels_as_of(month, settings)
     frame = _historical(_entity_query("labels", as_of, [LABEL]), feature_service_name, settings)
     if frame.empty:
