@@ -38,6 +38,11 @@ before only forced a retrain. A month that returns to normal after a retrain on 
 is drift too (0.500): the champion's training data no longer looks like the traffic. Per-feature
 tests are Evidently's defaults above 1,000 rows: normed Wasserstein >= 0.1 for numeric,
 Jensen-Shannon >= 0.1 for categorical.
+
+**Decay** (issue 17): the same task scores the champion on the month's labels it never trained
+on (a `model_performance` row, an Evidently classification report); a realized AUC below the
+champion's own validation AUC by more than `decay_threshold` also retrains. The default's
+measurement (`bench/bench_honest.py`) is in `monitoring/performance.py`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from streamflow_mlops.monitoring.drift import DEFAULT_DRIFT_THRESHOLD
+from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD
 from streamflow_mlops.pipelines.dag_defaults import (
     FEATURES,
     RETRAIN_REQUEST,
@@ -67,6 +73,13 @@ from streamflow_mlops.pipelines.dag_defaults import (
             maximum=1,
             description="Share of drifted feature columns that triggers a retrain",
         ),
+        "decay_threshold": Param(
+            DEFAULT_DECAY_THRESHOLD,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Realized AUC below the champion's validation AUC by more than this triggers a retrain",
+        ),
     },
     **dag_defaults("monitoring", "evidently"),
 )
@@ -75,8 +88,11 @@ def streamflow_drift():
     def measure_drift(params=None, triggering_asset_events=None) -> dict:
         from streamflow_mlops.pipelines.drift import run_drift_check
 
-        threshold = finite_number(params, "drift_threshold")
-        return run_drift_check(run_month(params, triggering_asset_events), threshold)
+        return run_drift_check(
+            run_month(params, triggering_asset_events),
+            finite_number(params, "drift_threshold"),
+            decay_threshold=finite_number(params, "decay_threshold"),
+        )
 
     @task.short_circuit
     def needs_retrain(result: dict) -> bool:

@@ -16,25 +16,28 @@ def _generate(args: argparse.Namespace) -> None:
     from streamflow_mlops.synthetic.generate import BREAKAGES, NO_DRIFT, Drift, DropSpec, default_drift, write_drop
 
     out = Path(args.out) if args.out else get_settings().drops_dir
-    for month in range(args.start, args.start + args.months):
+
+    def drift_of(month: int) -> Drift:
         drift = default_drift(month) if args.drift == "default" else NO_DRIFT
-        drift = replace(
-            drift,
-            **{
-                k: v
-                for k, v in (
-                    ("fee_rise", args.fee_rise),
-                    ("usage_drop", args.usage_drop),
-                    ("rebuffer_factor", args.rebuffer_factor),
-                )
-                if v is not None
-            },
+        overrides = (
+            ("fee_rise", args.fee_rise),
+            ("usage_drop", args.usage_drop),
+            ("rebuffer_factor", args.rebuffer_factor),
         )
-        spec = DropSpec(month=month, users=args.users, seed=args.seed, drift=drift, broken=args.broken)
+        return replace(drift, **{k: v for k, v in overrides if v is not None})
+
+    for month in range(args.start, args.start + args.months):
+        drift = drift_of(month)
+        spec = DropSpec(
+            month=month, users=args.users, seed=args.seed, drift=drift, broken=args.broken, label_lag=args.label_lag
+        )
+        spec = replace(spec, labelled_drift=drift_of(spec.labelled_month))
         started = time.perf_counter()
         folder = write_drop(spec, out, Path(args.telco) if args.telco else None)
         note = f", broken: {BREAKAGES[args.broken]}" if args.broken else ""
         drifted = "" if drift == Drift() else f", drift {drift}"
+        if args.label_lag:
+            note += f", labels as_of {spec.labels_as_of}"
         print(
             f"{folder}: {args.users:,} users, as_of {spec.as_of}{drifted}{note} ({time.perf_counter() - started:.1f}s)"
         )
@@ -97,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--fee-rise", type=float, help="override: relative fee rise, e.g. 0.15")
     gen.add_argument("--usage-drop", type=float, help="override: relative usage drop, e.g. 0.3")
     gen.add_argument("--rebuffer-factor", type=float, help="override: rebuffering multiplier, e.g. 2")
+    gen.add_argument(
+        "--label-lag",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="1: each month's labels.csv holds the previous month's outcomes (manifest labels_as_of); default 0",
+    )
     gen.add_argument(
         "--broken",
         help="write a deliberately broken batch: negative_fee, unknown_net_service, "

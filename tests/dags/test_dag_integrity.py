@@ -15,7 +15,7 @@ EXPECTED = {
     "streamflow_ingest": {"month", "force"},
     "streamflow_features": {"month", "force"},
     "streamflow_train": {"month", "seed", "delta", "force"},
-    "streamflow_drift": {"month", "drift_threshold"},
+    "streamflow_drift": {"month", "drift_threshold", "decay_threshold"},
     "streamflow_rollback": {"version", "reason"},
     "streamflow_score": {"month", "top_k"},
 }

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamflow_mlops.config.holdout import is_eval_holdout
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
 from streamflow_mlops.model.bento_import import bento_model_store
-from streamflow_mlops.model.registry import UnknownVersionError, bento_tag
+from streamflow_mlops.model.registry import UnknownVersionError, bento_tag, validation_rows
 from streamflow_mlops.model.tracking import configure_mlflow
 from streamflow_mlops.model.training import TrainedModel, frame_from_tables, train_model
 from streamflow_mlops.pipelines.champion import promote_and_import, rollback_champion
@@ -96,6 +97,10 @@ def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
     tags = version_tags(client, strong["version"])
     for key in ("challenger_auc", "champion_auc", "auc_gain", "auc_gain_ci_low", "auc_gain_ci_high", "reason"):
         assert tags[key], key
+    # Issue 17: the rows that decided are the month's rows of the held-out users, unseen by both.
+    assert tags["eval_population"] == "holdout-20%:month_000" and int(tags["eval_rows"]) == better["eval_rows"]
+    decided = set(validation_rows(strong["run_id"])["user_id"])
+    assert len(decided) == better["eval_rows"] and is_eval_holdout(sorted(decided)).all()
     promoted = promote_and_import(better)
     assert promoted["previous_version"] == weak["version"]
     assert champion(client) == strong["version"]

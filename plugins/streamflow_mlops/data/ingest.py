@@ -75,6 +75,19 @@ def read_manifest(folder: Path, month: str) -> tuple[date | None, str | None]:
     return date.fromisoformat(str(manifest["as_of"])), None
 
 
+def read_labels_as_of(folder: Path, as_of: date) -> tuple[date, str | None]:
+    """The as_of the drop's labels belong to: the manifest's `labels_as_of`, else the drop's own
+    as_of (the default layout); outcomes of a period after the drop's as_of cannot be known yet."""
+    try:
+        text = json.loads((folder / "manifest.json").read_text()).get("labels_as_of")
+        labels_as_of = date.fromisoformat(text) if text else as_of
+    except (ValueError, TypeError, AttributeError) as exc:
+        return as_of, f"manifest.json has no valid labels_as_of: {exc!r}"
+    if labels_as_of > as_of:
+        return as_of, f"manifest.json labels_as_of {labels_as_of} is after the drop's as_of {as_of}"
+    return labels_as_of, None
+
+
 def file_digests(folder: Path) -> dict[str, str | None]:
     return {
         t.file: hashlib.sha256((folder / t.file).read_bytes()).hexdigest() if (folder / t.file).is_file() else None
@@ -110,13 +123,14 @@ def record_run(
     report_path: str | None,
     started_at: datetime,
     digest: str | None = None,
+    labels_as_of: date | None = None,
 ) -> int:
     """Insert one `ingestion_runs` row in the caller's transaction; returns its run_id."""
     return conn.execute(
         f"INSERT INTO {WAREHOUSE_SCHEMA}.ingestion_runs "
-        "(month, as_of, status, row_counts, failed_expectations, report_path, started_at, drop_digest) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
-        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at, digest),
+        "(month, as_of, status, row_counts, failed_expectations, report_path, started_at, drop_digest, labels_as_of) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
+        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at, digest, labels_as_of),
     ).fetchone()[0]
 
 
@@ -144,6 +158,9 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no drop folder {folder} (STREAMFLOW_DROPS_DIR={settings.drops_dir})")
     as_of, manifest_issue = read_manifest(folder, month)
+    labels_as_of = as_of
+    if as_of is not None and not manifest_issue:
+        labels_as_of, manifest_issue = read_labels_as_of(folder, as_of)
     validation = validate_drop(folder, settings.expectations_dir)
     if manifest_issue:
         validation.success = False
@@ -157,6 +174,7 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
     return {
         "month": month,
         "as_of": as_of.isoformat(),
+        "labels_as_of": labels_as_of.isoformat(),
         "folder": str(folder),
         "sha256": validation.sha256,
         "row_counts": validation.row_counts,
@@ -231,8 +249,9 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
+                labels_as_of = date.fromisoformat(validated.get("labels_as_of") or validated["as_of"])
                 changed = force or last_loaded_digest(conn, month) != digest
-                counts = load_drop(conn, folder, as_of) if changed else dict(validated["row_counts"])
+                counts = load_drop(conn, folder, as_of, labels_as_of) if changed else dict(validated["row_counts"])
                 run_id = record_run(
                     conn,
                     month=month,
@@ -243,6 +262,7 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
                     report_path=None,
                     started_at=started_at,
                     digest=digest,
+                    labels_as_of=labels_as_of,
                 )
         except Exception as exc:
             _record_failure(conn, month, as_of, started_at, exc)

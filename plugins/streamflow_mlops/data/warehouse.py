@@ -13,6 +13,7 @@ from psycopg import sql
 from streamflow_mlops.config.schema import (
     ENTITY,
     FEATURE_GROUPS,
+    LABELS,
     RAW_TABLES,
     SQL_TYPES,
     TIMESTAMP,
@@ -102,6 +103,30 @@ OPERATIONAL_DDL = [
   report_path TEXT,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
+    # Realized performance (issue 17): one row per evaluated month and model version; as_of is the
+    # labels' as_of; re-evaluating a month replaces its row.
+    f"""CREATE TABLE IF NOT EXISTS {S}.model_performance (
+  month TEXT NOT NULL,
+  as_of DATE NOT NULL,
+  model_name TEXT NOT NULL,
+  model_version TEXT NOT NULL,
+  trained_month TEXT,
+  rows INTEGER NOT NULL,
+  positives INTEGER NOT NULL,
+  auc DOUBLE PRECISION NOT NULL,
+  pr_auc DOUBLE PRECISION NOT NULL,
+  lift_at_10 DOUBLE PRECISION NOT NULL,
+  brier DOUBLE PRECISION NOT NULL,
+  mean_score DOUBLE PRECISION NOT NULL,
+  churn_rate DOUBLE PRECISION NOT NULL,
+  validation_auc DOUBLE PRECISION,
+  report_path TEXT,
+  evaluated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (month, model_version)
+)""",
+    # Label lag (issue 17): which labels a month's drop brought, so a month's training set is
+    # built from its own drop's labels and never from a later drop's.
+    f"ALTER TABLE {S}.ingestion_runs ADD COLUMN IF NOT EXISTS labels_as_of DATE",
 ]
 
 
@@ -261,9 +286,11 @@ def _swap_in(conn: psycopg.Connection, part: _Partition) -> None:
     )
 
 
-def load_drop(conn: psycopg.Connection, folder: Path, as_of: date) -> dict[str, int]:
+def load_drop(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of: date | None = None) -> dict[str, int]:
     """Replace the rows of `as_of` in every raw and snapshot table with the drop's, in the caller's
     transaction; returns row counts per table. Idempotent: the same drop always leaves the same rows.
+    The labels go under their own `labels_as_of` (a drop with a label lag brings an earlier
+    period's outcomes; by default the drop's as_of).
 
     Each table's month is built as a new standalone table (COPY, then the primary key in one
     sort), then swapped in for the month's old partition at the end, so readers of other months
@@ -275,8 +302,10 @@ def load_drop(conn: psycopg.Connection, folder: Path, as_of: date) -> dict[str, 
     # rows arrive by COPY: in memory, not in temp-file batches.
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     conn.execute("SET LOCAL work_mem = '128MB'")
-    day = sql.Literal(as_of)
-    raw = {t.name: _Partition(t.name, partition_name(t.name, as_of), day) for t in RAW_TABLES}
+    days = {t.name: as_of for t in RAW_TABLES} | {LABELS.name: labels_as_of or as_of}
+    raw = {
+        t.name: _Partition(t.name, partition_name(t.name, days[t.name]), sql.Literal(days[t.name])) for t in RAW_TABLES
+    }
     for t in RAW_TABLES:
         counts[t.name] = _copy_raw(conn, t, folder / t.file, raw[t.name])
         # Without statistics the planner guessed 5e9 rows for the 1M x 1M profile join and chose

@@ -23,6 +23,12 @@ from streamflow_mlops.monitoring.drift import (
     month_older_than_champion,
     save_reports,
 )
+from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD, combine_gates, decay_gate
+from streamflow_mlops.pipelines.performance import (
+    measure_realized_performance,
+    performance_artifacts,
+    performance_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,8 @@ def record_drift_report(db_url: str, row: dict[str, Any]) -> None:
 
 
 def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: float, reports: Sequence[Path]) -> str:
-    """One MLflow run per check in `streamflow_monitoring`: params, drift metrics, the HTML reports."""
+    """One MLflow run per check in `streamflow_monitoring`: params, drift and realized-performance
+    metrics, the HTML reports."""
     from mlflow import MlflowClient
 
     uri = settings.mlflow_tracking_uri
@@ -108,14 +115,25 @@ def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: fl
             client.log_metric(run_id, f"prediction_drift_{key}", summary["score"])
     for path in reports:
         client.log_artifact(run_id, str(path), artifact_path="drift_reports")
+    performance = result.get("performance", {})
+    for key, value in performance_metrics(performance).items():
+        client.log_metric(run_id, key, value)
+    for path in performance_artifacts(performance):
+        client.log_artifact(run_id, str(path), artifact_path="performance_reports")
     client.set_terminated(run_id)
     return run_id
 
 
-def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, settings: Settings | None = None) -> dict:
-    """Compare `month` with the champion's training month, decide, keep the report; returns the
-    decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
-    prediction_drift, decision, reason, report_path, mlflow_run_id)."""
+def run_drift_check(
+    month: str,
+    threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    settings: Settings | None = None,
+    decay_threshold: float = DEFAULT_DECAY_THRESHOLD,
+) -> dict:
+    """Compare `month` with the champion's training month, measure the champion's realized
+    performance on the month's labels, decide (drift or decay retrains), keep the reports; returns
+    the decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
+    prediction_drift, performance, decision, reason, report_path, mlflow_run_id)."""
     settings = settings or get_settings()
     champion = find_champion(settings)
     result: dict[str, Any] = {
@@ -171,12 +189,21 @@ def run_drift_check(month: str, threshold: float = DEFAULT_DRIFT_THRESHOLD, sett
             report_path=str(paths["data"]),
         )
     decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
-    result.update(decision=decision, reason=reason)
+    # Issue 17: realized performance on labels the champion never saw; decay retrains like drift.
+    performance = measure_realized_performance(month, champion.version if champion else None, settings)
+    if champion is not None:
+        decay = decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)
+        decision, reason = combine_gates((decision, reason), decay)
+    result.update(decision=decision, reason=reason, performance=performance)
     result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
     if champion is not None:
-        from streamflow_mlops.monitoring.dashboard import add_drift_snapshot
+        from streamflow_mlops.config.months import month_as_of_ts
+        from streamflow_mlops.monitoring.dashboard import add_drift_snapshot, add_performance_snapshot
 
         result["dashboard_snapshot"] = add_drift_snapshot(month, drift.snapshots["data"], settings)
+        if performance.get("status") == "measured":
+            realized = {"realized_auc": performance["auc"], "realized_pr_auc": performance["pr_auc"]}
+            add_performance_snapshot(month, month_as_of_ts(month), realized | {"brier": performance["brier"]}, settings)
     record_drift_report(settings.db_url, result)
     log.info(
         "%s vs %s: drift share %s, drifted %s -> %s (%s)",

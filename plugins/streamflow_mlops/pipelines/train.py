@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from streamflow_mlops.config.schema import LABEL
+from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
+from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import Decision, paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
@@ -30,8 +31,10 @@ class ChampionUnscorableError(RuntimeError):
 
 
 def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = False) -> dict[str, Any]:
-    """Score the champion on the challenger's validation rows and decide; the decision, both AUCs,
-    the gain and its bootstrap interval become tags on the challenger version.
+    """Score the champion on the challenger's evaluation rows (the month's rows of the held-out
+    users, which neither model trained on) and decide; the decision, both AUCs, the gain, its
+    bootstrap interval and the rows that decided (`eval_population`, `eval_rows`) become tags on
+    the challenger version.
 
     A challenger trained on a month older than the champion's is kept out unless `force`; a
     champion that can't be scored keeps its place and fails the run (ChampionUnscorableError),
@@ -41,6 +44,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
     client = configure_mlflow()
     version = str(challenger["version"])
     rows = validation_rows(challenger["run_id"])
+    if not is_eval_holdout(rows[ENTITY]).all():
+        raise ValueError(f"version {version}'s evaluation rows include users outside the evaluation holdout")
     labels = rows[LABEL].to_numpy()
     challenger_auc = float(roc_auc_score(labels, rows[CHALLENGER_SCORE]))
     champion = champion_version(client)
@@ -72,6 +77,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
         "auc_gain_ci_low": repr(bootstrap.ci_low) if bootstrap else "",
         "auc_gain_ci_high": repr(bootstrap.ci_high) if bootstrap else "",
         "auc_gain_ci_level": repr(bootstrap.confidence) if bootstrap else "",
+        "eval_population": eval_population(challenger["month"]),
+        "eval_rows": str(len(rows)),
     }
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
@@ -91,6 +98,8 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
         "champion_auc": _finite(champion_auc),
         "auc_gain": bootstrap.gain if bootstrap else None,
         "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
+        "eval_population": tags["eval_population"],
+        "eval_rows": len(rows),
     }
 
 
@@ -116,9 +125,14 @@ def log_challenger(
     if truth is not None:
         ceiling = best_achievable_auc(truth, trained.val)
         extra_metrics = {"best_achievable_auc": ceiling, "val_auc_vs_best": trained.metrics["val_auc"] / ceiling}
-    return log_trained_model(
+    challenger = log_trained_model(
         trained, month=month, as_of=as_of, feature_service=feature_service, extra_metrics=extra_metrics
     )
+    # With a label lag the month's training rows are an earlier period's: realized performance
+    # compares this date with the labels of later months (pipelines/performance.py).
+    labels_as_of = pd.Timestamp(trained.train[TIMESTAMP].max()).date().isoformat()
+    configure_mlflow().set_model_version_tag(REGISTERED_MODEL, challenger["version"], "labels_as_of", labels_as_of)
+    return {**challenger, "labels_as_of": labels_as_of}
 
 
 def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:

@@ -231,6 +231,7 @@ def lifecycle_summary(settings: Settings) -> list[str]:
             "GROUP BY month ORDER BY month"
         ):
             lines.append(f"scores {month}: {users} users by model v{version}, riskiest {top:.3f}")
+    lines.extend(realized_lines(settings))
     client = MlflowClient(settings.mlflow_tracking_uri)
     # search_model_versions leaves `aliases` empty; ask for the alias itself.
     champion = _champion_version(settings)
@@ -241,6 +242,21 @@ def lifecycle_summary(settings: Settings) -> list[str]:
         lines.append(
             f"model v{mv.version}{aliases} ({tags.get('month')}): val_auc {auc:.3f}, "
             f"decision {tags.get('decision')}: {tags.get('reason')}"
+        )
+    return lines
+
+
+def realized_lines(settings: Settings) -> list[str]:
+    """One line per `model_performance` row: the champion against labels it never trained on."""
+    from streamflow_mlops.pipelines.performance import realized_performance
+
+    lines = []
+    for row in realized_performance(settings.db_url):
+        validation = "n/a" if row["validation_auc"] is None else f"{row['validation_auc']:.3f}"
+        lines.append(
+            f"champion v{row['model_version']} (trained {row['trained_month']}) on {row['month']}: realized AUC "
+            f"{row['auc']:.3f} (validation {validation}), PR-AUC {row['pr_auc']:.3f}, lift@10% "
+            f"{row['lift_at_10']:.2f}, Brier {row['brier']:.3f}, {row['rows']} labelled rows as_of {row['as_of']}"
         )
     return lines
 

@@ -4,6 +4,12 @@ Each drop `month_NNN/` holds the six raw CSVs, `manifest.json` with its `as_of`,
 `_truth.csv` with every user's true churn probability (never read by the pipeline; it gives
 the best achievable AUC). The same population is followed month to month: profile traits are
 drawn once per user, behaviour (usage, payments, support) is drawn afresh each month.
+
+Label lag (`label_lag=1`, `generate --label-lag 1`): month M's `labels.csv` holds the outcomes of
+the period that started at month M-1's as_of (the same draws month M-1 would carry with lag 0),
+the manifest says `labels_as_of`, and `_truth.csv` holds the probabilities of that period. The
+first `label_lag` months have no earlier period: they carry their own period's labels, the
+labelled history a platform starts from. With lag 0 the drops are byte for byte as before.
 """
 
 from __future__ import annotations
@@ -64,6 +70,9 @@ class DropSpec:
     seed: int = 42
     drift: Drift = field(default_factory=Drift)
     broken: str | None = None
+    label_lag: int = 0
+    # The drift of the month whose outcomes `labels.csv` holds (with a label lag, an earlier one).
+    labelled_drift: Drift = field(default_factory=Drift)
 
     @property
     def name(self) -> str:
@@ -72,6 +81,15 @@ class DropSpec:
     @property
     def as_of(self) -> date:
         return month_as_of(self.month)
+
+    @property
+    def labelled_month(self) -> int:
+        """The month whose period `labels.csv` labels: `label_lag` months back, or its own for the first ones."""
+        return self.month - self.label_lag if self.month >= self.label_lag else self.month
+
+    @property
+    def labels_as_of(self) -> date:
+        return month_as_of(self.labelled_month)
 
 
 def user_ids(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -197,14 +215,22 @@ def _intercept(logit: np.ndarray, rate: float) -> float:
     return (lo + hi) / 2
 
 
+def _churn(pop: dict[str, np.ndarray], month: int, seed: int, drift: Drift) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A month's behaviour and every user's true churn probability for the period starting at its as_of."""
+    # The intercept is fixed on the undrifted month, so drift really moves the churn rate.
+    reference = churn_logit(pop, _behaviour(pop, month, seed, NO_DRIFT))
+    beh = _behaviour(pop, month, seed, drift)
+    prob = 1 / (1 + np.exp(-(churn_logit(pop, beh) + _intercept(reference, TARGET_CHURN_RATE))))
+    return beh, prob
+
+
 def build_drop(spec: DropSpec, telco_csv: Path | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The raw tables of a month and its truth, as DataFrames (no I/O besides the Telco CSV)."""
     pop = _population(spec.users, spec.seed, telco_csv)
-    # The intercept is fixed on the undrifted month, so drift really moves the churn rate.
-    reference = churn_logit(pop, _behaviour(pop, spec.month, spec.seed, NO_DRIFT))
-    beh = _behaviour(pop, spec.month, spec.seed, spec.drift)
-    prob = 1 / (1 + np.exp(-(churn_logit(pop, beh) + _intercept(reference, TARGET_CHURN_RATE))))
-    label = (np.random.default_rng([spec.seed, 2, spec.month]).random(spec.users) < prob).astype(np.int64)
+    beh, prob = _churn(pop, spec.month, spec.seed, spec.drift)
+    if spec.labelled_month != spec.month:
+        _, prob = _churn(pop, spec.labelled_month, spec.seed, spec.labelled_drift)
+    label = (np.random.default_rng([spec.seed, 2, spec.labelled_month]).random(spec.users) < prob).astype(np.int64)
     columns = {**pop, **beh, LABEL: label}
     tables = {t.name: pd.DataFrame({c: columns[c] for c in t.column_names}) for t in RAW_TABLES}
     truth = pd.DataFrame({ENTITY: pop[ENTITY], "churn_probability": np.round(prob, 6)})
@@ -258,6 +284,8 @@ def write_drop(spec: DropSpec, out_dir: Path, telco_csv: Path | None = None) -> 
         "broken": spec.broken,
         "files": sorted(f"{name}.csv" for name in tables),
     }
+    if spec.label_lag:
+        manifest.update(label_lag=spec.label_lag, labels_as_of=spec.labels_as_of.isoformat())
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("wrote %s (%d users, as_of %s)", folder, spec.users, spec.as_of)
     return folder

@@ -1,0 +1,154 @@
+"""Realized performance of the champion on a month's labels it never trained on (called by the drift check).
+
+With the default layout a month's labels are the outcomes of the period that starts at its
+as_of, so a champion trained on an earlier month meets them for the first time: its scores on
+those rows (features point-in-time at the labels' as_of, through the FeatureService) against the
+labels are its realized performance. A champion trained on the same labels is not scored (that
+would be its training set). Each evaluation is one `model_performance` row, keyed by (month,
+model version), an Evidently classification report and a reliability table next to the drift
+report, and metrics on the drift check's MLflow monitoring run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
+from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
+from streamflow_mlops.monitoring.drift import SCORE_COLUMN
+from streamflow_mlops.monitoring.performance import performance_report, realized_metrics, reliability_table
+
+log = logging.getLogger(__name__)
+
+PERFORMANCE_COLUMNS = (
+    "month", "as_of", "model_name", "model_version", "trained_month", "rows", "positives", "auc", "pr_auc",
+    "lift_at_10", "brier", "mean_score", "churn_rate", "validation_auc", "report_path", "evaluated_at",
+)  # fmt: skip
+# What the monitoring run logs as metrics (prefixed `realized_`).
+LOGGED_METRICS = ("auc", "pr_auc", "lift_at_10", "brier", "rows")
+
+
+def trained_labels_as_of(tags: dict[str, str]) -> date:
+    """The as_of of the labels a version trained on (`labels_as_of`, else its month's `as_of`)."""
+    return date.fromisoformat(tags.get("labels_as_of") or tags["as_of"])
+
+
+def record_performance(db_url: str, row: dict[str, Any]) -> None:
+    """Upsert the (month, model version) row: a re-run replaces it, never adds a second."""
+    import psycopg
+
+    columns = [c for c in PERFORMANCE_COLUMNS if c != "evaluated_at"]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in ("month", "model_version"))
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            f"INSERT INTO {WAREHOUSE_SCHEMA}.model_performance ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT (month, model_version) DO UPDATE SET {updates}, evaluated_at = now()",
+            [row[c] for c in columns],
+        )
+
+
+def realized_performance(db_url: str, month: str | None = None) -> list[dict[str, Any]]:
+    """Every `model_performance` row (of one month when given), oldest month first: what a
+    dashboard or a report reads (`add_performance_snapshot(row["month"], row["as_of"], row)`)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    where, args = ("WHERE month = %s", (month,)) if month else ("", ())
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        return conn.execute(
+            f"SELECT {', '.join(PERFORMANCE_COLUMNS)} FROM {WAREHOUSE_SCHEMA}.model_performance {where} "
+            "ORDER BY month, model_version::int",
+            args,
+        ).fetchall()
+
+
+def save_performance_report(
+    labelled: Any, threshold: float, reliability: list[dict], directory: Path, stem: str
+) -> dict:
+    """Evidently's classification report as `<stem>.html`, the reliability table as
+    `<stem>_reliability.json`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    html = directory / f"{stem}.html"
+    performance_report(labelled, threshold).save_html(str(html))
+    table = directory / f"{stem}_reliability.json"
+    table.write_text(json.dumps(reliability, indent=1) + "\n")
+    return {"report": html, "reliability": table}
+
+
+def measure_realized_performance(month: str, champion_version: str | None, settings: Settings) -> dict[str, Any]:
+    """Score the champion on the month's labelled rows when it did not train on them, record and
+    report it; returns `{"status": "measured" | "skipped", "reason", ...metrics}` (JSON-able)."""
+    if champion_version is None:
+        return {"status": "skipped", "reason": "no champion yet"}
+    import mlflow.sklearn
+
+    from streamflow_mlops.features.retrieval import build_training_set
+    from streamflow_mlops.model.registry import model_uri
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    tags = configure_mlflow(settings).get_model_version(REGISTERED_MODEL, champion_version).tags
+    trained_as_of = trained_labels_as_of(tags)
+    try:
+        rows = build_training_set(month, tags.get("feature_service") or FEATURE_SERVICE, settings)
+    except ValueError as error:
+        return {"status": "skipped", "reason": f"no labels to evaluate: {error}"}
+    labels_as_of = rows[TIMESTAMP].max().date()
+    if labels_as_of <= trained_as_of:
+        reason = (
+            f"champion v{champion_version} trained on labels as_of {trained_as_of}; "
+            f"{month}'s labels (as_of {labels_as_of}) are not later"
+        )
+        return {"status": "skipped", "reason": reason}
+    pipeline = mlflow.sklearn.load_model(model_uri(champion_version))
+    needed = list(pipeline.feature_names_in_)
+    scores = pipeline.predict_proba(rows[needed])[:, 1]
+    labels = rows[LABEL].to_numpy()
+    metrics = realized_metrics(labels, scores)
+    validation_auc = float(tags["val_auc"]) if tags.get("val_auc") else None
+    stem = f"performance_{month}_v{champion_version}"
+    labelled = rows[[ENTITY, LABEL]].assign(**{SCORE_COLUMN: scores})
+    paths = save_performance_report(
+        labelled, float(tags.get("threshold", 0.5)), reliability_table(labels, scores),
+        settings.reports_dir / "performance", stem,
+    )  # fmt: skip
+    row = {
+        "month": month,
+        "as_of": labels_as_of,
+        "model_name": REGISTERED_MODEL,
+        "model_version": str(champion_version),
+        "trained_month": tags.get("month"),
+        **metrics,
+        "validation_auc": validation_auc,
+        "report_path": str(paths["report"]),
+    }
+    record_performance(settings.db_url, row)
+    log.info(
+        "champion v%s (trained %s) on %s: realized AUC %.4f (validation %s) on %d rows",
+        champion_version, tags.get("month"), month, metrics["auc"], validation_auc, metrics["rows"],
+    )  # fmt: skip
+    return {
+        "status": "measured",
+        "reason": f"{metrics['rows']} labelled rows as_of {labels_as_of}, unseen by v{champion_version}",
+        **row,
+        "as_of": labels_as_of.isoformat(),
+        "reliability_path": str(paths["reliability"]),
+    }
+
+
+def performance_artifacts(performance: dict[str, Any]) -> list[Path]:
+    """The files of a measured performance, for the monitoring run."""
+    if performance.get("status") != "measured":
+        return []
+    return [Path(performance["report_path"]), Path(performance["reliability_path"])]
+
+
+def performance_metrics(performance: dict[str, Any]) -> dict[str, float]:
+    """`realized_*` metrics of a measured performance, for the monitoring run."""
+    if performance.get("status") != "measured":
+        return {}
+    return {f"realized_{name}": float(performance[name]) for name in LOGGED_METRICS}
