@@ -7,10 +7,11 @@ says retrain): the month comes from the asset event's `extra`. Run by hand, it t
 champion and the later promotion would silently win.
 
 1. Point-in-time training set from Feast (the `churn_model_v1` FeatureService) for the month's
-   `as_of`, joined with labels; stratified split seeded by `seed`; a scikit-learn Pipeline
-   (preprocessing + classifier) logged whole to MLflow (experiment `streamflow`) and registered
-   as a version of `streamflow_churn`.
-2. The champion (alias `champion`) is scored on exactly the challenger's validation rows.
+   `as_of`, joined with labels; the month's rows of the evaluation holdout (20% of users, by a
+   hash of `user_id`, that no model ever trains on) are kept aside, the threshold comes from
+   out-of-fold scores of the training rows; a scikit-learn Pipeline (preprocessing + classifier)
+   logged whole to MLflow (experiment `streamflow`) and registered as a version of `streamflow_churn`.
+2. The champion (alias `champion`) is scored on exactly the challenger's evaluation rows.
    `should_promote`: no champion -> promote; otherwise the AUC gain must be >= `delta` and a
    seeded paired bootstrap must say the gain is not noise. Both AUCs, the gain, its confidence
    interval, the decision and its reason are tags on the challenger version.
