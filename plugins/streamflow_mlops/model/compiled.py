@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamflow_mlops.model.reasons import linear_contributions
+from streamflow_mlops.model.reasons import linear_contributions, transformer_steps
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,6 @@ def classifier_scores(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
 def compile_pipeline(pipeline: Any) -> ArrayPipeline | None:
     """The numpy-only equivalent of a fitted `Pipeline(ColumnTransformer, ..., classifier)`, or None."""
     from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
     steps = [step for _, step in getattr(pipeline, "steps", []) if step not in (None, "passthrough")]
@@ -302,12 +301,7 @@ def compile_pipeline(pipeline: Any) -> ArrayPipeline | None:
         columns = tuple(names[item] if isinstance(item, int | np.integer) else item for item in selected)
         if not all(isinstance(column, str) for column in columns):
             return None
-        if transformer == "passthrough":
-            branch_steps: list[Any] = []
-        elif isinstance(transformer, Pipeline):
-            branch_steps = [step for _, step in transformer.steps if step not in (None, "passthrough")]
-        else:
-            branch_steps = [transformer]
+        branch_steps = transformer_steps(transformer)
         encode: Callable[[Sequence[Mapping[str, Any]], tuple[str, ...]], np.ndarray] | None = float_rows
         if branch_steps and isinstance(branch_steps[0], OneHotEncoder):
             encode = one_hot_rows(branch_steps.pop(0))

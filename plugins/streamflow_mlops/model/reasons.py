@@ -64,6 +64,17 @@ class LogitContributions:
         return encoded @ self.weights + self.intercept
 
 
+def transformer_steps(transformer: Any) -> list[Any]:
+    """A ColumnTransformer branch's steps in order: none for passthrough, a Pipeline's own steps."""
+    from sklearn.pipeline import Pipeline
+
+    if transformer == "passthrough":
+        return []
+    if isinstance(transformer, Pipeline):
+        return [step for _, step in transformer.steps if step not in (None, "passthrough")]
+    return [transformer]
+
+
 def _branch_widths(steps: Sequence[Any], n_features: int) -> tuple[list[int], list[bool]] | None:
     """Encoded columns per input feature of one ColumnTransformer branch, and whether each
     feature's columns are one-hot; None when a step mixes features or its width is unknown."""
@@ -96,7 +107,6 @@ def linear_contributions(pipeline: Any) -> LogitContributions | None:
     logit by input feature, or None for any other shape (trees, extra middle steps, sparse)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
 
     steps = [step for _, step in getattr(pipeline, "steps", []) if step not in (None, "passthrough")]
     if len(steps) != 2 or not isinstance(steps[0], ColumnTransformer):
@@ -114,12 +124,7 @@ def linear_contributions(pipeline: Any) -> LogitContributions | None:
         selected = [names[s] if isinstance(s, int | np.integer) else s for s in list(selection)]
         if not selected:
             continue
-        if transformer == "passthrough":
-            branch_steps: list[Any] = []
-        elif isinstance(transformer, Pipeline):
-            branch_steps = [step for _, step in transformer.steps if step not in (None, "passthrough")]
-        else:
-            branch_steps = [transformer]
+        branch_steps = transformer_steps(transformer)
         shape = _branch_widths(branch_steps, len(selected))
         output = columns.output_indices_[name]
         if shape is None or sum(shape[0]) != output.stop - output.start:
