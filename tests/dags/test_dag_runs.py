@@ -258,7 +258,7 @@ def test_drift_past_the_threshold_requests_a_retrain_for_the_month(lifecycle):
     run = lifecycle["drift_retrain"]
     assert run.tasks["request_retrain"] == "success"
     (request,) = run.events["streamflow_retrain_request"]
-    assert request["month"] == "month_001" and request["reason"].startswith("drift share")
+    assert request["month"] == "month_001" and request["reason"].startswith("drift: drift share")
 
 
 def test_train_promotes_a_better_challenger_and_emits_the_champion(lifecycle):
