@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -176,16 +177,15 @@ def build_bento(settings: Settings) -> Any:
     python.pop("requirements_txt", None)
     python["packages"] = serving_requirements(settings.repo_root / "requirements.txt")
     config["models"] = [champion_tag(settings)]
-    # The library goes in as a wheel under the bento's src/wheels/, where BentoML's image installs
-    # local requirements from (`python.wheels` would drop the bento back to BentoML's v1 format).
-    wheels = settings.repo_root / "wheels"
-    made = not wheels.exists()
-    wheel = library_wheel(settings.repo_root, wheels)
-    python["packages"].append(f"./wheels/{wheel.name}")
-    config.setdefault("include", []).append(f"wheels/{wheel.name}")
-    try:
-        return bentoml.bentos.build(build_ctx=str(settings.repo_root), **config)
-    finally:
-        wheel.unlink(missing_ok=True)
-        if made:
-            shutil.rmtree(wheels, ignore_errors=True)
+    # The library goes in as a wheel, listed as `./wheels/<file>`: BentoML's image installs the
+    # requirements file from env/python/, and uv resolves a relative path from the file's folder, so
+    # the wheel goes into the built bento's env/python/wheels/ (`python.wheels` would drop the bento
+    # back to BentoML's v1 format).
+    with tempfile.TemporaryDirectory(prefix="streamflow-wheel-") as scratch:
+        wheel = library_wheel(settings.repo_root, Path(scratch))
+        python["packages"].append(f"./wheels/{wheel.name}")
+        bento = bentoml.bentos.build(build_ctx=str(settings.repo_root), **config)
+        bundled = Path(bento.path) / "env" / "python" / "wheels"
+        bundled.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, bundled / wheel.name)
+    return bento
