@@ -90,8 +90,11 @@ def platform(pg_server, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)
-    # The tasks run in this process, and configure_mlflow sets MLflow's process-wide URIs (and
-    # MLFLOW_REGISTRY_URI): undone below, or a later test's MlflowClient(uri) reads this registry.
+    # The tasks run in this process, and configure_mlflow sets MLflow's process-wide URIs and exports
+    # MLFLOW_REGISTRY_URI. monkeypatch only undoes a variable it has recorded, and delenv of an unset
+    # one records nothing: setenv first (recording "unset"), then delenv, so that undo() removes what
+    # the tasks export; otherwise the e2e test's MlflowClient(uri) would read this module's registry.
+    patch.setenv("MLFLOW_REGISTRY_URI", "")
     for key in ("STREAMFLOW_FEAST_ONLINE_STORE", "MLFLOW_REGISTRY_URI"):
         patch.delenv(key, raising=False)
     get_settings.cache_clear()
