@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
 # One OpenMP/BLAS thread per worker, set before numpy or sklearn load their runtimes: requests
@@ -16,6 +17,9 @@ from typing import Annotated, Any
 # barriers costs more than it gives on a few rows (an operator's own setting wins).
 for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads_var, "1")
+# The feature repo (feature_store.yaml) sits two folders up from this file, in the repository and in
+# a built bento's src/ alike; an installed library can't know where that is (STREAMFLOW_REPO wins).
+os.environ.setdefault("STREAMFLOW_REPO", str(Path(__file__).resolve().parents[2]))
 # BentoML 1.4 reads `model_fields` off each request's input model, a pydantic 2.11 deprecation:
 # printed again whenever a library resets the warning registry, it wrote a log line every few requests.
 warnings.filterwarnings("ignore", message="Accessing the 'model_fields' attribute on the instance")
