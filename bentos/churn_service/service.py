@@ -30,8 +30,10 @@ from starlette.responses import JSONResponse  # noqa: E402
 
 from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
+from streamflow_mlops.serving import bentoml_timeout  # noqa: E402
 from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
+from streamflow_mlops.serving.heap import GcPauses, settle_heap  # noqa: E402
 from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit, JsonBodyOnly  # noqa: E402
 from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_BATCH_IDS  # noqa: E402
@@ -141,7 +143,10 @@ class ChurnService:
 
     def __init__(self) -> None:
         poll_s = float(os.environ.get("STREAMFLOW_CHAMPION_POLL_S", POLL_INTERVAL_S))
-        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s)
+        # Every loaded champion (and the libraries under it) is frozen out of the collector's scans:
+        # full collections over ~490,000 objects stopped a worker for ~300 ms every few seconds.
+        self.gc_pauses = GcPauses().install()
+        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s, after_swap=settle_heap)
         self.runtime.start()
 
     def __is_ready__(self) -> bool:
@@ -161,6 +166,13 @@ class ChurnService:
             "# HELP streamflow_champion_info The model version this worker serves.",
             "# TYPE streamflow_champion_info gauge",
             f'streamflow_champion_info{{pid="{worker}",version="{champion.version if champion else ""}"}} 1',
+            "# HELP streamflow_predict_requests_total Single /predict calls this worker scored (micro-batched).",
+            "# TYPE streamflow_predict_requests_total counter",
+            f'streamflow_predict_requests_total{{pid="{worker}"}} {self.runtime.batcher.items}',
+            "# HELP streamflow_predict_batches_total Model calls those /predict requests were coalesced into.",
+            "# TYPE streamflow_predict_batches_total counter",
+            f'streamflow_predict_batches_total{{pid="{worker}"}} {self.runtime.batcher.batches}',
+            *self.gc_pauses.prometheus_lines(worker),
         ]
         return content + "\n".join(lines) + "\n"
 
@@ -200,5 +212,7 @@ class ChurnService:
             return error_response(error)
 
 
+# BentoML's traffic.timeout, minus the live timer its middleware leaves behind per request.
+bentoml_timeout.install()
 ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 ChurnService.add_asgi_middleware(JsonBodyOnly)

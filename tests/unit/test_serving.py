@@ -352,6 +352,7 @@ def test_runtime_watcher_survives_a_fresh_stack_and_any_poll_error_then_serves_t
         online_store_override=None,
     )
     reader = FlakyReader(ROWS, failures=2)
+    swaps: list[str] = []
     with bentoml_home(tmp_path / "bentoml"):
         runtime = ServiceRuntime(
             settings,
@@ -359,6 +360,8 @@ def test_runtime_watcher_survives_a_fresh_stack_and_any_poll_error_then_serves_t
             poll_interval_s=0.05,
             reader_factory=lambda _settings: reader,
             log_writer=PredictionLogWriter(settings.db_url),
+            # The service freezes the heap here (serving.heap.settle_heap): once per new champion.
+            after_swap=lambda: swaps.append(runtime.holder.champion.version),
         )
         runtime.watcher.load = lambda tag: champion(tag.split(":v")[1])
         runtime.start()
@@ -372,6 +375,8 @@ def test_runtime_watcher_survives_a_fresh_stack_and_any_poll_error_then_serves_t
                 time.sleep(0.05)
             assert runtime.ready() and runtime.holder.champion.version == "1"
             assert runtime._thread.is_alive()
+            time.sleep(0.2)  # more polls, same champion: no second swap
+            assert swaps == ["1"]
         finally:
             runtime.stop()
 

@@ -35,10 +35,14 @@ class ServiceRuntime:
         poll_interval_s: float = POLL_INTERVAL_S,
         reader_factory: Callable[[Settings], OnlineFeatureReader] = build_reader,
         log_writer: PredictionLogWriter | None = None,
+        after_swap: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
         self.poll_interval_s = poll_interval_s
         self.reader_factory = reader_factory
+        # Run by the watcher thread once a new champion is loaded and its feature list warmed
+        # (the service passes serving.heap.settle_heap).
+        self.after_swap = after_swap
         self.holder = ModelHolder()
         self.watcher = ChampionWatcher(self.holder, champion_version or mlflow_champion_version(settings))
         self.log = log_writer if log_writer is not None else PredictionLogWriter(settings.db_url)
@@ -63,14 +67,19 @@ class ServiceRuntime:
         except Unavailable as exc:
             logger.warning("%s", exc)
             return
-        if self.watcher.poll_once():
+        swapped = self.watcher.poll_once()
+        if swapped:
             reader.forget_refs()
-        champion = self.holder.champion
-        if champion is not None:
-            try:
-                reader.feature_refs(champion.feature_service)
-            except Unavailable as exc:
-                logger.warning("%s", exc)
+        try:
+            champion = self.holder.champion
+            if champion is not None:
+                try:
+                    reader.feature_refs(champion.feature_service)
+                except Unavailable as exc:
+                    logger.warning("%s", exc)
+        finally:
+            if swapped and self.after_swap is not None:
+                self.after_swap()
 
     def ready(self) -> bool:
         """A champion is loaded and the store knows its FeatureService."""
