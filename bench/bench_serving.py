@@ -1,4 +1,4 @@
-"""Serving speed: the churn bento against the seeds' design and the in-process floor.
+"""Serving speed and tail: the churn bento against the seeds' design and BentoML's own batching.
 
 A private stack (embedded Postgres on a free port, temp state, sqlite MLflow): one generated month
 (BENCH_SERVING_USERS users, default 7,043) loaded, materialized, an HGB champion trained,
@@ -6,21 +6,26 @@ registered and imported. Then, side by side in one run, on 127.0.0.1:
 
 - `seeds`: the seeds' design, a FastAPI app that per request calls the Feast SDK and an
   `mlflow.pyfunc` model (uvicorn, one worker);
-- `bento`: `bentoml serve` of bentos/churn_service (micro-batched /predict);
-- `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process,
-  one user per call (and 32 per call, the batched floor).
+- `bento`: `bentoml serve` of bentos/churn_service (hand-written micro-batcher on /predict);
+- `batchable`: the same runtime behind `@bentoml.api(batchable=True)` (bench/batchable_service.py),
+  BentoML's adaptive batching instead of the micro-batcher;
+- `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process.
 
-Each HTTP target gets a bounded closed-loop load (keep-alive connections on one asyncio loop in a
-separate load process) at concurrency 1, 8 and 32 for BENCH_SERVING_SECONDS seconds (default 20):
-requests/s, p50, p99, errors, the CPU the server's processes and the load generator spent per
-request, and the 1-minute load average (other work on the machine shows there).
-Run: `python -m bench serving` (or `make bench`).
+Load: wrk (C, keep-alive; `apt-get install wrk`) at concurrency 1, 8 and 32 for
+BENCH_SERVING_SECONDS seconds (default 20) each, with a Lua script that rotates real user ids and
+reports p50 / p99 / p99.9; without wrk, a Python asyncio client (said so in the output; it tops
+out sooner). Printed per level: requests/s, p50, p99, p99.9, p99/p50, errors, the server's CPU per
+request, how evenly its worker processes shared the CPU, the GC pause time its workers reported
+(/metrics), and the 1-minute load average. Whether a `make demo` stack is running on the machine
+is printed too (its processes compete for the same cores). Run: `python -m bench serving`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -34,6 +39,7 @@ from bench.harness import machine
 REPO = Path(__file__).resolve().parents[1]
 
 CONCURRENCY = (1, 8, 32)
+WRK = shutil.which("wrk")
 SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
 USERS = int(os.environ.get("BENCH_SERVING_USERS", "7043"))
 # Empty: the service's own default (one worker per core, up to 4).
@@ -82,8 +88,11 @@ def seed_app():
 # ------------------------------------------------------------------------------ load generator
 
 
-def request_bytes(user_id: str) -> bytes:
-    body = json.dumps({"user_id": user_id}).encode()
+PREDICT_BODY = '{"user_id": "USER"}'
+
+
+def request_bytes(user_id: str, template: str = PREDICT_BODY) -> bytes:
+    body = template.replace("USER", user_id).encode()
     head = (
         "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -119,7 +128,7 @@ async def _client(port: int, requests: list[bytes], offset: int, deadline: float
     writer.close()
 
 
-def load_process(port: int, users: list[str], concurrency: int, seconds: float) -> dict:
+def load_process(port: int, users: list[str], concurrency: int, seconds: float, body: str = PREDICT_BODY) -> dict:
     """Run in a child process: `concurrency` keep-alive connections on one event loop for `seconds`.
 
     Raw HTTP/1.1 over asyncio streams (uvloop when installed) costs the generator about 0.1 ms of
@@ -128,7 +137,7 @@ def load_process(port: int, users: list[str], concurrency: int, seconds: float) 
     """
     import asyncio
 
-    requests = [request_bytes(user) for user in users]
+    requests = [request_bytes(user, body) for user in users]
     latencies: list[float] = []
     errors: list[int] = []
 
@@ -164,13 +173,20 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-def run_load(port: int, users: list[str], concurrency: int, seconds: float, server_pid: int | None = None) -> dict:
+def run_load(
+    port: int,
+    users: list[str],
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None = None,
+    body: str = PREDICT_BODY,
+) -> dict:
     """Closed-loop load from a separate interpreter, so the generator's GIL isn't the server's."""
     code = (
         "import json, sys; from bench.bench_serving import load_process; "
-        "a = json.load(sys.stdin); json.dump(load_process(a['port'], a['users'], a['c'], a['s']), sys.stdout)"
+        "a = json.load(sys.stdin); json.dump(load_process(a['port'], a['users'], a['c'], a['s'], a['b']), sys.stdout)"
     )
-    payload = json.dumps({"port": port, "users": users, "c": concurrency, "s": seconds})
+    payload = json.dumps({"port": port, "users": users, "c": concurrency, "s": seconds, "b": body})
     server_cpu = process_tree_cpu(server_pid) if server_pid else 0.0
     done = subprocess.run(
         [sys.executable, "-c", code], input=payload, capture_output=True, text=True, cwd=REPO, timeout=seconds + 120
@@ -198,6 +214,7 @@ def summarize(latencies: list[float], elapsed: float, errors: int) -> dict:
         "rps": len(ordered) / elapsed if elapsed else 0.0,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
         "errors": errors,
     }
 
@@ -220,8 +237,132 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, timeout:
     raise RuntimeError(f"server not ready on :{port}: {log.read_text()[-3000:]}")
 
 
-def warm_up(port: int, users: list[str]) -> None:
-    run_load(port, users, 4, 3)
+def warm_up(port: int, users: list[str], body: str = PREDICT_BODY) -> None:
+    run_load(port, users, 4, 3, body=body)
+
+
+# ------------------------------------------------------------------------------ wrk
+
+WRK_SCRIPT = """
+local ids = {}
+for line in io.lines(os.getenv("BENCH_USERS_FILE")) do ids[#ids + 1] = line end
+local template = os.getenv("BENCH_BODY")
+local path = os.getenv("BENCH_PATH")
+local i = 0
+request = function()
+  i = i + 1
+  local body = string.gsub(template, "USER", ids[(i * 7) % #ids + 1])
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "p999_us": %d, '
+      .. '"non2xx": %d, "socket_errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_version() -> str:
+    done = subprocess.run([WRK, "-v"], capture_output=True, text=True)
+    match = re.search(r"wrk [^ ]+", done.stdout + done.stderr)
+    return match.group(0) if match else "wrk"
+
+
+def run_wrk(port: int, target: dict, users_file: Path, concurrency: int, seconds: float) -> dict:
+    """One wrk level: `concurrency` keep-alive connections over min(2, c) threads."""
+    script = users_file.with_name("predict.lua")
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_USERS_FILE": str(users_file), "BENCH_BODY": target["body"], "BENCH_PATH": "/predict"}
+    threads = min(2, concurrency)
+    done = subprocess.run(
+        [WRK, f"-t{threads}", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", str(script),
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=seconds + 60,
+    )  # fmt: skip
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: {done.stdout[-1000:]} {done.stderr[-1000:]}")
+    r = json.loads(line[6:])
+    return {
+        "requests": r["requests"],
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "p999_ms": r["p999_us"] / 1000,
+        "errors": r["non2xx"] + r["socket_errors"],
+    }
+
+
+def worker_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each process under `pid` (the server's workers), by pid."""
+    import psutil
+
+    out = {}
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def gc_pause_s(port: int) -> dict[str, float]:
+    """Total GC pause seconds per worker pid from the service's /metrics (each scrape answers from
+    one worker, so scrape a few times)."""
+    import http.client
+
+    seen: dict[str, float] = {}
+    for _ in range(8):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        except OSError:
+            continue
+        per_pid: dict[str, float] = {}
+        for pid, value in re.findall(
+            r'streamflow_gc_pause_seconds_total\{pid="(\d+)",generation="\d"\} ([0-9.e+-]+)', text
+        ):
+            per_pid[pid] = per_pid.get(pid, 0.0) + float(value)
+        seen.update(per_pid)
+    return seen
+
+
+def measure_level(port: int, target: dict, users: list[str], users_file: Path, c: int, pid: int) -> dict:
+    cpu_before, gc_before = worker_cpu(pid), gc_pause_s(port)
+    server_before = process_tree_cpu(pid)
+    if WRK:
+        stats = run_wrk(port, target, users_file, c, SECONDS)
+    else:
+        stats = run_load(port, users, c, SECONDS, body=target["body"])
+    server_cpu = process_tree_cpu(pid) - server_before
+    cpu_after, gc_after = worker_cpu(pid), gc_pause_s(port)
+    spent = sorted(
+        cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after if cpu_after[p] - cpu_before.get(p, 0.0) > 0.05
+    )
+    stats["server_cpu_ms"] = server_cpu * 1000 / max(1, stats["requests"])
+    # Worker balance: the busiest worker's CPU over the idlest's (1.0 = even; one worker: 1.0).
+    stats["balance"] = spent[-1] / spent[0] if len(spent) > 1 and spent[0] > 0 else 1.0
+    # None when the target doesn't export GC pauses (only the churn service does).
+    paused = [gc_after[p] - gc_before[p] for p in gc_after if p in gc_before]
+    stats["gc_ms"] = sum(paused) * 1000 if paused else None
+    stats["loadavg"] = os.getloadavg()[0]
+    return stats
+
+
+def demo_stack() -> str:
+    """Whether a `make demo` stack runs on this machine (its processes share the cores), and how many."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "streamflow_mlops" in cmd and cmd.rstrip().endswith(" demo"):
+            return f"up (pid {proc.pid}, {len(proc.children(recursive=True))} processes)"
+    return "not running"
 
 
 # ------------------------------------------------------------------------------ stack
@@ -346,8 +487,57 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def print_levels(results: dict[str, dict[int, dict]]) -> None:
+    print(
+        f"\n{'target':<10}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'p99/p50':>8}{'errors':>7}"
+        f"{'CPU ms/req':>11}{'worker CPU max/min':>19}{'GC ms':>7}{'load avg':>9}"
+    )
+    for name, by_c in results.items():
+        for c, r in by_c.items():
+            gc_ms = "-" if r["gc_ms"] is None else f"{r['gc_ms']:.0f}"
+            print(
+                f"{name:<10}{c:>5}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['p999_ms']:>9.2f}"
+                f"{r['p99_ms'] / r['p50_ms']:>8.1f}{r['errors']:>7}{r['server_cpu_ms']:>11.2f}"
+                f"{r['balance']:>19.2f}{gc_ms:>7}{r['loadavg']:>9.1f}"
+            )
+
+
+def print_goals(results: dict[str, dict[int, dict]]) -> None:
+    """Issue 16's goals, each with its measured value (a noisy machine can miss one; it's said)."""
+    bento, seeds = results["bento"], results["seeds"]
+    checks = [
+        (f"c=32 >= 2,000 req/s: {bento[32]['rps']:,.0f}", bento[32]["rps"] >= 2000),
+        (f"c=32 p99 <= 50 ms: {bento[32]['p99_ms']:.1f}", bento[32]["p99_ms"] <= 50),
+        (f"c=1 p99 <= 10 ms: {bento[1]['p99_ms']:.1f}", bento[1]["p99_ms"] <= 10),
+        *(
+            (f"c={c} p99 <= 4x p50: {bento[c]['p99_ms'] / bento[c]['p50_ms']:.1f}x",
+             bento[c]["p99_ms"] <= 4 * bento[c]["p50_ms"])
+            for c in CONCURRENCY
+        ),
+        (f"0 errors: {sum(r['errors'] for r in bento.values())}", all(r["errors"] == 0 for r in bento.values())),
+        (f">= 20x the seeds' design at c=32: {bento[32]['rps'] / seeds[32]['rps']:.1f}x",
+         bento[32]["rps"] >= 20 * seeds[32]["rps"]),
+    ]  # fmt: skip
+    print("\ngoals: " + "; ".join(f"{text} {'met' if ok else 'MISSED'}" for text, ok in checks))
+    if "batchable" in results:
+        b, m = results["batchable"], results["bento"]
+        print(
+            "BentoML batchable vs the micro-batcher: "
+            + ", ".join(
+                f"c={c} {b[c]['rps']:.0f} vs {m[c]['rps']:.0f} req/s,"
+                f" p99 {b[c]['p99_ms']:.1f} vs {m[c]['p99_ms']:.1f} ms"
+                for c in CONCURRENCY
+            )
+        )
+
+
 def main() -> None:
     print(f"machine: {machine()}")
+    print(f"demo stack: {demo_stack()}")
+    generator = (
+        f"{wrk_version()} (C, keep-alive, Lua script)" if WRK else "Python asyncio client (no wrk: apt-get install wrk)"
+    )
+    print(f"load generator: {generator}")
     print(f"users {USERS:,}, {SECONDS:.0f}s per level, bento workers {BENTO_WORKERS or 'service default'}")
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
         home = Path(tmp)
@@ -355,35 +545,39 @@ def main() -> None:
         stack = build_stack(home)
         print(f"stack ready in {time.perf_counter() - started:.0f}s (champion v{stack['version']})")
         users = stack["users"][:2000]
+        users_file = home / "users.txt"
+        users_file.write_text("\n".join(users) + "\n")
         bin_dir = Path(sys.executable).parent
+        bentoml_cmd = [str(bin_dir / "bentoml"), "serve"]
         results: dict[str, dict[int, dict]] = {}
         targets = {
-            "seeds": (
-                [
-                    str(bin_dir / "uvicorn"),
-                    "--factory",
-                    "bench.bench_serving:seed_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                "/docs",
-            ),
-            "bento": (
-                [str(bin_dir / "bentoml"), "serve", "bentos.churn_service.service:ChurnService"],
-                "/readyz",
-            ),
-        }
+            "seeds": {
+                "cmd": [str(bin_dir / "uvicorn"), "--factory", "bench.bench_serving:seed_app", "--host", "127.0.0.1",
+                        "--log-level", "warning", "--no-access-log"],
+                "ready": "/docs",
+                "body": PREDICT_BODY,
+            },
+            "bento": {
+                "cmd": [*bentoml_cmd, "bentos.churn_service.service:ChurnService"],
+                "ready": "/readyz",
+                "body": PREDICT_BODY,
+            },
+            "batchable": {
+                "cmd": [*bentoml_cmd, "bench.batchable_service:BatchableChurnService"],
+                "ready": "/readyz",
+                "body": '{"user_ids": ["USER"]}',
+            },
+        }  # fmt: skip
         env = {**stack["env"], **({"STREAMFLOW_SERVICE_WORKERS": BENTO_WORKERS} if BENTO_WORKERS else {})}
         try:
-            for name, (cmd, ready) in targets.items():
+            for name, target in targets.items():
                 port = free_port()
-                proc = serve([*cmd, "--port", str(port)], env, port, ready, home / f"{name}.log")
+                proc = serve([*target["cmd"], "--port", str(port)], env, port, target["ready"], home / f"{name}.log")
                 try:
-                    warm_up(port, users)
-                    results[name] = {c: run_load(port, users, c, SECONDS, proc.pid) for c in CONCURRENCY}
+                    warm_up(port, users, target["body"])
+                    results[name] = {
+                        c: measure_level(port, target, users, users_file, c, proc.pid) for c in CONCURRENCY
+                    }
                 finally:
                     stop(proc)
             floor_stats = floor(stack["settings"], users, SECONDS)
@@ -392,32 +586,16 @@ def main() -> None:
 
             stop_embedded(stack["settings"])
 
-    print(
-        f"\n{'target':<8}{'conc':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'server CPU ms/req':>19}{'loadgen CPU ms/req':>20}{'load avg':>10}"
-    )
-    for name, by_c in results.items():
-        for c, r in by_c.items():
-            print(
-                f"{name:<8}{c:>6}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
-                f"{r['server_cpu_ms']:>19.2f}{r['load_cpu_ms']:>20.2f}{r['loadavg']:>10.1f}"
-            )
+    print_levels(results)
     single = floor_stats["single"]
-    print(f"{'floor':<8}{1:>6}{single['rps']:>9.0f}{single['p50_ms']:>9.2f}{single['p99_ms']:>9.2f}{0:>8}")
+    print(f"{'floor':<10}{1:>5}{single['rps']:>8.0f}{single['p50_ms']:>8.2f}{single['p99_ms']:>8.2f}")
     print(
         f"\nfloor per user: read {floor_stats['read_ms']:.2f} ms + model {floor_stats['model_ms']:.2f} ms"
         f" ({floor_stats['classifier']}, {'array path' if floor_stats['array_path'] else 'DataFrame path'};"
         f" the sklearn pipeline on a one-row DataFrame: {floor_stats['frame_model_ms']:.2f} ms);"
         f" 32 per call: {floor_stats['batch32_per_user_ms']:.3f} ms per user"
     )
-    seeds32, bento32 = results["seeds"][32]["rps"], results["bento"][32]["rps"]
-    floor_ms = 1000 / single["rps"]
-    print(
-        f"bento vs seeds at c=32: {bento32 / seeds32:.1f}x requests/s; bento p99 at c=8:"
-        f" {results['bento'][8]['p99_ms']:.1f} ms; bento server CPU per request at c=32:"
-        f" {results['bento'][32]['server_cpu_ms']:.2f} ms = {results['bento'][32]['server_cpu_ms'] / floor_ms:.1f}x"
-        f" the floor's {floor_ms:.2f} ms per single call"
-    )
+    print_goals(results)
 
 
 if __name__ == "__main__":
