@@ -17,6 +17,8 @@ SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 
 # First match wins: what a process of the demo is, by its command line.
 COMPONENTS = (
+    ("postgres", "postgres:"),  # a server backend: "postgres: <user> <database> ..." (e.g. mlflow's)
+    ("postgres", "pgdata"),
     ("airflow api-server", "airflow api-server"),
     ("airflow scheduler", "airflow scheduler"),
     ("airflow dag-processor", "airflow dag-processor"),
@@ -26,7 +28,6 @@ COMPONENTS = (
     ("churn service", "bentoml"),
     ("churn service", "circusd"),
     ("evidently ui", "evidently"),
-    ("postgres", "postgres"),
 )
 
 

@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -459,9 +460,17 @@ class Stack:
         say("stopped")
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """`kill <demo pid>` (or a supervisor stopping it) stops the stack like Ctrl-C does: without it
+    Python dies at once on SIGTERM and leaves Airflow, MLflow, the service and Postgres running."""
+    raise KeyboardInterrupt
+
+
 def run(settings: Settings, serve_forever: bool = True) -> None:
-    """`make demo`: start, run the lifecycle, serve, report; Ctrl-C stops everything."""
+    """`make demo`: start, run the lifecycle, serve, report; Ctrl-C (or SIGTERM) stops everything."""
     stack = Stack(settings)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         stack.start()
         stack.lifecycle()
