@@ -181,7 +181,6 @@ class MicroBatcher:
         """Fail the requests past their deadline, a few times per timeout (one sleep, not a timer each)."""
         loop = asyncio.get_running_loop()
         interval = max(0.01, self.timeout_s / 10)
-        error = Unavailable("model", f"no answer within {self.timeout_s:.0f}s")
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
@@ -192,8 +191,8 @@ class MicroBatcher:
                 expired.append(future)
             for future in expired:
                 self._waiting.pop(future, None)
-                if not future.done():
-                    future.set_exception(error)
+                if not future.done():  # one exception each: a shared one would chain their tracebacks
+                    future.set_exception(Unavailable("model", f"no answer within {self.timeout_s:.0f}s"))
 
     async def _consume(self) -> None:
         assert self._queue is not None
