@@ -18,6 +18,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# BentoML's own handler, kept when install() replaces it (tests compare the two).
+stock_call: Any = None
+
 
 async def _call_with_cancelled_timer(self: Any, scope: dict, receive: Any, send: Any) -> None:
     if scope["type"] not in ("http", "websocket"):
@@ -61,6 +64,8 @@ def install() -> bool:
     except ImportError:
         logger.warning("BentoML has no TimeoutMiddleware here; its request timers are left as they are")
         return False
+    global stock_call
     if TimeoutMiddleware.__call__ is not _call_with_cancelled_timer:
+        stock_call = TimeoutMiddleware.__call__
         TimeoutMiddleware.__call__ = _call_with_cancelled_timer
     return True
