@@ -18,7 +18,7 @@ SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 # First match wins: what a process of the demo is, by its command line.
 COMPONENTS = (
     ("postgres", "postgres:"),  # a server backend: "postgres: <user> <database> ..." (e.g. mlflow's)
-    ("postgres", "pgdata"),
+    ("postgres", "pgdata"),  # the postmaster
     ("airflow api-server", "airflow api-server"),
     ("airflow scheduler", "airflow scheduler"),
     ("airflow dag-processor", "airflow dag-processor"),
@@ -36,8 +36,11 @@ def component(cmdline: str) -> str:
 
 
 def demo_processes() -> list:
-    """The demo process, everything under it, and the embedded Postgres (which daemonizes)."""
+    """The demo process, everything under it, and its embedded Postgres (which daemonizes): the
+    postmaster running on the demo's data directory and that postmaster's backends."""
     import psutil
+
+    from streamflow_mlops.config.settings import get_settings
 
     demo = None
     for proc in psutil.process_iter(["cmdline"]):
@@ -48,11 +51,10 @@ def demo_processes() -> list:
     if demo is None:
         return []
     procs = [demo, *demo.children(recursive=True)]
-    seen = {p.pid for p in procs}
+    pgdata = str(get_settings().state_dir / "pgdata")
     for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if proc.pid not in seen and ("pgdata" in cmd or cmd.startswith("postgres:")):
-            procs.append(proc)
+        if pgdata in " ".join(proc.info["cmdline"] or []) and proc.pid not in {p.pid for p in procs}:
+            procs += [proc, *proc.children(recursive=True)]
     return procs
 
 
@@ -77,7 +79,9 @@ def main() -> None:
     before = cpu_seconds(procs)
     started = time.perf_counter()
     time.sleep(SECONDS)
-    after = cpu_seconds(procs)
+    # Processes that started during the window count from 0 (those that ended are lost).
+    after = cpu_seconds(demo_processes())
+    before = {pid: before.get(pid, (name, 0.0)) for pid, (name, _) in after.items()}
     elapsed = time.perf_counter() - started
     by_component: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for pid, (name, seconds) in after.items():

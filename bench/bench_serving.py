@@ -15,9 +15,11 @@ Load: wrk (C, keep-alive; `apt-get install wrk`) at concurrency 1, 8 and 32 for
 BENCH_SERVING_SECONDS seconds (default 20) each, with a Lua script that rotates real user ids and
 reports p50 / p99 / p99.9; without wrk, a Python asyncio client (said so in the output; it tops
 out sooner). Printed per level: requests/s, p50, p99, p99.9, p99/p50, errors, the server's CPU per
-request, how evenly its worker processes shared the CPU, the GC pause time its workers reported
-(/metrics), and the 1-minute load average. Whether a `make demo` stack is running on the machine
-is printed too (its processes compete for the same cores). Run: `python -m bench serving`.
+request, how evenly its worker processes shared the CPU (busiest over mean), the GC pause time its
+workers reported (/metrics, with how many of them answered), and the 1-minute load average.
+Whether a `make demo` stack is running on the machine is printed too (its processes compete for
+the same cores). wrk is closed-loop: a stalled server also slows the requests it sends, so the
+percentiles understate what an open-loop client would see. Run: `python -m bench serving`.
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ def run_wrk(port: int, target: dict, users_file: Path, concurrency: int, seconds
     env = {**os.environ, "BENCH_USERS_FILE": str(users_file), "BENCH_BODY": target["body"], "BENCH_PATH": "/predict"}
     threads = min(2, concurrency)
     done = subprocess.run(
-        [WRK, f"-t{threads}", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", str(script),
+        [WRK, f"-t{threads}", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "60s", "-s", str(script),
          f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, env=env, timeout=seconds + 60,
     )  # fmt: skip
@@ -297,59 +299,68 @@ def run_wrk(port: int, target: dict, users_file: Path, concurrency: int, seconds
 
 
 def worker_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each process under `pid` (the server's workers), by pid."""
+    """CPU seconds of each BentoML worker process under `pid`, by pid (idle ones included)."""
     import psutil
 
     out = {}
     for proc in psutil.Process(pid).children(recursive=True):
         try:
-            times = proc.cpu_times()
-            out[proc.pid] = times.user + times.system
+            if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
     return out
 
 
-def gc_pause_s(port: int) -> dict[str, float]:
-    """Total GC pause seconds per worker pid from the service's /metrics (each scrape answers from
-    one worker, so scrape a few times)."""
+def gc_pause_s(port: int, workers: set[int]) -> dict[str, float]:
+    """Total GC pause seconds per worker pid from the service's /metrics. Each scrape is answered by
+    one worker, so it scrapes until it has heard from every worker (at most 60 tries)."""
     import http.client
 
     seen: dict[str, float] = {}
-    for _ in range(8):
+    wanted = {str(pid) for pid in workers}
+    for _ in range(60):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/metrics")
             text = conn.getresponse().read().decode()
+            conn.close()
         except OSError:
             continue
         per_pid: dict[str, float] = {}
-        for pid, value in re.findall(
-            r'streamflow_gc_pause_seconds_total\{pid="(\d+)",generation="\d"\} ([0-9.e+-]+)', text
-        ):
+        pattern = r'streamflow_gc_pause_seconds_total\{pid="(\d+)",generation="\d"\} ([0-9.e+-]+)'
+        for pid, value in re.findall(pattern, text):
             per_pid[pid] = per_pid.get(pid, 0.0) + float(value)
+        if not per_pid:
+            return {}  # this target doesn't export GC pauses
         seen.update(per_pid)
+        if wanted <= seen.keys():
+            break
     return seen
 
 
 def measure_level(port: int, target: dict, users: list[str], users_file: Path, c: int, pid: int) -> dict:
-    cpu_before, gc_before = worker_cpu(pid), gc_pause_s(port)
+    cpu_before = worker_cpu(pid)
+    gc_before = gc_pause_s(port, set(cpu_before))
     server_before = process_tree_cpu(pid)
     if WRK:
         stats = run_wrk(port, target, users_file, c, SECONDS)
     else:
         stats = run_load(port, users, c, SECONDS, body=target["body"])
     server_cpu = process_tree_cpu(pid) - server_before
-    cpu_after, gc_after = worker_cpu(pid), gc_pause_s(port)
-    spent = sorted(
-        cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after if cpu_after[p] - cpu_before.get(p, 0.0) > 0.05
-    )
+    cpu_after = worker_cpu(pid)
+    gc_after = gc_pause_s(port, set(cpu_after))
+    spent = sorted(cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after)
     stats["server_cpu_ms"] = server_cpu * 1000 / max(1, stats["requests"])
-    # Worker balance: the busiest worker's CPU over the idlest's (1.0 = even; one worker: 1.0).
-    stats["balance"] = spent[-1] / spent[0] if len(spent) > 1 and spent[0] > 0 else 1.0
-    # None when the target doesn't export GC pauses (only the churn service does).
+    # Worker balance: the busiest worker's CPU over the mean (1.0 = even; 2.0 with two workers =
+    # one did everything, as at c=1 where the single connection sits on one worker).
+    stats["balance"] = spent[-1] / (sum(spent) / len(spent)) if spent and sum(spent) > 0 else 1.0
+    # None when the target doesn't export GC pauses (only the churn service does); workers heard
+    # from before and after.
     paused = [gc_after[p] - gc_before[p] for p in gc_after if p in gc_before]
     stats["gc_ms"] = sum(paused) * 1000 if paused else None
+    stats["gc_workers"] = f"{len(paused)}/{len(cpu_after)}"
     stats["loadavg"] = os.getloadavg()[0]
     return stats
 
@@ -490,15 +501,15 @@ def stop(proc: subprocess.Popen) -> None:
 def print_levels(results: dict[str, dict[int, dict]]) -> None:
     print(
         f"\n{'target':<10}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'p99/p50':>8}{'errors':>7}"
-        f"{'CPU ms/req':>11}{'worker CPU max/min':>19}{'GC ms':>7}{'load avg':>9}"
+        f"{'CPU ms/req':>11}{'worker CPU max/mean':>20}{'GC ms':>12}{'load avg':>9}"
     )
     for name, by_c in results.items():
         for c, r in by_c.items():
-            gc_ms = "-" if r["gc_ms"] is None else f"{r['gc_ms']:.0f}"
+            gc_ms = "-" if r["gc_ms"] is None else f"{r['gc_ms']:.0f} ({r['gc_workers']})"
             print(
                 f"{name:<10}{c:>5}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['p999_ms']:>9.2f}"
                 f"{r['p99_ms'] / r['p50_ms']:>8.1f}{r['errors']:>7}{r['server_cpu_ms']:>11.2f}"
-                f"{r['balance']:>19.2f}{gc_ms:>7}{r['loadavg']:>9.1f}"
+                f"{r['balance']:>20.2f}{gc_ms:>12}{r['loadavg']:>9.1f}"
             )
 
 

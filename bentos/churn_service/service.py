@@ -146,8 +146,12 @@ class ChurnService:
         # Every loaded champion (and the libraries under it) is frozen out of the collector's scans:
         # full collections over ~490,000 objects stopped a worker for ~300 ms every few seconds.
         self.gc_pauses = GcPauses().install()
-        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s, after_swap=settle_heap)
+        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s, after_swap=self.settle_heap)
         self.runtime.start()
+
+    def settle_heap(self) -> None:
+        settle_heap()
+        self.gc_pauses.forget_longest()
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready()

@@ -11,7 +11,6 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from streamflow_mlops.serving import bentoml_timeout
 from streamflow_mlops.serving.heap import GcPauses
-from streamflow_mlops.serving.scoring import MicroBatcher
 
 
 class TimerLog:
@@ -126,22 +125,6 @@ def test_fixed_timeout_middleware_passes_on_an_apps_error_at_once(fixed_timeout)
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(asyncio.wait_for(run(), 5))
-
-
-def test_micro_batcher_keeps_no_timer_per_answered_request():
-    """A timer per request (asyncio.wait_for) kept ~15,000 objects alive per worker at load."""
-
-    async def run():
-        timers = TimerLog(asyncio.get_running_loop())
-        batcher = MicroBatcher(lambda ids: [{"user_id": i} for i in ids], timeout_s=10)
-        answers = await asyncio.gather(*(batcher.submit(f"u{i}") for i in range(200)))
-        live = timers.live()
-        batcher.close()
-        return answers, live
-
-    answers, live = asyncio.run(run())
-    assert [a["user_id"] for a in answers] == [f"u{i}" for i in range(200)]
-    assert len(live) <= 1  # at most the sweeper's own sleep, whatever the number of requests
 
 
 def test_gc_pauses_are_counted_per_generation_and_exported():

@@ -469,7 +469,8 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
 def run(settings: Settings, serve_forever: bool = True) -> None:
     """`make demo`: start, run the lifecycle, serve, report; Ctrl-C (or SIGTERM) stops everything."""
     stack = Stack(settings)
-    if threading.current_thread() is threading.main_thread():
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals are set there only
+    if in_main_thread:
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         stack.start()
@@ -481,4 +482,11 @@ def run(settings: Settings, serve_forever: bool = True) -> None:
     except KeyboardInterrupt:
         print()
     finally:
-        stack.stop()
+        # A second Ctrl-C or SIGTERM must not cut the stopping short (and leave services running).
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+        try:
+            stack.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -52,6 +52,12 @@ class GcPauses:
             self.total_s[generation] += pause
             self.max_s[generation] = max(self.max_s[generation], pause)
 
+    def forget_longest(self) -> None:
+        """Start the longest-pause gauges again (after settle_heap's deliberate full collection,
+        so they show serving pauses, not that one)."""
+        with self._lock:
+            self.max_s = [0.0, 0.0, 0.0]
+
     def install(self) -> GcPauses:
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)

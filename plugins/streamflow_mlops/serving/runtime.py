@@ -68,9 +68,9 @@ class ServiceRuntime:
             logger.warning("%s", exc)
             return
         swapped = self.watcher.poll_once()
-        if swapped:
-            reader.forget_refs()
         try:
+            if swapped:
+                reader.forget_refs()
             champion = self.holder.champion
             if champion is not None:
                 try:

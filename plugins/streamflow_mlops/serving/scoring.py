@@ -133,12 +133,6 @@ class MicroBatcher:
 
     No timer: while one batch is scored, new requests queue up and form the next batch, so a lone
     request pays no wait and a busy service scores many ids per model call.
-
-    A request still unanswered `timeout_s` after it arrived gets a 503 (never a hang). One sweeper
-    task per worker enforces that, not a timer per request: `asyncio.wait_for` left a cancelled
-    timer, a shield future and a context alive per request for the whole timeout (~15,000 objects
-    per worker at 1,500 req/s), which survived into the oldest GC generation and made Python run
-    a full collection every few seconds (bench/bench_serving.py, "where the tail came from").
     """
 
     def __init__(
@@ -153,46 +147,20 @@ class MicroBatcher:
         self.batches = 0
         self.items = 0
         self._queue: asyncio.Queue[tuple[str, asyncio.Future]] | None = None
-        self._tasks: tuple[asyncio.Task, ...] = ()
-        # Unanswered futures in arrival order, with their deadlines (loop time).
-        self._waiting: dict[asyncio.Future, float] = {}
+        self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
 
     async def submit(self, user_id: str) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        if self._queue is None or not self._tasks or any(task.done() for task in self._tasks):
-            self._start(loop)
-        assert self._queue is not None
+        if self._queue is None or self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._consume())
         future: asyncio.Future = loop.create_future()
-        self._waiting[future] = loop.time() + self.timeout_s
-        self._queue.put_nowait((user_id, future))
+        await self._queue.put((user_id, future))
         try:
-            return await future
-        finally:
-            self._waiting.pop(future, None)
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        for task in self._tasks:
-            task.cancel()
-        self._queue = asyncio.Queue()
-        self._tasks = (loop.create_task(self._consume()), loop.create_task(self._sweep()))
-
-    async def _sweep(self) -> None:
-        """Fail the requests past their deadline, a few times per timeout (one sleep, not a timer each)."""
-        loop = asyncio.get_running_loop()
-        interval = max(0.01, self.timeout_s / 10)
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            expired = []
-            for future, deadline in self._waiting.items():
-                if deadline > now:
-                    break  # arrival order: the rest are younger
-                expired.append(future)
-            for future in expired:
-                self._waiting.pop(future, None)
-                if not future.done():  # one exception each: a shared one would chain their tracebacks
-                    future.set_exception(Unavailable("model", f"no answer within {self.timeout_s:.0f}s"))
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError as exc:
+            raise Unavailable("model", f"no answer within {self.timeout_s:.0f}s") from exc
 
     async def _consume(self) -> None:
         assert self._queue is not None
@@ -201,9 +169,6 @@ class MicroBatcher:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            batch = [(user_id, future) for user_id, future in batch if not future.done()]
-            if not batch:
-                continue
             ids = [user_id for user_id, _ in batch]
             try:
                 outcomes: list[Any] = await loop.run_in_executor(self._executor, self.score, ids)
@@ -220,6 +185,6 @@ class MicroBatcher:
                     future.set_result(outcome)
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
