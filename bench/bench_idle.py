@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 
@@ -51,7 +52,10 @@ def demo_processes() -> list:
     if demo is None:
         return []
     procs = [demo, *demo.children(recursive=True)]
-    pgdata = str(get_settings().state_dir / "pgdata")
+    # The demo's own state dir (its environment's STREAMFLOW_HOME, else the default), not this
+    # process's settings: another benchmark run before this one points those at a temp dir.
+    home = demo.environ().get("STREAMFLOW_HOME") or str(get_settings().repo_root / ".streamflow")
+    pgdata = str(Path(home) / "pgdata")
     for proc in psutil.process_iter(["cmdline"]):
         if pgdata in " ".join(proc.info["cmdline"] or []) and proc.pid not in {p.pid for p in procs}:
             procs += [proc, *proc.children(recursive=True)]
