@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 
 from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
-from streamflow_mlops.serving import bentoml_timeout  # noqa: E402
+from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
 from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import GcPauses, settle_heap  # noqa: E402
@@ -69,6 +69,11 @@ class Prediction(BaseModel):
 
 
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
+
+# A worker's event loop tops out near one core (HTTP parsing and BentoML's request path are most of
+# a request's CPU), so one worker per core, up to 4: on 2 cores 2 workers gave ~1.6x one worker's
+# requests/s at concurrency 32 (bench/bench_serving.py).
+WORKERS = int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
 
 
 # What `/` (the Swagger page) and `/docs.json` (`info.description`) show, served from source or
@@ -125,10 +130,7 @@ def error_response(error: ServingError) -> JSONResponse:
     name="churn_service",
     description=SERVICE_DESCRIPTION,
     service_class=DocumentedService,
-    # A worker's event loop tops out near one core (HTTP parsing and BentoML's request path are
-    # most of a request's CPU), so one worker per core, up to 4: on 2 cores 2 workers gave ~1.6x
-    # one worker's requests/s at concurrency 32 (bench/bench_serving.py).
-    workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1)),
+    workers=WORKERS,
     traffic={"timeout": 30, "max_concurrency": 512},
     # A log line per request costs more than the prediction itself at a few hundred req/s; requests
     # are counted in /metrics and every prediction is in prediction_log.
@@ -218,5 +220,8 @@ class ChurnService:
 
 # BentoML's traffic.timeout, minus the live timer its middleware leaves behind per request.
 bentoml_timeout.install()
+# Keep-alive connections spread evenly over the workers (serving/accept.py); 0 leaves accepts to uvicorn.
+if os.environ.get("STREAMFLOW_SERVICE_BALANCE_ACCEPTS", "1") != "0":
+    accept.install(WORKERS, lambda: bentoml.server_context.worker_index)
 ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 ChurnService.add_asgi_middleware(JsonBodyOnly)
