@@ -15,16 +15,18 @@ for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 import bentoml  # noqa: E402
 
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
-from streamflow_mlops.serving import bentoml_timeout  # noqa: E402
+from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import settle_heap  # noqa: E402
 from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_COALESCED  # noqa: E402
 
+WORKERS = int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
+
 
 @bentoml.service(
     name="churn_service_batchable",
-    workers=int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1)),
+    workers=WORKERS,
     traffic={"timeout": 30, "max_concurrency": 512},
     logging={"access": {"enabled": False}},
     tracing={"excluded_urls": ["/predict"]},
@@ -44,3 +46,4 @@ class BatchableChurnService:
 
 
 bentoml_timeout.install()
+accept.install(WORKERS, lambda: bentoml.server_context.worker_index)  # the bento's own accept, for a fair comparison

@@ -9,13 +9,16 @@ registered and imported. Then, side by side in one run, on 127.0.0.1:
 - `bento`: `bentoml serve` of bentos/churn_service (hand-written micro-batcher on /predict);
 - `batchable`: the same runtime behind `@bentoml.api(batchable=True)` (bench/batchable_service.py),
   BentoML's adaptive batching instead of the micro-batcher;
+- `unbalanced`: the bento with uvicorn's own accept (STREAMFLOW_SERVICE_BALANCE_ACCEPTS=0) instead
+  of serving/accept.py's least-connections accept;
 - `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process.
 
 Load: wrk (C, keep-alive; `apt-get install wrk`) at concurrency 1, 8 and 32 for
 BENCH_SERVING_SECONDS seconds (default 20) each, with a Lua script that rotates real user ids and
 reports p50 / p99 / p99.9; without wrk, a Python asyncio client (said so in the output; it tops
 out sooner). Printed per level: requests/s, p50, p99, p99.9, p99/p50, errors, the server's CPU per
-request, how evenly its worker processes shared the CPU (busiest over mean), the GC pause time its
+request, how its workers split the connections (sampled mid-run) and shared the CPU (busiest over
+mean), the GC pause time its
 workers reported (/metrics, with how many of them answered), and the 1-minute load average.
 Whether a `make demo` stack is running on the machine is printed too (its processes compete for
 the same cores). wrk is closed-loop: a stalled server also slows the requests it sends, so the
@@ -340,7 +343,27 @@ def gc_pause_s(port: int, workers: set[int]) -> dict[str, float]:
     return seen
 
 
+def connection_split(pid: int, port: int) -> str:
+    """Established connections to `port` held by each BentoML worker under `pid`, fewest first ("4/4")."""
+    import psutil
+
+    counts = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
+                held = proc.net_connections(kind="tcp")
+                counts.append(sum(1 for x in held if x.status == "ESTABLISHED" and x.laddr.port == port))
+        except psutil.NoSuchProcess:
+            pass
+    return "/".join(str(n) for n in sorted(counts)) if counts else "-"
+
+
 def measure_level(port: int, target: dict, users: list[str], users_file: Path, c: int, pid: int) -> dict:
+    import threading
+
+    split: list[str] = []
+    sampler = threading.Timer(min(3.0, SECONDS / 2), lambda: split.append(connection_split(pid, port)))
+    sampler.start()
     cpu_before = worker_cpu(pid)
     gc_before = gc_pause_s(port, set(cpu_before))
     server_before = process_tree_cpu(pid)
@@ -362,6 +385,8 @@ def measure_level(port: int, target: dict, users: list[str], users_file: Path, c
     stats["gc_ms"] = sum(paused) * 1000 if paused else None
     stats["gc_workers"] = f"{len(paused)}/{len(cpu_after)}"
     stats["loadavg"] = os.getloadavg()[0]
+    sampler.join()
+    stats["split"] = split[0] if split else "-"
     return stats
 
 
@@ -500,15 +525,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 def print_levels(results: dict[str, dict[int, dict]]) -> None:
     print(
-        f"\n{'target':<10}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'p99/p50':>8}{'errors':>7}"
-        f"{'CPU ms/req':>11}{'worker CPU max/mean':>20}{'GC ms':>12}{'load avg':>9}"
+        f"\n{'target':<11}{'conc':>5}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'p99.9 ms':>9}{'p99/p50':>8}{'errors':>7}"
+        f"{'CPU ms/req':>11}{'conns':>7}{'worker CPU max/mean':>20}{'GC ms':>12}{'load avg':>9}"
     )
     for name, by_c in results.items():
         for c, r in by_c.items():
             gc_ms = "-" if r["gc_ms"] is None else f"{r['gc_ms']:.0f} ({r['gc_workers']})"
             print(
-                f"{name:<10}{c:>5}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['p999_ms']:>9.2f}"
-                f"{r['p99_ms'] / r['p50_ms']:>8.1f}{r['errors']:>7}{r['server_cpu_ms']:>11.2f}"
+                f"{name:<11}{c:>5}{r['rps']:>8.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['p999_ms']:>9.2f}"
+                f"{r['p99_ms'] / r['p50_ms']:>8.1f}{r['errors']:>7}{r['server_cpu_ms']:>11.2f}{r['split']:>7}"
                 f"{r['balance']:>20.2f}{gc_ms:>12}{r['loadavg']:>9.1f}"
             )
 
@@ -530,6 +555,16 @@ def print_goals(results: dict[str, dict[int, dict]]) -> None:
          bento[32]["rps"] >= 20 * seeds[32]["rps"]),
     ]  # fmt: skip
     print("\ngoals: " + "; ".join(f"{text} {'met' if ok else 'MISSED'}" for text, ok in checks))
+    if "unbalanced" in results:
+        u, m = results["unbalanced"], results["bento"]
+        print(
+            "balanced vs uvicorn's accept: "
+            + ", ".join(
+                f"c={c} connections {m[c]['split']} vs {u[c]['split']}, {m[c]['rps']:.0f} vs {u[c]['rps']:.0f} req/s,"
+                f" p99 {m[c]['p99_ms']:.1f} vs {u[c]['p99_ms']:.1f} ms"
+                for c in CONCURRENCY[1:]
+            )
+        )
     if "batchable" in results:
         b, m = results["batchable"], results["bento"]
         print(
@@ -573,6 +608,12 @@ def main() -> None:
                 "ready": "/readyz",
                 "body": PREDICT_BODY,
             },
+            "unbalanced": {
+                "cmd": [*bentoml_cmd, "bentos.churn_service.service:ChurnService"],
+                "ready": "/readyz",
+                "body": PREDICT_BODY,
+                "env": {"STREAMFLOW_SERVICE_BALANCE_ACCEPTS": "0"},
+            },
             "batchable": {
                 "cmd": [*bentoml_cmd, "bench.batchable_service:BatchableChurnService"],
                 "ready": "/readyz",
@@ -583,7 +624,8 @@ def main() -> None:
         try:
             for name, target in targets.items():
                 port = free_port()
-                proc = serve([*target["cmd"], "--port", str(port)], env, port, target["ready"], home / f"{name}.log")
+                cmd = [*target["cmd"], "--port", str(port)]
+                proc = serve(cmd, {**env, **target.get("env", {})}, port, target["ready"], home / f"{name}.log")
                 try:
                     warm_up(port, users, target["body"])
                     results[name] = {
@@ -599,7 +641,7 @@ def main() -> None:
 
     print_levels(results)
     single = floor_stats["single"]
-    print(f"{'floor':<10}{1:>5}{single['rps']:>8.0f}{single['p50_ms']:>8.2f}{single['p99_ms']:>8.2f}")
+    print(f"{'floor':<11}{1:>5}{single['rps']:>8.0f}{single['p50_ms']:>8.2f}{single['p99_ms']:>8.2f}")
     print(
         f"\nfloor per user: read {floor_stats['read_ms']:.2f} ms + model {floor_stats['model_ms']:.2f} ms"
         f" ({floor_stats['classifier']}, {'array path' if floor_stats['array_path'] else 'DataFrame path'};"
