@@ -3,6 +3,7 @@ uvicorn workers sharing one listening socket the way BentoML's do."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -112,3 +113,45 @@ def test_two_workers_sharing_a_socket_split_a_burst_of_connections_evenly():
             worker.terminate()
             worker.join(10)
         listener.close()
+
+
+class _OtherWorkerIdle:
+    """A board on which the one other worker holds no connection."""
+
+    def publish(self, count: int) -> None:
+        pass
+
+    def others(self) -> list[int]:
+        return [0]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_loaded_worker_leaves_a_connection_to_the_idle_one_and_forgets_it_once_taken():
+    from streamflow_mlops.serving.accept import RECHECK_S, BalancedListener
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as shared:
+            shared.bind(("127.0.0.1", 0))
+            shared.listen()
+            listener = BalancedListener(loop, asyncio.Protocol, shared, _OtherWorkerIdle())
+            listener.open = 1  # one connection ahead of the other worker
+            client = socket.create_connection(shared.getsockname())
+            try:
+                for _ in range(200):
+                    if listener._waiting_since is not None:
+                        break
+                    await asyncio.sleep(0.001)
+                assert listener._waiting_since is not None and listener.accepted == 0  # deferred
+                taken, _ = shared.accept()  # the other worker takes it
+                taken.close()
+                await asyncio.sleep(RECHECK_S * 10)
+                # Nothing is left waiting: the next connection is judged afresh, not as overdue.
+                assert listener._waiting_since is None and listener.accepted == 0
+            finally:
+                client.close()
+                listener.close()
+
+    asyncio.run(scenario())

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import mmap
 import os
+import select
 import socket
 import sys
 import tempfile
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 RECHECK_S = 0.0005
 MAX_WAIT_S = 0.005
+BACKOFF_S = 0.1
 SLOTS = 64
 
 
@@ -126,8 +128,15 @@ class BalancedListener:
 
     def _resume(self) -> None:
         self._timer = None
-        if not self.closed:
-            self.loop.add_reader(self.fd, self._readable)
+        if self.closed:
+            return
+        if not select.select([self.fd], [], [], 0)[0]:
+            self._waiting_since = None  # another worker took the connection we left
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _back_off(self) -> None:
+        self.loop.remove_reader(self.fd)
+        self._timer = self.loop.call_later(BACKOFF_S, self._resume)
 
     def _accept_one(self) -> None:
         try:
@@ -135,9 +144,10 @@ class BalancedListener:
         except (BlockingIOError, InterruptedError):
             self._waiting_since = None  # another worker took it
             return
-        except OSError as exc:  # out of file descriptors, connection reset before accept...
-            logger.warning("accept failed: %s", exc)
+        except OSError as exc:  # out of file descriptors...: don't spin on a socket that stays readable
+            logger.warning("accept failed: %s; retrying in %.1f s", exc, BACKOFF_S)
             self._waiting_since = None
+            self._back_off()
             return
         self._waiting_since = None
         conn.setblocking(False)
@@ -199,7 +209,10 @@ def balanced_server_class(base: type) -> type:
             for sock in sockets:
                 board = None
                 if index is not None and 1 <= index <= min(_config["workers"], SLOTS):
-                    board = ConnectionBoard(sock, index - 1, _config["workers"])
+                    try:
+                        board = ConnectionBoard(sock, index - 1, _config["workers"])
+                    except OSError as exc:  # no writable temp dir: one accept at a time, without the counts
+                        logger.warning("no shared connection counts (%s); accepts are not balanced", exc)
                 self.servers.append(BalancedListener(loop, create_protocol, sock, board))
             self.started = True
 
