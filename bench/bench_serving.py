@@ -555,26 +555,24 @@ def print_goals(results: dict[str, dict[int, dict]]) -> None:
          bento[32]["rps"] >= 20 * seeds[32]["rps"]),
     ]  # fmt: skip
     print("\ngoals: " + "; ".join(f"{text} {'met' if ok else 'MISSED'}" for text, ok in checks))
-    if "unbalanced" in results:
-        u, m = results["unbalanced"], results["bento"]
-        print(
-            "balanced vs uvicorn's accept: "
-            + ", ".join(
-                f"c={c} connections {m[c]['split']} vs {u[c]['split']}, {m[c]['rps']:.0f} vs {u[c]['rps']:.0f} req/s,"
-                f" p99 {m[c]['p99_ms']:.1f} vs {u[c]['p99_ms']:.1f} ms"
-                for c in CONCURRENCY[1:]
-            )
+    compare(results, "balanced vs uvicorn's accept", "bento", "unbalanced", CONCURRENCY[1:], splits=True)
+    compare(results, "BentoML batchable vs the micro-batcher", "batchable", "bento", CONCURRENCY)
+
+
+def compare(results: dict, title: str, first: str, second: str, levels: tuple, splits: bool = False) -> None:
+    """One line: `first` against `second`, level by level (connections split, req/s, p99)."""
+    if first not in results or second not in results:
+        return
+    a, b = results[first], results[second]
+    print(
+        f"{title}: "
+        + ", ".join(
+            f"c={c} "
+            + (f"connections {a[c]['split']} vs {b[c]['split']}, " if splits else "")
+            + f"{a[c]['rps']:.0f} vs {b[c]['rps']:.0f} req/s, p99 {a[c]['p99_ms']:.1f} vs {b[c]['p99_ms']:.1f} ms"
+            for c in levels
         )
-    if "batchable" in results:
-        b, m = results["batchable"], results["bento"]
-        print(
-            "BentoML batchable vs the micro-batcher: "
-            + ", ".join(
-                f"c={c} {b[c]['rps']:.0f} vs {m[c]['rps']:.0f} req/s,"
-                f" p99 {b[c]['p99_ms']:.1f} vs {m[c]['p99_ms']:.1f} ms"
-                for c in CONCURRENCY
-            )
-        )
+    )
 
 
 def main() -> None:
