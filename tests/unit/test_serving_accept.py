@@ -7,6 +7,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from collections import Counter
@@ -25,25 +26,42 @@ def test_least_loaded_worker_accepts_at_once_and_a_loaded_one_waits_its_turn():
     assert accept_now(7, [], waited_s=0.0)  # a single worker has nobody to wait for
 
 
-def test_board_is_shared_through_the_socket_and_private(tmp_path):
+def test_board_is_shared_through_the_socket_private_and_counts_only_live_workers(tmp_path):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        first = ConnectionBoard(listener, 0, 2, directory=str(tmp_path))
+        first = ConnectionBoard(listener, 0, directory=str(tmp_path))
         # Another process holding the same socket finds the same file (its inode names it).
         twin = socket.socket(fileno=os.dup(listener.fileno()))
-        second = ConnectionBoard(twin, 1, 2, directory=str(tmp_path))
+        second = ConnectionBoard(twin, 1, directory=str(tmp_path))
         assert first.path == second.path
         assert os.stat(first.path).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.dirname(first.path)).st_mode & 0o777 == 0o700
         first.publish(5)
         second.publish(2)
         assert second.others() == [5] and first.others() == [2]
         first.close()
-        assert second.others() == [0]  # a worker that stops counts as empty
+        assert second.others() == []  # a stopping worker leaves the board
+        # A worker that died without leaving (killed) doesn't count either.
+        dead = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+        dead.start()
+        dead.join()
+        second._slots[2 * 5], second._slots[2 * 5 + 1] = dead.pid, 0
+        assert second.others() == []
         second.close()
         twin.close()
         with pytest.raises(ValueError, match="outside"):
-            ConnectionBoard(listener, 2, 2, directory=str(tmp_path))
+            ConnectionBoard(listener, 64, directory=str(tmp_path))
+
+
+def test_board_directory_must_be_private(tmp_path):
+    from streamflow_mlops.serving.accept import private_dir
+
+    shared = tmp_path / f"streamflow-accept-{os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="private"):
+        private_dir(str(tmp_path))
 
 
 async def _whoami(scope, receive, send):
@@ -55,26 +73,35 @@ async def _whoami(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-def _serve(sock: socket.socket, index: int, workers: int) -> None:
-    """One worker as BentoML runs it: uvicorn.Server(config).run(sockets=[shared socket])."""
+def _serve(sock: socket.socket, index: int, directory: str, balanced: bool) -> None:
+    """One worker as BentoML runs it: uvicorn.Server(config).run(sockets=[the shared socket])."""
     import uvicorn
 
     from streamflow_mlops.serving import accept
 
-    accept.install(workers, lambda: index)
+    if balanced:
+        accept.install(2, lambda: index, directory=directory)
     config = uvicorn.Config(app=_whoami, log_config=None, lifespan="off", workers=1)
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _served_by(port: int, connections: int) -> Counter:
-    """Open `connections` keep-alive connections at once, then ask each which worker holds it."""
-    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+def _served_by(port: int, connections: int, paused: list[int] = ()) -> Counter:
+    """Open `connections` keep-alive connections while the workers in `paused` are stopped (so all
+    of them wait in the backlog together, as a client's burst does), then ask each which worker
+    holds it."""
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     try:
         pids = Counter()
         for client in clients:
             client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         for client in clients:
-            client.settimeout(10)
+            client.settimeout(20)
             reply = b""
             while b"}" not in reply:
                 reply += client.recv(4096)
@@ -85,19 +112,21 @@ def _served_by(port: int, connections: int) -> Counter:
             client.close()
 
 
-def test_two_workers_sharing_a_socket_split_a_burst_of_connections_evenly():
+def _split_bursts(tmp_path, balanced: bool) -> list[list[int]]:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     port = listener.getsockname()[1]
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_serve, args=(listener, i + 1, 2), daemon=True) for i in range(2)]
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_serve, args=(listener, i + 1, str(tmp_path), balanced), daemon=True) for i in range(2)
+    ]
     for worker in workers:
         worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:  # both workers up: each has answered at least once
+        deadline = time.monotonic() + 60
+        while True:  # both workers up: each has answered
             try:
                 if len(_served_by(port, 4)) == 2:
                     break
@@ -105,14 +134,30 @@ def test_two_workers_sharing_a_socket_split_a_burst_of_connections_evenly():
                 pass
             assert time.monotonic() < deadline, "workers did not come up"
             time.sleep(0.2)
+        splits = []
         for connections in (8, 32):
-            split = sorted(_served_by(port, connections).values())
-            assert len(split) == 2 and split[1] - split[0] <= 1, f"{connections} connections split {split}"
+            time.sleep(0.3)  # the warm-up's closed connections leave the counts (0.1 s tick)
+            by_pid = _served_by(port, connections, paused=[w.pid for w in workers])
+            splits.append(sorted(by_pid.get(w.pid, 0) for w in workers))
+        if balanced:  # every connection closed: each worker's shared count is back to 0
+            time.sleep(0.3)
+            board = ConnectionBoard(listener, 63, directory=str(tmp_path))
+            assert board.others() == [0, 0]
+            board.close()
+        return splits
     finally:
         for worker in workers:
             worker.terminate()
             worker.join(10)
         listener.close()
+
+
+def test_two_workers_sharing_a_socket_split_a_burst_of_connections_evenly(tmp_path):
+    # Both workers wake to the whole burst at once (stopped while it queued, as under load). With
+    # uvicorn's own accept (balanced=False) four tries gave 3/5, 4/4, 4/4, 4/4 for eight and 14/18,
+    # 13/19, 12/20, 0/32 for thirty-two: too random for a control test, and the reason for this one.
+    (eight, thirty_two) = _split_bursts(tmp_path, balanced=True)
+    assert eight[1] - eight[0] <= 2 and thirty_two[1] - thirty_two[0] <= 4, (eight, thirty_two)
 
 
 class _OtherWorkerIdle:
@@ -128,16 +173,20 @@ class _OtherWorkerIdle:
         pass
 
 
-def test_a_loaded_worker_leaves_a_connection_to_the_idle_one_and_forgets_it_once_taken():
-    from streamflow_mlops.serving.accept import RECHECK_S, BalancedListener
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_loaded_worker_leaves_a_connection_to_the_idle_one_and_forgets_it_once_taken(loop_kind):
+    from streamflow_mlops.serving.accept import MAX_WAIT_S, RECHECK_S, BalancedListener
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         with socket.socket() as shared:
             shared.bind(("127.0.0.1", 0))
             shared.listen()
-            listener = BalancedListener(loop, asyncio.Protocol, shared, _OtherWorkerIdle())
-            listener.open = 1  # one connection ahead of the other worker
+            # One connection ahead of the other worker.
+            listener = BalancedListener(loop, asyncio.Protocol, shared, _OtherWorkerIdle(), lambda: 1)
+            looks = []
+            readable = listener._readable
+            listener._readable = lambda: (looks.append(1), readable())  # re-registered at each resume
             client = socket.create_connection(shared.getsockname())
             try:
                 for _ in range(200):
@@ -145,13 +194,29 @@ def test_a_loaded_worker_leaves_a_connection_to_the_idle_one_and_forgets_it_once
                         break
                     await asyncio.sleep(0.001)
                 assert listener._waiting_since is not None and listener.accepted == 0  # deferred
+                await asyncio.sleep(MAX_WAIT_S / 2)
+                # It looks again every RECHECK_S, not in a busy loop (uvloop rounds timers to 1 ms).
+                assert len(looks) <= MAX_WAIT_S / RECHECK_S + 1, len(looks)
                 taken, _ = shared.accept()  # the other worker takes it
                 taken.close()
-                await asyncio.sleep(RECHECK_S * 10)
-                # Nothing is left waiting: the next connection is judged afresh, not as overdue.
-                assert listener._waiting_since is None and listener.accepted == 0
+                await asyncio.sleep(MAX_WAIT_S * 2)
+                # The next connection is judged afresh, not as one that has waited since the first.
+                arrived = time.monotonic()
+                seen = len(looks)
+                late = socket.create_connection(shared.getsockname())
+                for _ in range(200):
+                    if len(looks) > seen:
+                        break
+                    await asyncio.sleep(0.001)
+                assert listener._waiting_since >= arrived
+                late.close()
             finally:
                 client.close()
                 listener.close()
 
-    asyncio.run(scenario())
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())

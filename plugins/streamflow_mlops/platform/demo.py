@@ -15,8 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ import psycopg
 from streamflow_mlops.config.settings import Settings, redact_url
 from streamflow_mlops.platform.embedded import stop_embedded, up, write_env_file
 from streamflow_mlops.platform.private_files import private_secret, write_private
+from streamflow_mlops.platform.processes import BACKGROUND_NICE, Processes, http_ok, wait_for
 
 AIRFLOW_USER = "admin"
 DEMO_MONTHS = ("month_000", "month_001")
@@ -34,13 +34,6 @@ FINISHED = {"success", "failed"}
 
 def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# The CPU priority (nice) of everything the demo starts but the churn service: Airflow (and the
-# tasks it runs), MLflow and the Evidently UI. On a laptop they share the cores with serving; their
-# bursts (a DAG parse, a scheduler loop) otherwise preempted the service's workers and set its p99
-# (bench/bench_serving.py). Idle serving leaves them the whole machine. 0 keeps them equal.
-BACKGROUND_NICE = int(os.environ.get("STREAMFLOW_DEMO_NICE", "10"))
 
 
 def airflow_settings(settings: Settings) -> dict[str, str]:
@@ -62,7 +55,9 @@ def airflow_settings(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         # Re-parsing an unchanged DAG file every 30 s (Airflow's default) cost 0.3-0.8 s of CPU per
         # file, ~3 s every 30 s for the six DAGs, in bursts that stole a core from serving; a file
-        # that changed is still parsed at the next refresh (Airflow queues it by its mtime).
+        # that changed is parsed within a second (Airflow queues a file newer than its last parse,
+        # in its default modified_time order); a change to a module the DAGs import is not seen
+        # until the file's next parse.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -73,64 +68,6 @@ def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
-
-
-@dataclass
-class Processes:
-    """Child processes, each in its own session so that stopping takes its whole tree."""
-
-    log_dir: Path
-    env: dict[str, str]
-    running: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(self, name: str, args: list[str], cwd: Path | None = None, nice: int = 0) -> None:
-        """Start `args` in its own session; `nice` > 0 lowers its CPU priority (and its children's)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        self.running[name] = subprocess.Popen(
-            args,
-            env=self.env,
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None,
-        )
-
-    def check(self) -> None:
-        for name, proc in self.running.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / name}.log")
-
-    def stop(self, grace: float = 8.0) -> None:
-        for proc in self.running.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.running.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.running.clear()
-
-
-def wait_for(what: str, ready: Callable[[], bool], timeout: float, processes: Processes | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if processes is not None:
-            processes.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(1)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class AirflowAPI:

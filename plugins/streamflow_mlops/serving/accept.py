@@ -8,20 +8,24 @@ worker's requests queued behind each other while the other worker idled
 (bench/bench_serving.py prints the split).
 
 Here each worker accepts one connection per readiness event, and only while it holds no more open
-connections than any other worker of the service; a worker that is ahead looks again after
-RECHECK_S and takes the connection anyway once it has waited MAX_WAIT_S (a worker that died or
-hangs can't hold connections back). The workers' counts sit in a small shared file named after the
-listening socket (tempdir, mode 0600), one 8-byte slot per worker index.
+connections than any other live worker of the service; a worker that is ahead looks again after
+RECHECK_S and takes the connection anyway once it has waited MAX_WAIT_S (a hung worker can't hold
+connections back). The counts sit in a small shared file named after the listening socket (every
+process holding the socket sees the same inode), in a 0700 directory of this user under the temp
+dir: one (pid, open connections) slot per BentoML worker index. A slot whose process is gone, or
+that a stopping worker cleared, doesn't count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mmap
 import os
 import select
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -30,10 +34,13 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-RECHECK_S = 0.0005
+# libuv timers count whole milliseconds (uvloop rounds a shorter delay to "now", a busy loop).
+RECHECK_S = 0.001
 MAX_WAIT_S = 0.005
 BACKOFF_S = 0.1
 SLOTS = 64
+# accept() errors that say "this connection is gone", not "this process can't accept" (as asyncio).
+GONE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET}
 
 
 def accept_now(mine: int, others: Sequence[int], waited_s: float, max_wait_s: float = MAX_WAIT_S) -> bool:
@@ -42,35 +49,63 @@ def accept_now(mine: int, others: Sequence[int], waited_s: float, max_wait_s: fl
     return not others or mine <= min(others) or waited_s >= max_wait_s
 
 
-class ConnectionBoard:
-    """Open-connection counts of the workers sharing one listening socket, in a shared file."""
+def private_dir(parent: str | None = None) -> str:
+    """This user's 0700 directory for the boards under the temp dir (refused if someone else owns it)."""
+    path = os.path.join(parent or tempfile.gettempdir(), f"streamflow-accept-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{path} is not a private directory of this user")
+    return path
 
-    def __init__(self, sock: socket.socket, slot: int, workers: int, directory: str | None = None) -> None:
-        if not 0 <= slot < min(workers, SLOTS):
-            raise ValueError(f"worker slot {slot} outside 0..{min(workers, SLOTS) - 1}")
-        self.slot, self.workers = slot, min(workers, SLOTS)
-        # Every process holding the socket sees the same inode: the name needs no other agreement.
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ConnectionBoard:
+    """(pid, open connections) of the workers sharing one listening socket, in a shared file."""
+
+    def __init__(self, sock: socket.socket, slot: int, directory: str | None = None) -> None:
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"worker slot {slot} outside 0..{SLOTS - 1}")
+        self.slot, self.pid = slot, os.getpid()
         inode = os.fstat(sock.fileno()).st_ino
-        self.path = os.path.join(directory or tempfile.gettempdir(), f"streamflow-accept-{os.getuid()}-{inode}")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.path = os.path.join(private_dir(directory), f"socket-{inode}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            if os.fstat(fd).st_size < SLOTS * 8:
-                os.ftruncate(fd, SLOTS * 8)
-            self._map = mmap.mmap(fd, SLOTS * 8)
+            if os.fstat(fd).st_size < SLOTS * 16:
+                os.ftruncate(fd, SLOTS * 16)
+            self._map = mmap.mmap(fd, SLOTS * 16)
         finally:
             os.close(fd)
-        self._counts = memoryview(self._map).cast("q")
+        self._slots = memoryview(self._map).cast("q")  # [pid0, count0, pid1, count1, ...]
+        self._slots[2 * slot] = self.pid
         self.publish(0)
 
     def publish(self, count: int) -> None:
-        self._counts[self.slot] = count
+        self._slots[2 * self.slot + 1] = count
 
     def others(self) -> list[int]:
-        return [self._counts[i] for i in range(self.workers) if i != self.slot]
+        """Open connections of every other live worker."""
+        found = []
+        for i in range(SLOTS):
+            pid = self._slots[2 * i]
+            if i != self.slot and pid > 0 and (pid == self.pid or process_alive(pid)):
+                found.append(self._slots[2 * i + 1])
+        return found
 
     def close(self) -> None:
-        self.publish(0)
-        self._counts.release()
+        """Leave the board: a stopping worker takes no new connections, so it stops counting."""
+        self._slots[2 * self.slot] = 0
+        self._slots[2 * self.slot + 1] = 0
+        self._slots.release()
         self._map.close()
 
 
@@ -84,85 +119,85 @@ class BalancedListener:
         protocol_factory: Callable[[], asyncio.Protocol],
         sock: socket.socket,
         board: ConnectionBoard | None,
+        open_connections: Callable[[], int],
+        ssl: Any = None,
     ) -> None:
         self.loop, self.protocol_factory, self.sock, self.board = loop, protocol_factory, sock, board
+        self.open_connections, self.ssl = open_connections, ssl
         self.fd = sock.fileno()
-        self.open = 0  # accepted and not yet closed (counted from the accept, so a burst counts at once)
+        self.starting: set[asyncio.Task] = set()  # accepted, protocol not connected yet
         self.accepted = 0
         self.closed = False
         self._waiting_since: float | None = None
+        self._resumed_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
         sock.setblocking(False)
         loop.add_reader(self.fd, self._readable)
 
-    def _count(self, change: int) -> None:
-        self.open += change
+    def load(self) -> int:
+        """Open connections (uvicorn's own set, protocol switches included) plus those still starting."""
+        return self.open_connections() + len(self.starting)
+
+    def publish(self) -> None:
         if self.board is not None and not self.closed:
-            self.board.publish(self.open)
-
-    def _counted_protocol(self) -> asyncio.Protocol:
-        """uvicorn's protocol for one connection, telling us when the connection ends."""
-        protocol = self.protocol_factory()
-        lost = protocol.connection_lost
-
-        def connection_lost(exc: Exception | None) -> None:
-            try:
-                lost(exc)
-            finally:
-                self._count(-1)
-
-        protocol.connection_lost = connection_lost  # type: ignore[method-assign]
-        return protocol
+            self.board.publish(self.load())
 
     def _readable(self) -> None:
+        if not self._poll.poll(0):  # a stale wake-up (uvloop can report one after a re-add)
+            return
         now = time.monotonic()
-        if self._waiting_since is None:
+        # The same waiting connection only if this follows a recheck closely; otherwise (another
+        # worker took the one we left, and this is a new one) its wait starts now.
+        if self._waiting_since is None or self._resumed_at is None or now - self._resumed_at > MAX_WAIT_S:
             self._waiting_since = now
+        self._resumed_at = None
+        self.publish()
         others = self.board.others() if self.board is not None else []
-        if accept_now(self.open, others, now - self._waiting_since):
+        if accept_now(self.load(), others, now - self._waiting_since):
             self._accept_one()
         else:
             # Let a less loaded worker take it; look again shortly (the socket stays readable if not).
-            self.loop.remove_reader(self.fd)
-            self._timer = self.loop.call_later(RECHECK_S, self._resume)
+            self._pause(RECHECK_S)
+
+    def _pause(self, seconds: float) -> None:
+        self.loop.remove_reader(self.fd)
+        self._timer = self.loop.call_later(seconds, self._resume)
 
     def _resume(self) -> None:
         self._timer = None
-        if self.closed:
-            return
-        if not select.select([self.fd], [], [], 0)[0]:
-            self._waiting_since = None  # another worker took the connection we left
-        self.loop.add_reader(self.fd, self._readable)
-
-    def _back_off(self) -> None:
-        self.loop.remove_reader(self.fd)
-        self._timer = self.loop.call_later(BACKOFF_S, self._resume)
+        if not self.closed:
+            self._resumed_at = time.monotonic()
+            self.loop.add_reader(self.fd, self._readable)
 
     def _accept_one(self) -> None:
         try:
             conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            self._waiting_since = None  # another worker took it
-            return
-        except OSError as exc:  # out of file descriptors...: don't spin on a socket that stays readable
-            logger.warning("accept failed: %s; retrying in %.1f s", exc, BACKOFF_S)
+        except OSError as exc:
             self._waiting_since = None
-            self._back_off()
+            if exc.errno not in GONE:  # out of descriptors or memory: don't spin on a readable socket
+                logger.warning("accept failed: %s; retrying in %.1f s", exc, BACKOFF_S)
+                self._pause(BACKOFF_S)
             return
         self._waiting_since = None
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.accepted += 1
-        self._count(+1)
-        self.loop.create_task(self._connect(conn))
+        task = self.loop.create_task(self._connect(conn))
+        self.starting.add(task)
+        task.add_done_callback(self._started)
+        self.publish()
+
+    def _started(self, task: asyncio.Task) -> None:
+        self.starting.discard(task)
+        self.publish()
 
     async def _connect(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
         try:
-            await self.loop.connect_accepted_socket(self._counted_protocol, conn)
-        except Exception as exc:  # the protocol never started: connection_lost won't come
+            await self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl)
+        except Exception as exc:
             logger.warning("could not serve an accepted connection: %s", exc)
             conn.close()
-            self._count(-1)
 
     def close(self) -> None:
         if self.closed:
@@ -178,7 +213,7 @@ class BalancedListener:
         return None
 
 
-# Set by install(): how many workers share the socket, and this process's 1-based worker index.
+# Set by install(): this process's 1-based worker index, and where the boards go.
 _config: dict[str, Any] = {}
 
 
@@ -208,21 +243,32 @@ def balanced_server_class(base: type) -> type:
             self.servers = []
             for sock in sockets:
                 board = None
-                if index is not None and 1 <= index <= min(_config["workers"], SLOTS):
-                    try:
-                        board = ConnectionBoard(sock, index - 1, _config["workers"])
-                    except OSError as exc:  # no writable temp dir: one accept at a time, without the counts
-                        logger.warning("no shared connection counts (%s); accepts are not balanced", exc)
-                self.servers.append(BalancedListener(loop, create_protocol, sock, board))
+                try:
+                    if index is None or not 1 <= index <= SLOTS:
+                        raise ValueError(f"worker index {index} is not 1..{SLOTS}")
+                    board = ConnectionBoard(sock, index - 1, _config.get("directory"))
+                except (OSError, ValueError) as exc:
+                    logger.warning("no shared connection counts (%s); accepts are one at a time, unbalanced", exc)
+                listener = BalancedListener(
+                    loop, create_protocol, sock, board, lambda: len(state.connections), ssl=config.ssl
+                )
+                self.servers.append(listener)
             self.started = True
+
+        async def on_tick(self, counter: int) -> bool:
+            # Every 0.1 s: closed connections leave the shared counts even with no new connection.
+            for server in getattr(self, "servers", []):
+                if isinstance(server, BalancedListener):
+                    server.publish()
+            return await super().on_tick(counter)
 
     return BalancedAcceptServer
 
 
-def install(workers: int, worker_index: Callable[[], int | None]) -> bool:
-    """Make `uvicorn.Server` balance accepts across `workers` processes (once per process); a single
-    worker has nothing to balance. BentoML's worker builds `uvicorn.Server(config)` after importing
-    the service module, so installing from the service module is early enough."""
+def install(workers: int, worker_index: Callable[[], int | None], directory: str | None = None) -> bool:
+    """Make `uvicorn.Server` balance accepts across the service's worker processes (once per
+    process); a single worker has nothing to balance. BentoML's worker builds `uvicorn.Server(config)`
+    after importing the service module, so installing from the service module is early enough."""
     if workers <= 1:
         return False
     import uvicorn
@@ -231,5 +277,5 @@ def install(workers: int, worker_index: Callable[[], int | None]) -> bool:
         server = balanced_server_class(uvicorn.Server)
         server.balanced_accepts = True
         uvicorn.Server = server
-    _config.update(workers=workers, worker_index=worker_index)
+    _config.update(worker_index=worker_index, directory=directory)
     return True
