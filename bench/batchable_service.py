@@ -18,10 +18,10 @@ from streamflow_mlops.config.settings import get_settings  # noqa: E402
 from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import settle_heap  # noqa: E402
-from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
+from streamflow_mlops.serving.runtime import ServiceRuntime, worker_count  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_COALESCED  # noqa: E402
 
-WORKERS = int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
+WORKERS = worker_count()
 
 
 @bentoml.service(

@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench.harness import demo_process
+
 SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 
 # First match wins: what a process of the demo is, by its command line.
@@ -43,12 +45,7 @@ def demo_processes() -> list:
 
     from streamflow_mlops.config.settings import get_settings
 
-    demo = None
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "streamflow_mlops" in cmd and cmd.rstrip().endswith(" demo"):
-            demo = proc
-            break
+    demo = demo_process()
     if demo is None:
         return []
     procs = [demo, *demo.children(recursive=True)]

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import machine
+from bench.harness import demo_process, free_port, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +48,6 @@ SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
 USERS = int(os.environ.get("BENCH_SERVING_USERS", "7043"))
 # Empty: the service's own default (one worker per core, up to 4).
 BENTO_WORKERS = os.environ.get("BENCH_SERVING_WORKERS", "")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ the seeds' design
@@ -301,16 +294,29 @@ def run_wrk(port: int, target: dict, users_file: Path, concurrency: int, seconds
     }
 
 
+def bento_workers(pid: int) -> list:
+    """The BentoML worker processes (psutil) under the server process `pid`."""
+    import psutil
+
+    workers = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
+                workers.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return workers
+
+
 def worker_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each BentoML worker process under `pid`, by pid (idle ones included)."""
     import psutil
 
     out = {}
-    for proc in psutil.Process(pid).children(recursive=True):
+    for proc in bento_workers(pid):
         try:
-            if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
-                times = proc.cpu_times()
-                out[proc.pid] = times.user + times.system
+            times = proc.cpu_times()
+            out[proc.pid] = times.user + times.system
         except psutil.NoSuchProcess:
             pass
     return out
@@ -348,13 +354,12 @@ def connection_split(pid: int, port: int) -> str:
     import psutil
 
     counts = []
-    for proc in psutil.Process(pid).children(recursive=True):
+    for proc in bento_workers(pid):
         try:
-            if "_bentoml_impl.worker" in " ".join(proc.cmdline()):
-                held = proc.net_connections(kind="tcp")
-                counts.append(sum(1 for x in held if x.status == "ESTABLISHED" and x.laddr.port == port))
+            held = proc.net_connections(kind="tcp")
         except psutil.NoSuchProcess:
-            pass
+            continue
+        counts.append(sum(1 for x in held if x.status == "ESTABLISHED" and x.laddr.port == port))
     return "/".join(str(n) for n in sorted(counts)) if counts else "-"
 
 
@@ -392,13 +397,8 @@ def measure_level(port: int, target: dict, users: list[str], users_file: Path, c
 
 def demo_stack() -> str:
     """Whether a `make demo` stack runs on this machine (its processes share the cores), and how many."""
-    import psutil
-
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "streamflow_mlops" in cmd and cmd.rstrip().endswith(" demo"):
-            return f"up (pid {proc.pid}, {len(proc.children(recursive=True))} processes)"
-    return "not running"
+    demo = demo_process()
+    return f"up (pid {demo.pid}, {len(demo.children(recursive=True))} processes)" if demo else "not running"
 
 
 # ------------------------------------------------------------------------------ stack

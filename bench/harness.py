@@ -27,6 +27,23 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}{load}"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_process():
+    """The running `make demo` process (psutil), or None: its processes share the cores with a benchmark."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "streamflow_mlops" in cmd and cmd.rstrip().endswith(" demo"):
+            return proc
+    return None
+
+
 @contextmanager
 def postgres_server(workdir: Path):
     """URL of a server's `postgres` database: `STREAMFLOW_BENCH_DB_URL`'s, or an embedded one for the run."""
@@ -34,9 +51,7 @@ def postgres_server(workdir: Path):
     if external:
         yield replace_database(external, "postgres")
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = Settings(
         repo_root=REPO_ROOT,
         state_dir=workdir / "pg",

@@ -35,7 +35,7 @@ from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import GcPauses, settle_heap  # noqa: E402
 from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit, JsonBodyOnly  # noqa: E402
-from streamflow_mlops.serving.runtime import ServiceRuntime  # noqa: E402
+from streamflow_mlops.serving.runtime import ServiceRuntime, worker_count  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_BATCH_IDS  # noqa: E402
 
 UserId = Annotated[
@@ -70,10 +70,7 @@ class Prediction(BaseModel):
 
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
 
-# A worker's event loop tops out near one core (HTTP parsing and BentoML's request path are most of
-# a request's CPU), so one worker per core, up to 4: on 2 cores 2 workers gave ~1.6x one worker's
-# requests/s at concurrency 32 (bench/bench_serving.py).
-WORKERS = int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
+WORKERS = worker_count()
 
 
 # What `/` (the Swagger page) and `/docs.json` (`info.description`) show, served from source or

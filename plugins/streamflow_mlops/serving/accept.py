@@ -32,6 +32,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import uvicorn
+from uvicorn.server import STARTUP_FAILURE
+
 logger = logging.getLogger(__name__)
 
 # libuv timers count whole milliseconds (uvloop rounds a shorter delay to "now", a busy loop).
@@ -61,11 +64,11 @@ def private_dir(parent: str | None = None) -> str:
 
 def process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence only (PermissionError: alive, another user's)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -97,7 +100,7 @@ class ConnectionBoard:
         found = []
         for i in range(SLOTS):
             pid = self._slots[2 * i]
-            if i != self.slot and pid > 0 and (pid == self.pid or process_alive(pid)):
+            if i != self.slot and pid > 0 and process_alive(pid):
                 found.append(self._slots[2 * i + 1])
         return found
 
@@ -213,56 +216,56 @@ class BalancedListener:
         return None
 
 
-# Set by install(): this process's 1-based worker index, and where the boards go.
-_config: dict[str, Any] = {}
+def board_for(sock: socket.socket, worker_index: int | None, directory: str | None) -> ConnectionBoard | None:
+    """This worker's slot on the socket's board, or None (with a warning) when it can't have one."""
+    if worker_index is None or not 1 <= worker_index <= SLOTS:
+        logger.warning("worker index %s is not 1..%d: accepts are one at a time, unbalanced", worker_index, SLOTS)
+        return None
+    try:
+        return ConnectionBoard(sock, worker_index - 1, directory)
+    except OSError as exc:
+        logger.warning("no shared connection counts (%s): accepts are one at a time, unbalanced", exc)
+        return None
 
 
-def balanced_server_class(base: type) -> type:
-    """A uvicorn.Server whose startup on passed-in sockets (how BentoML runs each worker) serves
-    them through BalancedListener; any other startup is uvicorn's own."""
+class BalancedAcceptServer(uvicorn.Server):
+    """uvicorn's Server, serving passed-in sockets (how BentoML runs each worker) through
+    BalancedListener; any other startup is uvicorn's own. install() sets the two class settings."""
 
-    class BalancedAcceptServer(base):  # type: ignore[misc, valid-type]
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            if not sockets or not _config:
-                return await super().startup(sockets)
-            from uvicorn.server import STARTUP_FAILURE
+    worker_index: Callable[[], int | None] = staticmethod(lambda: None)
+    directory: str | None = None
 
-            # uvicorn's own startup for passed-in sockets (0.54), with the listener swapped.
-            await self.lifespan.startup()
-            if self.lifespan.should_exit:
-                sys.exit(STARTUP_FAILURE)
-            config, state = self.config, self.server_state
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            return await super().startup(sockets)
+        # uvicorn's own startup for passed-in sockets (0.54), with the listener swapped.
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, state = self.config, self.server_state
 
-            def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-                return config.http_protocol_class(
-                    config=config, server_state=state, app_state=self.lifespan.state, _loop=_loop
-                )
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(
+                config=config, server_state=state, app_state=self.lifespan.state, _loop=_loop
+            )
 
-            loop = asyncio.get_running_loop()
-            index = _config["worker_index"]()
-            self.servers = []
-            for sock in sockets:
-                board = None
-                try:
-                    if index is None or not 1 <= index <= SLOTS:
-                        raise ValueError(f"worker index {index} is not 1..{SLOTS}")
-                    board = ConnectionBoard(sock, index - 1, _config.get("directory"))
-                except (OSError, ValueError) as exc:
-                    logger.warning("no shared connection counts (%s); accepts are one at a time, unbalanced", exc)
-                listener = BalancedListener(
-                    loop, create_protocol, sock, board, lambda: len(state.connections), ssl=config.ssl
-                )
-                self.servers.append(listener)
-            self.started = True
+        loop = asyncio.get_running_loop()
+        index = type(self).worker_index()
+        self.servers = [
+            BalancedListener(
+                loop, create_protocol, sock, board_for(sock, index, self.directory), lambda: len(state.connections),
+                ssl=config.ssl,
+            )
+            for sock in sockets
+        ]  # fmt: skip
+        self.started = True
 
-        async def on_tick(self, counter: int) -> bool:
-            # Every 0.1 s: closed connections leave the shared counts even with no new connection.
-            for server in getattr(self, "servers", []):
-                if isinstance(server, BalancedListener):
-                    server.publish()
-            return await super().on_tick(counter)
-
-    return BalancedAcceptServer
+    async def on_tick(self, counter: int) -> bool:
+        # Every 0.1 s: closed connections leave the shared counts even with no new connection.
+        for server in getattr(self, "servers", []):
+            if isinstance(server, BalancedListener):
+                server.publish()
+        return await super().on_tick(counter)
 
 
 def install(workers: int, worker_index: Callable[[], int | None], directory: str | None = None) -> bool:
@@ -271,11 +274,7 @@ def install(workers: int, worker_index: Callable[[], int | None], directory: str
     after importing the service module, so installing from the service module is early enough."""
     if workers <= 1:
         return False
-    import uvicorn
-
-    if not getattr(uvicorn.Server, "balanced_accepts", False):
-        server = balanced_server_class(uvicorn.Server)
-        server.balanced_accepts = True
-        uvicorn.Server = server
-    _config.update(worker_index=worker_index, directory=directory)
+    BalancedAcceptServer.worker_index = staticmethod(worker_index)
+    BalancedAcceptServer.directory = directory
+    uvicorn.Server = BalancedAcceptServer
     return True

@@ -8,6 +8,7 @@ and swapped off the request path, and predictions are logged by a background thr
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,15 @@ from streamflow_mlops.serving.champion import POLL_INTERVAL_S, ChampionWatcher, 
 from streamflow_mlops.serving.errors import Unavailable
 from streamflow_mlops.serving.feature_reader import FeatureRef, FeatureRows, OnlineFeatureReader, build_reader
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
+
+
+def worker_count() -> int:
+    """Worker processes per service: STREAMFLOW_SERVICE_WORKERS, else one per core, up to 4. A
+    worker's event loop tops out near one core (HTTP parsing and BentoML's request path are most of
+    a request's CPU): on 2 cores 2 workers gave ~1.6x one worker's requests/s at concurrency 32
+    (bench/bench_serving.py)."""
+    return int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
+
 
 logger = logging.getLogger(__name__)
 
