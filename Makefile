@@ -31,7 +31,9 @@ test-fast: venv
 test-compose: venv
 	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
 
+# The benchmarks, with the bench-only packages (skl2onnx, onnxruntime) of requirements-bench.txt.
 bench: venv
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt -r requirements-bench.txt
 	$(BIN)/python -m bench
 
 lint: venv
