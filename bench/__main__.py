@@ -1,4 +1,5 @@
-"""Run the benchmarks: `python -m bench [name ...]` (names like `ingest`, `features`, `serving`)."""
+"""Run the benchmarks: `python -m bench [name ...] [--flag ...]` (names like `ingest`, `features`,
+`serving`; flags such as `scale`'s `--10m` are left in sys.argv for the benchmark to read)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from bench.harness import machine
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+    every = sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py"))
+    names = [a for a in argv if not a.startswith("--")] or every
     print(f"machine: {machine()}")
     failed = []
     for name in names:

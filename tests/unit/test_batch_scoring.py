@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from datetime import date
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from streamflow_mlops.config.months import month_as_of, month_of_as_of
-from streamflow_mlops.pipelines.score import copy_chunks, month_to_score, rank_and_decile
+from streamflow_mlops.pipelines.score import copy_text, month_to_score, rank_sql
 
 
 def event(asset: str, **extra):
@@ -41,32 +39,25 @@ def test_a_manual_run_scores_its_param_or_the_newest_month():
         month_to_score("", None, lambda: None)
 
 
-def test_rank_one_is_the_riskiest_ties_keep_row_order_and_deciles_split_evenly():
-    rank, decile = rank_and_decile(np.array([0.2, 0.9, 0.2, 0.5]))
-    assert rank.tolist() == [3, 1, 4, 2]
-    assert decile.tolist() == [math.ceil(10 * r / 4) for r in rank]
-    rank, decile = rank_and_decile(np.random.default_rng(0).random(1003))
-    assert sorted(rank.tolist()) == list(range(1, 1004))
-    assert np.bincount(decile)[1:].min() >= 100 and decile.min() == 1 and decile.max() == 10
-
-
 def test_copy_text_round_trips_probabilities_and_escapes_backslashes():
     scores = pd.DataFrame(
         {
             "user_id": ["0001-AAAAA", "0002-BBBBB", "0003-CCCCC"],
             "churn_probability": [0.1 + 0.2, 1 / 3, 0.5],
-            "rank": [2, 3, 1],
-            "decile": [7, 10, 4],
             "reasons": ["[]", '[{"feature": "net_service", "value": "caf\\u00e9", "contribution": 0.5}]', "[]"],
         }
     )
-    chunks = list(copy_chunks(scores, "month_001", date(2024, 2, 29), "7", chunk_rows=2))
-    assert len(chunks) == 2
-    lines = "".join(chunks).splitlines()
-    fields = [line.split("\t") for line in lines]
-    assert [float(f[3]) for f in fields] == scores["churn_probability"].tolist()
-    assert fields[0][:3] == ["month_001", "0001-AAAAA", "2024-02-29"] and fields[0][6] == "7"
-    assert fields[1][7] == '[{"feature": "net_service", "value": "caf\\\\u00e9", "contribution": 0.5}]'
+    fields = [line.split("\t") for line in copy_text(scores).splitlines()]
+    assert [f[0] for f in fields] == scores["user_id"].tolist()
+    assert [float(f[1]) for f in fields] == scores["churn_probability"].tolist()
+    assert fields[1][2] == '[{"feature": "net_service", "value": "caf\\\\u00e9", "contribution": 0.5}]'
+
+
+def test_the_rank_statement_computes_deciles_as_ceil_of_ten_ranks_over_n():
+    statement = rank_sql(1003)
+    assert "(10 * rank + 1003 - 1) / 1003" in statement
+    assert "ORDER BY churn_probability DESC, user_id" in statement
+    assert all(-((-10 * r) // 1003) == (10 * r + 1003 - 1) // 1003 for r in range(1, 1004))
 
 
 def test_month_of_as_of_inverts_month_as_of():

@@ -137,3 +137,17 @@ def test_interval_is_finite():
     y, scores = scored_rows(200, seed=9, signal=1.0)
     result = paired_bootstrap_auc_gain(y, scores + y * 0.1, scores, resamples=100)
     assert math.isfinite(result.ci_low) and math.isfinite(result.ci_high)
+
+
+def test_beyond_max_rows_the_rescaled_interval_is_the_full_bootstrap_one():
+    rng = np.random.default_rng(5)
+    y = (rng.random(60_000) < 0.26).astype(int)
+    champion = y * 0.8 + rng.normal(size=y.size)
+    challenger = champion + y * 0.05 + rng.normal(scale=0.3, size=y.size)
+    full = paired_bootstrap_auc_gain(y, challenger, champion, resamples=300, seed=1)
+    drawn = paired_bootstrap_auc_gain(y, challenger, champion, resamples=300, seed=1, max_rows=6_000)
+    assert drawn.gain == full.gain
+    width, drawn_width = full.ci_high - full.ci_low, drawn.ci_high - drawn.ci_low
+    # Drawing 6,000 rows, unscaled, the interval would be sqrt(10) ~ 3.2 times as wide.
+    assert 0.75 < drawn_width / width < 1.33
+    assert abs((drawn.ci_low + drawn.ci_high) / 2 - (full.ci_low + full.ci_high) / 2) < width / 4

@@ -170,12 +170,14 @@ def csv_columns(path: Path, table: Table) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Partition:
-    """A month's partition of `parent`, built as the standalone table `loading` until swapped in."""
+class Partition:
+    """A month's partition of `parent` (LIST on `key`), built as the standalone table `loading`
+    until `swap_in` replaces the month's old partition with it."""
 
     parent: str
     name: str
     bound: sql.Composable
+    key: str = TIMESTAMP
 
     @property
     def loading(self) -> str:
@@ -185,37 +187,41 @@ class _Partition:
         return sql.Identifier(S, name)
 
 
-def _create_loading_table(conn: psycopg.Connection, part: _Partition) -> None:
+def create_loading_table(conn: psycopg.Connection, part: Partition) -> None:
+    """The month's new table, shaped like the parent (defaults and CHECKs included), empty."""
     # The CHECK matches the partition bound, so ATTACH PARTITION trusts it instead of scanning the rows.
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {loading}").format(loading=part.ident(part.loading)))
     conn.execute(
-        sql.SQL("CREATE TABLE {loading} (LIKE {parent}, CONSTRAINT {check} CHECK ({ts} = {bound}))").format(
+        sql.SQL(
+            "CREATE TABLE {loading} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+            "CONSTRAINT {check} CHECK ({key} = {bound}))"
+        ).format(
             loading=part.ident(part.loading),
             parent=part.ident(part.parent),
             check=sql.Identifier(BOUND_CHECK),
-            ts=sql.Identifier(TIMESTAMP),
+            key=sql.Identifier(part.key),
             bound=part.bound,
         )
     )
 
 
-def _add_primary_key(conn: psycopg.Connection, part: _Partition) -> None:
-    # Built once over the loaded rows (a sort), not maintained row by row; ATTACH adopts it as the
-    # parent's primary key partition.
+def add_primary_key(conn: psycopg.Connection, part: Partition, columns: tuple[str, ...] = (ENTITY, TIMESTAMP)) -> None:
+    """The loading table's primary key, built once over the loaded rows (a sort), not maintained
+    row by row; ATTACH adopts it as the parent's primary key partition."""
     conn.execute(
-        sql.SQL("ALTER TABLE {loading} ADD CONSTRAINT {pkey} PRIMARY KEY ({entity}, {ts})").format(
+        sql.SQL("ALTER TABLE {loading} ADD CONSTRAINT {pkey} PRIMARY KEY ({columns})").format(
             loading=part.ident(part.loading),
             pkey=sql.Identifier(f"{part.loading}_pkey"),
-            entity=sql.Identifier(ENTITY),
-            ts=sql.Identifier(TIMESTAMP),
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
         )
     )
 
 
-def _copy_raw(conn: psycopg.Connection, table: Table, path: Path, part: _Partition) -> int:
+def _copy_raw(conn: psycopg.Connection, table: Table, path: Path, part: Partition) -> int:
     """COPY a CSV straight into the loading table; the CSV has no as_of, a default fills it in."""
     columns = csv_columns(path, table)
     loading, ts = part.ident(part.loading), sql.Identifier(TIMESTAMP)
-    _create_loading_table(conn, part)
+    create_loading_table(conn, part)
     conn.execute(
         sql.SQL("ALTER TABLE {loading} ALTER COLUMN {ts} SET DEFAULT {bound}").format(
             loading=loading, ts=ts, bound=part.bound
@@ -230,14 +236,14 @@ def _copy_raw(conn: psycopg.Connection, table: Table, path: Path, part: _Partiti
                 copy.write(chunk)
         rows = cur.rowcount
     conn.execute(sql.SQL("ALTER TABLE {loading} ALTER COLUMN {ts} DROP DEFAULT").format(loading=loading, ts=ts))
-    _add_primary_key(conn, part)
+    add_primary_key(conn, part)
     return rows
 
 
-def _build_snapshot(conn: psycopg.Connection, group: FeatureGroup, part: _Partition, raw: dict[str, _Partition]) -> int:
+def _build_snapshot(conn: psycopg.Connection, group: FeatureGroup, part: Partition, raw: dict[str, Partition]) -> int:
     """Join the month's new raw tables into the group's loading snapshot table."""
     first, *rest = group.sources
-    _create_loading_table(conn, part)
+    create_loading_table(conn, part)
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in group.columns)
     entity = sql.Identifier(ENTITY)
     joins = sql.SQL(" ").join(
@@ -257,11 +263,11 @@ def _build_snapshot(conn: psycopg.Connection, group: FeatureGroup, part: _Partit
             joins=joins,
         )
     )
-    _add_primary_key(conn, part)
+    add_primary_key(conn, part)
     return cur.rowcount
 
 
-def _swap_in(conn: psycopg.Connection, part: _Partition) -> None:
+def swap_in(conn: psycopg.Connection, part: Partition) -> None:
     """Replace the month's partition (if any) by the loading table, under the partition's own name."""
     name = part.ident(part.name)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {name}").format(name=name))
@@ -304,7 +310,7 @@ def load_drop(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of:
     conn.execute("SET LOCAL work_mem = '128MB'")
     days = {t.name: as_of for t in RAW_TABLES} | {LABELS.name: labels_as_of or as_of}
     raw = {
-        t.name: _Partition(t.name, partition_name(t.name, days[t.name]), sql.Literal(days[t.name])) for t in RAW_TABLES
+        t.name: Partition(t.name, partition_name(t.name, days[t.name]), sql.Literal(days[t.name])) for t in RAW_TABLES
     }
     for t in RAW_TABLES:
         counts[t.name] = _copy_raw(conn, t, folder / t.file, raw[t.name])
@@ -313,9 +319,9 @@ def load_drop(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of:
         # the load (Feast's materialization) get the same benefit.
         conn.execute(sql.SQL("ANALYZE {loading}").format(loading=raw[t.name].ident(raw[t.name].loading)))
     midnight = sql.Literal(datetime.combine(as_of, time.min, tzinfo=UTC))
-    snapshots = {g.table: _Partition(g.table, partition_name(g.table, as_of), midnight) for g in FEATURE_GROUPS}
+    snapshots = {g.table: Partition(g.table, partition_name(g.table, as_of), midnight) for g in FEATURE_GROUPS}
     for g in FEATURE_GROUPS:
         counts[g.table] = _build_snapshot(conn, g, snapshots[g.table], raw)
     for part in [*raw.values(), *snapshots.values()]:
-        _swap_in(conn, part)
+        swap_in(conn, part)
     return counts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import TYPE_CHECKING
@@ -21,23 +21,31 @@ if TYPE_CHECKING:
 EVENT_TIMESTAMP = "event_timestamp"
 
 
-def _entity_query(table: str, as_of: datetime, extra: Sequence[str] = ()) -> str:
+def _entity_query(table: str, as_of: datetime, extra: Sequence[str] = (), where: str = "") -> str:
     """SQL for an entity dataframe: a month's users at its as_of (Feast runs it server-side)."""
     columns = "".join(f", {c}" for c in extra)
     day = as_of.date().isoformat()
+    condition = f" AND {where}" if where else ""
     return (
         f"SELECT {ENTITY}, TIMESTAMPTZ '{as_of.isoformat()}' AS {EVENT_TIMESTAMP}{columns} "
-        f"FROM {WAREHOUSE_SCHEMA}.{table} WHERE {TIMESTAMP} = DATE '{day}'"
+        f"FROM {WAREHOUSE_SCHEMA}.{table} WHERE {TIMESTAMP} = DATE '{day}'{condition}"
     )
 
 
-def _historical(entity_sql: str, feature_service_name: str, settings: Settings | None) -> pd.DataFrame:
+def iter_historical(
+    entity_sql: str, feature_service_name: str, settings: Settings | None = None, chunk_rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """Feast's point-in-time join of the entity rows, as frames of at most `chunk_rows` rows
+    (the `STREAMFLOW_CHUNK_ROWS` setting) in user_id order across the whole result: the join and
+    the sort run in Postgres, the task holds one chunk (features/offline_store.py)."""
+    settings = settings or get_settings()
     store = feature_store(settings)
     job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(feature_service_name))
-    frame = job.to_df().rename(columns={EVENT_TIMESTAMP: TIMESTAMP})
-    if frame[TIMESTAMP].dt.tz is None:
-        frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
-    return frame.sort_values(ENTITY, kind="stable").reset_index(drop=True)
+    for batch in job.iter_record_batches(ENTITY, chunk_rows or settings.chunk_rows):
+        frame = batch.to_pandas().rename(columns={EVENT_TIMESTAMP: TIMESTAMP})
+        if frame[TIMESTAMP].dt.tz is None:
+            frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_localize("UTC")
+        yield frame
 
 
 def labels_as_of(month: str | int, settings: Settings | None = None) -> datetime:
@@ -58,25 +66,87 @@ def labels_as_of(month: str | int, settings: Settings | None = None) -> datetime
     return datetime.combine(row[0], dt_time.min, tzinfo=UTC)
 
 
+def iter_training_set(
+    month: str | int,
+    feature_service_name: str = FEATURE_SERVICE,
+    settings: Settings | None = None,
+    chunk_rows: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Point-in-time training set, a chunk at a time in user_id order: the labels the month's drop
+    brought (`labels_as_of`), every feature of the FeatureService as of the labels' own as_of
+    (nothing later), and `churn_label`. Columns: user_id, as_of (the labels'), features in the
+    service's order, churn_label. Raises ValueError when the month has no labelled users."""
+    as_of = labels_as_of(month, settings)
+    names = feature_names(feature_service_name, settings)
+    empty = True
+    for frame in iter_historical(_entity_query("labels", as_of, [LABEL]), feature_service_name, settings, chunk_rows):
+        empty = False
+        yield frame[[ENTITY, TIMESTAMP, *names, LABEL]]
+    if empty:
+        raise ValueError(f"{month_name(parse_month(month))}: no labelled users at {as_of.date()}")
+
+
+def iter_feature_frames(
+    month: str | int,
+    feature_service_name: str = FEATURE_SERVICE,
+    settings: Settings | None = None,
+    chunk_rows: int | None = None,
+    sample_rows: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The month's users (from `users`) with their point-in-time features at as_of, a chunk at a
+    time in user_id order; no labels needed. With `sample_rows`, only the users of the month's
+    seeded hash sample of about that size (`sample_condition`)."""
+    as_of = month_as_of_ts(month)
+    where = sample_condition(month_users(month, settings), sample_rows) if sample_rows else ""
+    names = feature_names(feature_service_name, settings)
+    entity_sql = _entity_query("users", as_of, where=where)
+    for frame in iter_historical(entity_sql, feature_service_name, settings, chunk_rows):
+        yield frame[[ENTITY, TIMESTAMP, *names]]
+
+
 def build_training_set(
     month: str | int, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:
-    """Point-in-time training set: the labels the month's drop brought (`labels_as_of`), every
-    feature of the FeatureService as of the labels' own as_of (nothing later), and `churn_label`.
-    Columns: user_id, as_of (the labels'), features in the service's order, churn_label."""
-    as_of = labels_as_of(month, settings)
-    frame = _historical(_entity_query("labels", as_of, [LABEL]), feature_service_name, settings)
-    if frame.empty:
-        raise ValueError(f"{month_name(parse_month(month))}: no labelled users at {as_of.date()}")
-    names = feature_names(feature_service_name, settings)
-    return frame[[ENTITY, TIMESTAMP, *names, LABEL]]
+    """The whole point-in-time training set as one frame (`iter_training_set`; for months that fit)."""
+    import pandas as pd
+
+    return pd.concat(list(iter_training_set(month, feature_service_name, settings)), ignore_index=True)
 
 
 def feature_frame(
     month: str | int, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:
-    """The month's users (from `users`) with their point-in-time features at as_of; no labels needed."""
-    as_of = month_as_of_ts(month)
-    frame = _historical(_entity_query("users", as_of), feature_service_name, settings)
-    names = feature_names(feature_service_name, settings)
-    return frame[[ENTITY, TIMESTAMP, *names]]
+    """The month's users with their features as one frame (`iter_feature_frames`; for months that fit)."""
+    import pandas as pd
+
+    frames = list(iter_feature_frames(month, feature_service_name, settings))
+    if not frames:
+        names = feature_names(feature_service_name, settings)
+        return pd.DataFrame(columns=[ENTITY, TIMESTAMP, *names])
+    return pd.concat(frames, ignore_index=True)
+
+
+def month_users(month: str | int, settings: Settings | None = None) -> int:
+    """How many users the month's `users` partition holds."""
+    import psycopg
+
+    with psycopg.connect((settings or get_settings()).db_url) as conn:
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.users WHERE {TIMESTAMP} = %s",
+            (month_as_of_ts(month).date(),),
+        ).fetchone()
+    return int(count)
+
+
+# A user's place in [0, 2**60) for samples: the first 15 hex digits of md5(user_id), computed by
+# Postgres in the entity query (stable across servers and versions, unlike hashtext) and by anyone
+# else from the id alone. Salt-free on purpose: the same users are sampled every month, so a
+# month-over-month comparison is not blurred by a change of sample.
+SAMPLE_BUCKETS = 2**60
+
+
+def sample_condition(total_rows: int, sample_rows: int, column: str = ENTITY) -> str:
+    """SQL keeping about `sample_rows` of `total_rows` users by their md5 bucket; '' keeps all (pure)."""
+    if total_rows <= sample_rows:
+        return ""
+    return f"('x' || substr(md5({column}), 1, 15))::bit(60)::bigint < {SAMPLE_BUCKETS * sample_rows // total_rows}"

@@ -85,7 +85,9 @@ def score_version(version: str, rows: pd.DataFrame) -> np.ndarray | None:
     if not needed or missing:
         log.warning("version %s needs features %s absent from the challenger's rows", version, missing or "(unknown)")
         return None
-    return pipeline.predict_proba(rows[needed])[:, 1]
+    from streamflow_mlops.model.training import predict_scores
+
+    return predict_scores(pipeline, rows[needed])
 
 
 def existing_versions(client: MlflowClient) -> list[str]:

@@ -40,6 +40,7 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScal
 
 from streamflow_mlops.config.holdout import EVAL_HOLDOUT_SHARE, is_eval_holdout
 from streamflow_mlops.config.schema import ENTITY, FEATURE_NAMES, LABEL, TIMESTAMP, feature_column
+from streamflow_mlops.config.settings import DEFAULT_CHUNK_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -184,23 +185,53 @@ def train_model(
     features: tuple[str, ...] | list[str] = FEATURE_NAMES,
     holdout_share: float = EVAL_HOLDOUT_SHARE,
 ) -> TrainedModel:
-    """Hold out the evaluation users, pick the F1-best threshold on out-of-fold scores of the
-    training rows, fit on all training rows, report metrics on the holdout. Deterministic in `seed`."""
-    features = list(features)
+    """Hold out the evaluation users of a whole month's frame, then `fit_challenger`."""
     missing = [c for c in [ENTITY, *features, LABEL] if c not in frame.columns]
     if missing:
         raise ValueError(f"training frame lacks columns {missing}")
     train, val = holdout_split(frame, holdout_share)
+    return fit_challenger(train, val, seed, classifier, features, holdout_share)
+
+
+def predict_scores(pipeline: Pipeline, rows: pd.DataFrame, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+    """`predict_proba(...)[:, 1]` a chunk of rows at a time: the encoded matrix of a spline
+    pipeline is ~90 float columns, 1.4 GB for two million rows at once. Rows are scored
+    independently, so the scores are those of one call on all rows (a test checks it)."""
+    needed = list(getattr(pipeline, "feature_names_in_", rows.columns))
+    parts = [
+        pipeline.predict_proba(rows.iloc[start : start + chunk_rows][needed])[:, 1]
+        for start in range(0, len(rows), chunk_rows)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def fit_challenger(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    seed: int,
+    classifier: str = DEFAULT_CLASSIFIER,
+    features: tuple[str, ...] | list[str] = FEATURE_NAMES,
+    holdout_share: float = EVAL_HOLDOUT_SHARE,
+    training_rows_available: int | None = None,
+) -> TrainedModel:
+    """Pick the F1-best threshold on out-of-fold scores of the training rows, fit on all of them,
+    report metrics on the evaluation rows (`val`). Deterministic in `seed`.
+    `training_rows_available` says how many training rows the month had when `train` is a sample."""
+    features = list(features)
+    missing = [c for c in [ENTITY, *features, LABEL] if c not in train.columns]
+    if missing:
+        raise ValueError(f"training frame lacks columns {missing}")
     pipeline = build_pipeline(classifier, seed, features)
     labels_train = train[LABEL].to_numpy()
     threshold, cv_f1 = best_f1_threshold(labels_train, out_of_fold_scores(pipeline, train, features, seed))
     started = time.perf_counter()
     pipeline.fit(train[features], labels_train)
     train_seconds = time.perf_counter() - started
-    val_scores = pipeline.predict_proba(val[features])[:, 1]
+    val_scores = predict_scores(pipeline, val[features])
     metrics = classification_metrics(val[LABEL].to_numpy(), val_scores, threshold)
     metrics["threshold_cv_f1"] = cv_f1
     metrics["train_seconds"] = train_seconds
+    available = len(train) if training_rows_available is None else training_rows_available
     params = {
         "seed": seed,
         "model": classifier,
@@ -208,14 +239,16 @@ def train_model(
         "eval_holdout_share": holdout_share,
         "threshold_rule": f"F1-best on {THRESHOLD_CV_FOLDS}-fold out-of-fold scores of the training rows",
         "n_train": len(train),
+        "n_train_available": available,
+        "train_sample": "all training rows" if available == len(train) else f"seeded sample of {len(train)}",
         "n_val": len(val),
         "n_features": len(features),
         "train_positive_rate": round(float(train[LABEL].mean()), 6),
         **scalar_params(pipeline.named_steps["classifier"], "clf__"),
     }
     log.info(
-        "trained %s (seed %d): holdout val_auc %.4f on %d rows, threshold %.3f (CV F1 %.3f)",
-        classifier, seed, metrics["val_auc"], len(val), threshold, cv_f1,
+        "trained %s (seed %d) on %d of %d rows: holdout val_auc %.4f on %d rows, threshold %.3f (CV F1 %.3f)",
+        classifier, seed, len(train), available, metrics["val_auc"], len(val), threshold, cv_f1,
     )  # fmt: skip
     return TrainedModel(pipeline, classifier, seed, features, train, val, val_scores, threshold, metrics, params)
 

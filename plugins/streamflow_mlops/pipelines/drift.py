@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,20 @@ def find_champion(settings: Settings) -> ChampionRef | None:
     if not month:
         raise ValueError(f"{REGISTERED_MODEL} v{version.version} (champion) has no `month` tag")
     return ChampionRef(str(version.version), month, version.tags.get("feature_service"))
+
+
+def sampled_feature_frame(month: str, feature_service: str, settings: Settings) -> pd.DataFrame:
+    """The month's features for Evidently: every user up to `drift_sample_rows` users, beyond that
+    the md5 sample of about that many (the same users every month; README "Scale" shows the drift
+    shares and the gate's decision are those of the whole month within noise)."""
+    import pandas as pd
+
+    from streamflow_mlops.features.retrieval import iter_feature_frames
+
+    frames = list(iter_feature_frames(month, feature_service, settings, sample_rows=settings.drift_sample_rows))
+    if not frames:
+        raise LookupError(f"{month}: no users in the feature store")
+    return pd.concat(frames, ignore_index=True)
 
 
 def served_scores(db_url: str, model_version: str) -> np.ndarray:
@@ -158,21 +173,19 @@ def run_drift_check(
 
         from streamflow_mlops.config.months import month_as_of_ts
         from streamflow_mlops.config.settings import FEATURE_SERVICE
-        from streamflow_mlops.features.retrieval import feature_frame
         from streamflow_mlops.model.registry import model_uri
+        from streamflow_mlops.model.training import predict_scores
 
         service = champion.feature_service or FEATURE_SERVICE
-        reference = feature_frame(champion.month, service, settings)
-        current = feature_frame(month, service, settings)
+        reference = sampled_feature_frame(champion.month, service, settings)
+        current = sampled_feature_frame(month, service, settings)
         names = [c for c in reference.columns if c in FEATURE_NAMES]
         pipeline = mlflow.sklearn.load_model(model_uri(champion.version))
-        # Score with exactly the columns the champion was fitted on, in its order.
-        needed = list(getattr(pipeline, "feature_names_in_", names))
         drift = compute_drift(
             reference,
             current,
-            reference_scores=pipeline.predict_proba(reference[needed])[:, 1],
-            current_scores=pipeline.predict_proba(current[needed])[:, 1],
+            reference_scores=predict_scores(pipeline, reference),
+            current_scores=predict_scores(pipeline, current),
             served_scores=served_scores(settings.db_url, champion.version),
             feature_names=names,
             timestamp=month_as_of_ts(month),

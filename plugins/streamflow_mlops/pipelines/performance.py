@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
+import numpy as np
+import pandas as pd
+
+from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
 from streamflow_mlops.monitoring.drift import SCORE_COLUMN
 from streamflow_mlops.monitoring.performance import performance_report, realized_metrics, reliability_table
@@ -80,6 +84,34 @@ def save_performance_report(
     return {"report": html, "reliability": table}
 
 
+@dataclass
+class LabelledScores:
+    """A model's scores on every labelled row of a month, and the rows of a seeded sample."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    sample: pd.DataFrame
+
+
+def score_labelled_rows(month: str, pipeline: Any, feature_service: str, settings: Settings) -> LabelledScores:
+    """Score `pipeline` on the month's labelled rows a chunk at a time. Every label and score is
+    kept (9 bytes a row: the metrics use them all); Evidently's report, which would hold the
+    month several times over, gets the user_id, label and score of a seeded sample of
+    `drift_sample_rows` rows. Raises ValueError when the month has no labels."""
+    from streamflow_mlops.features.retrieval import iter_training_set
+    from streamflow_mlops.model.sampling import HashSample
+    from streamflow_mlops.model.training import predict_scores
+
+    labels, scores = [], []
+    sample = HashSample(seed=0, max_rows=settings.drift_sample_rows)
+    for chunk in iter_training_set(month, feature_service, settings):
+        chunk_scores = predict_scores(pipeline, chunk)
+        labels.append(chunk[LABEL].to_numpy())
+        scores.append(chunk_scores)
+        sample.add(chunk[[ENTITY, LABEL]].assign(**{SCORE_COLUMN: chunk_scores}))
+    return LabelledScores(np.concatenate(labels), np.concatenate(scores), sample.frame())
+
+
 def measure_realized_performance(month: str, champion_version: str | None, settings: Settings) -> dict[str, Any]:
     """Score the champion on the month's labelled rows when it did not train on them, record and
     report it; returns `{"status": "measured" | "skipped", "reason", ...metrics}` (JSON-able)."""
@@ -87,17 +119,13 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
         return {"status": "skipped", "reason": "no champion yet"}
     import mlflow.sklearn
 
-    from streamflow_mlops.features.retrieval import build_training_set
+    from streamflow_mlops.features.retrieval import labels_as_of as month_labels_as_of
     from streamflow_mlops.model.registry import model_uri
     from streamflow_mlops.model.tracking import configure_mlflow
 
     tags = configure_mlflow(settings).get_model_version(REGISTERED_MODEL, champion_version).tags
     trained_as_of = trained_labels_as_of(tags)
-    try:
-        rows = build_training_set(month, tags.get("feature_service") or FEATURE_SERVICE, settings)
-    except ValueError as error:
-        return {"status": "skipped", "reason": f"no labels to evaluate: {error}"}
-    labels_as_of = rows[TIMESTAMP].max().date()
+    labels_as_of = month_labels_as_of(month, settings).date()
     if labels_as_of <= trained_as_of:
         reason = (
             f"champion v{champion_version} trained on labels as_of {trained_as_of}; "
@@ -105,15 +133,16 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
         )
         return {"status": "skipped", "reason": reason}
     pipeline = mlflow.sklearn.load_model(model_uri(champion_version))
-    needed = list(pipeline.feature_names_in_)
-    scores = pipeline.predict_proba(rows[needed])[:, 1]
-    labels = rows[LABEL].to_numpy()
+    try:
+        labelled = score_labelled_rows(month, pipeline, tags.get("feature_service") or FEATURE_SERVICE, settings)
+    except ValueError as error:
+        return {"status": "skipped", "reason": f"no labels to evaluate: {error}"}
+    labels, scores = labelled.labels, labelled.scores
     metrics = realized_metrics(labels, scores)
     validation_auc = float(tags["val_auc"]) if tags.get("val_auc") else None
     stem = f"performance_{month}_v{champion_version}"
-    labelled = rows[[ENTITY, LABEL]].assign(**{SCORE_COLUMN: scores})
     paths = save_performance_report(
-        labelled, float(tags.get("threshold", 0.5)), reliability_table(labels, scores),
+        labelled.sample, float(tags.get("threshold", 0.5)), reliability_table(labels, scores),
         settings.reports_dir / "performance", stem,
     )  # fmt: skip
     row = {

@@ -2,21 +2,21 @@
 ranked retention list exported (CSV under the state dir and an artifact of a `streamflow_scoring` run).
 
 The features are the champion's FeatureService read point-in-time at the month's as_of from Feast's
-offline store (the same features the service reads online). Scoring runs the champion's own sklearn
-transform on the whole frame and its classifier on the encoded array, so the probabilities are its
-`predict_proba`; the reasons come from the same encoded array (model/reasons.py).
+offline store (the same features the service reads online), a chunk of `STREAMFLOW_CHUNK_ROWS` users
+at a time. Each chunk runs the champion's own sklearn transform and its classifier on the encoded
+array, so the probabilities are its `predict_proba`; the reasons come from the same encoded array
+(model/reasons.py). Chunks are COPYed into a stage as they are scored and Postgres ranks the month,
+so the task never holds more than a chunk, whatever the month's size (issue 25).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from streamflow_mlops.config.months import month_as_of, month_name, month_of_as_of, parse_month
 from streamflow_mlops.config.schema import ENTITY
@@ -87,147 +87,130 @@ def newest_loaded_month(db_url: str) -> str | None:
     return None if as_of is None else month_name(month_of_as_of(as_of))
 
 
-def rank_and_decile(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank 1 = the highest probability; equal probabilities keep the rows' order (the caller
-    orders them by user_id, so a re-run ranks ties the same way). Decile 1 is the top tenth:
-    `ceil(10 * rank / n)`, so every decile but the last holds the same number of users +-1."""
-    n = len(probabilities)
-    order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(1, n + 1)
-    decile = -((-DECILES * rank) // max(n, 1))
-    return rank, decile
-
-
-def score_frame(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per user: user_id, churn_probability, rank, decile, reasons (JSON), in rank order."""
+def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per user of the chunk: user_id, churn_probability, reasons (JSON). Rows are scored
+    independently, so a month scored chunk by chunk has the probabilities of one whole-month call."""
     import pandas as pd
 
-    # Feast's frame comes sorted by user_id already (features/retrieval.py); checking is a tenth
-    # of the cost of sorting a million ids again.
-    if not frame[ENTITY].is_monotonic_increasing:
-        frame = frame.sort_values(ENTITY, kind="stable", ignore_index=True)
-    else:
-        frame = frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
     probabilities, contributions = model.explain_frame(frame)
-    rank, decile = rank_and_decile(probabilities)
     if contributions is None:
         reasons = ["[]"] * len(frame)
     else:
         features = model.explainer.features
         values = {name: frame[name].to_numpy() for name in features}
         reasons = reasons_json(features, values, contributions, top_reason_indices(contributions))
-    scores = pd.DataFrame(
-        {
-            ENTITY: frame[ENTITY].to_numpy(),
-            "churn_probability": probabilities,
-            "rank": rank,
-            "decile": decile,
-            "reasons": reasons,
-        }
-    )
-    return scores.sort_values("rank", ignore_index=True)
+    return pd.DataFrame({ENTITY: frame[ENTITY].to_numpy(), "churn_probability": probabilities, "reasons": reasons})
 
 
-# Rows per COPY chunk: Postgres parses one chunk while the next is formatted (the two cores
-# overlap), and the text of a million rows (~250 MB) never sits in memory at once.
-COPY_CHUNK_ROWS = 50_000
+STAGE_COLUMNS = (ENTITY, "churn_probability", "reasons")
 
 
-def copy_chunks(
-    scores: pd.DataFrame, month: str, as_of: date, model_version: str, chunk_rows: int = COPY_CHUNK_ROWS
-) -> Iterator[str]:
-    """The rows of `churn_scores` (SCORE_COLUMNS) as COPY text, tab-separated, a chunk at a time.
+def copy_text(scores: pd.DataFrame) -> str:
+    """A chunk's scores (STAGE_COLUMNS) as COPY text, tab-separated.
 
     Probabilities as repr (the shortest text that reads back as the same float); pandas' CSV
     writer, quoting every JSON quote, was slower and a fifth more text.
     """
-    day = as_of.isoformat()
-    user_ids = scores[ENTITY].tolist()
-    probabilities = scores["churn_probability"].tolist()
-    ranks = scores["rank"].tolist()
-    deciles = scores["decile"].tolist()
-    reasons = scores["reasons"].tolist()
-    for start in range(0, len(scores), chunk_rows):
-        stop = start + chunk_rows
-        text = "".join(
-            f"{month}\t{user_id}\t{day}\t{probability!r}\t{rank}\t{decile}\t{model_version}\t{why}\n"
-            for user_id, probability, rank, decile, why in zip(
-                user_ids[start:stop],
-                probabilities[start:stop],
-                ranks[start:stop],
-                deciles[start:stop],
-                reasons[start:stop],
-                strict=True,
-            )
+    text = "".join(
+        f"{user_id}\t{probability!r}\t{why}\n"
+        for user_id, probability, why in zip(
+            scores[ENTITY].tolist(), scores["churn_probability"].tolist(), scores["reasons"].tolist(), strict=True
         )
-        # In COPY's text format a backslash starts an escape (JSON's \uXXXX, \"): doubled, it is itself.
-        yield text.replace("\\", "\\\\")
+    )
+    # In COPY's text format a backslash starts an escape (JSON's \uXXXX, \"): doubled, it is itself.
+    return text.replace("\\", "\\\\")
 
 
-def write_scores(conn: psycopg.Connection, month: str, as_of: date, scores: pd.DataFrame, model_version: str) -> int:
-    """Replace the month's partition of `churn_scores` with `scores`, in one transaction.
+def rank_sql(users: int) -> str:
+    """The INSERT that ranks the staged month into its loading table (parameters: month, as_of,
+    model_version). Rank 1 = the highest probability, ties by user_id (bytewise); decile 1 is the
+    top tenth, `ceil(10 * rank / n)`, so every decile but the last holds the same number of users
+    +-1. Postgres sorts the month (on disk when it must) instead of the task holding it."""
+    n = max(int(users), 1)
+    return (
+        "INSERT INTO {loading} (month, user_id, as_of, churn_probability, rank, decile, model_version, reasons) "
+        f"SELECT %s, user_id, %s, churn_probability, rank, ({DECILES} * rank + {n} - 1) / {n}, %s, reasons::jsonb "
+        "FROM (SELECT *, row_number() OVER (ORDER BY churn_probability DESC, user_id) AS rank FROM {stage}) ranked"
+    )
 
-    The month is COPYed into a new standalone table, its primary key built in one sort, and the
-    table swapped in for the month's old partition: readers see the old month or the new one,
-    never a mix, and a failure anywhere leaves the old partition as it was.
+
+def write_scores(
+    conn: psycopg.Connection, month: str, as_of: date, chunks: Iterable[pd.DataFrame], model_version: str
+) -> int:
+    """Replace the month's partition of `churn_scores` with the scored chunks, in one transaction
+    of the caller's connection; returns the rows written.
+
+    Each chunk is COPYed into a temporary stage as it comes; Postgres ranks the month into a new
+    standalone table, builds its primary key in one sort and swaps it in for the month's old
+    partition (data/warehouse.py): readers see the old month or the new one, never a mix, and a
+    failure anywhere leaves the old partition as it was.
     """
     from psycopg import sql
 
-    parent = sql.Identifier(WAREHOUSE_SCHEMA, "churn_scores")
-    name = f"churn_scores_{month}"
-    partition, loading = sql.Identifier(WAREHOUSE_SCHEMA, name), sql.Identifier(WAREHOUSE_SCHEMA, f"{name}_load")
-    bound = sql.Literal(month)
-    statement = sql.SQL("COPY {loading} ({columns}) FROM STDIN").format(
-        loading=loading, columns=sql.SQL(", ").join(map(sql.Identifier, SCORE_COLUMNS))
-    )
+    from streamflow_mlops.data.warehouse import Partition, add_primary_key, create_loading_table, swap_in
+
+    part = Partition("churn_scores", f"churn_scores_{month}", sql.Literal(month), key="month")
+    stage = sql.Identifier("churn_scores_stage")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {loading}").format(loading=loading))
-        # The CHECK matches the partition bound, so ATTACH trusts it instead of scanning the rows.
+        cur.execute("SET LOCAL work_mem = '256MB'")
         cur.execute(
             sql.SQL(
-                "CREATE TABLE {loading} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
-                "CONSTRAINT partition_bound CHECK (month = {bound}))"
-            ).format(loading=loading, parent=parent, bound=bound)
+                'CREATE TEMP TABLE {stage} (user_id TEXT COLLATE "C" NOT NULL, '
+                "churn_probability DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL) ON COMMIT DROP"
+            ).format(stage=stage)
         )
-        with cur.copy(statement) as copy:
-            for chunk in copy_chunks(scores, month, as_of, model_version):
-                copy.write(chunk)
+        users = 0
+        with cur.copy(sql.SQL("COPY {stage} FROM STDIN").format(stage=stage)) as copy:
+            for scores in chunks:
+                copy.write(copy_text(scores))
+                users += len(scores)
+        if users == 0:
+            raise LookupError(f"{month}: no users at {as_of} in the feature store")
+        create_loading_table(conn, part)
+        cur.execute(
+            sql.SQL(rank_sql(users)).format(loading=part.ident(part.loading), stage=stage),
+            (month, as_of, model_version),
+        )
         written = cur.rowcount
-        cur.execute(
-            sql.SQL("ALTER TABLE {loading} ADD CONSTRAINT {pkey} PRIMARY KEY (month, {entity})").format(
-                loading=loading, pkey=sql.Identifier(f"{name}_load_pkey"), entity=sql.Identifier(ENTITY)
-            )
-        )
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {partition}").format(partition=partition))
-        cur.execute(
-            sql.SQL("ALTER TABLE {loading} RENAME TO {name}").format(loading=loading, name=sql.Identifier(name))
-        )
-        cur.execute(
-            sql.SQL("ALTER INDEX {old} RENAME TO {new}").format(
-                old=sql.Identifier(WAREHOUSE_SCHEMA, f"{name}_load_pkey"), new=sql.Identifier(f"{name}_pkey")
-            )
-        )
-        cur.execute(
-            sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES IN ({bound})").format(
-                parent=parent, partition=partition, bound=bound
-            )
-        )
-        cur.execute(sql.SQL("ALTER TABLE {partition} DROP CONSTRAINT partition_bound").format(partition=partition))
+        add_primary_key(conn, part, ("month", ENTITY))
+        swap_in(conn, part)
     return written
 
 
-def retention_list(scores: pd.DataFrame, top_k: int) -> pd.DataFrame:
-    """The `top_k` riskiest users, rank first (scores are in rank order)."""
-    return scores.head(top_k)[list(RETENTION_COLUMNS)]
+def month_summary(conn: psycopg.Connection, month: str, threshold: float, top_k: int) -> dict[str, float]:
+    """What the month's scores say, computed where they are."""
+    scored, churn_rate, mean, top_min = conn.execute(
+        f"SELECT count(*), avg((churn_probability >= %s)::int), avg(churn_probability), "
+        f"min(churn_probability) FILTER (WHERE rank <= %s) FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %s",
+        (threshold, top_k, month),
+    ).fetchone()
+    return {
+        "scored_users": int(scored),
+        "predicted_churn_rate": float(churn_rate),
+        "mean_probability": float(mean),
+        "top_k_min_probability": float(top_min),
+    }
 
 
-def export_retention_list(scores: pd.DataFrame, top_k: int, directory: Path, month: str) -> Path:
+def retention_list(conn: psycopg.Connection, month: str, top_k: int) -> pd.DataFrame:
+    """The month's `top_k` riskiest users, rank first (RETENTION_COLUMNS), read by the primary key."""
+    import pandas as pd
+
+    rows = conn.execute(
+        f"SELECT rank, user_id, churn_probability, decile, reasons::text FROM {WAREHOUSE_SCHEMA}.churn_scores "
+        "WHERE month = %s AND rank <= %s ORDER BY rank",
+        (month, top_k),
+    ).fetchall()
+    return pd.DataFrame(rows, columns=list(RETENTION_COLUMNS))
+
+
+def export_retention_list(retained: pd.DataFrame, top_k: int, directory: Path, month: str) -> Path:
     """`<directory>/<month>_top<k>.csv`: rank, user_id, churn_probability, decile, reasons (JSON)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{month}_top{top_k}.csv"
-    retention_list(scores, top_k).to_csv(path, index=False)
+    retained.to_csv(path, index=False)
     return path
 
 
@@ -273,7 +256,7 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
     the top `top_k`; returns a JSON-able summary (counts, rates, paths, MLflow run, seconds by stage)."""
     import psycopg
 
-    from streamflow_mlops.features.retrieval import feature_frame
+    from streamflow_mlops.features.retrieval import iter_feature_frames
 
     settings = settings or get_settings()
     month = month_name(parse_month(month))
@@ -285,19 +268,13 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
     threshold = float(version.tags.get("threshold", 0.5))
     seconds["model"] = time.perf_counter() - started
     mark = time.perf_counter()
-    frame = feature_frame(month, feature_service, settings)
-    if frame.empty:
-        raise LookupError(f"{month}: no users at {as_of} in the feature store")
-    seconds["features"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    scores = score_frame(model, frame)
-    seconds["score"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    chunks = (score_chunk(model, frame) for frame in iter_feature_frames(month, feature_service, settings))
     with psycopg.connect(settings.db_url) as conn:
-        written = write_scores(conn, month, as_of, scores, str(version.version))
-    seconds["write"] = time.perf_counter() - mark
-    retention_csv = export_retention_list(scores, top_k, settings.state_dir / "scores", month)
-    probabilities = scores["churn_probability"].to_numpy()
+        written = write_scores(conn, month, as_of, chunks, str(version.version))
+        seconds["score_and_write"] = time.perf_counter() - mark
+        figures = month_summary(conn, month, threshold, top_k)
+        retained = retention_list(conn, month, top_k)
+    retention_csv = export_retention_list(retained, top_k, settings.state_dir / "scores", month)
     summary: dict[str, Any] = {
         "month": month,
         "as_of": as_of.isoformat(),
@@ -306,10 +283,7 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
         "feature_service": feature_service,
         "top_k": int(top_k),
         "threshold": threshold,
-        "scored_users": int(written),
-        "predicted_churn_rate": float((probabilities >= threshold).mean()),
-        "mean_probability": float(probabilities.mean()),
-        "top_k_min_probability": float(probabilities[: min(top_k, len(probabilities))].min()),
+        **figures,
         "retention_list": str(retention_csv),
         "seconds": seconds,
     }
@@ -328,16 +302,21 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
     return summary
 
 
-def labelled_scores(db_url: str, month: str) -> pd.DataFrame:
+def labelled_scores(db_url: str, month: str, scored_users: int, sample_rows: int) -> pd.DataFrame:
     """The month's scores joined with the labels stored at the month's as_of (the outcome of the
-    period the scores predict); empty while those labels have not arrived."""
+    period the scores predict), for about `sample_rows` users of the md5 sample
+    (features/retrieval.py) when the month has more; empty while those labels have not arrived."""
     import pandas as pd
     import psycopg
 
+    from streamflow_mlops.features.retrieval import sample_condition
+
+    sample = sample_condition(scored_users, sample_rows, column="s.user_id")
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             f"SELECT s.user_id, l.churn_label, s.churn_probability FROM {WAREHOUSE_SCHEMA}.churn_scores s "
-            f"JOIN {WAREHOUSE_SCHEMA}.labels l ON l.user_id = s.user_id AND l.as_of = s.as_of WHERE s.month = %s",
+            f"JOIN {WAREHOUSE_SCHEMA}.labels l ON l.user_id = s.user_id AND l.as_of = s.as_of WHERE s.month = %s"
+            + (f" AND {sample}" if sample else ""),
             (month,),
         ).fetchall()
     return pd.DataFrame(rows, columns=[ENTITY, "churn_label", "churn_probability"])
@@ -354,7 +333,7 @@ def add_scores_to_dashboard(summary: dict[str, Any], settings: Settings | None =
     add_scores_snapshot(month, as_of, summary["scored_users"], summary["predicted_churn_rate"], settings)
     if summary.get("model_month") == month:
         return f"{month}: scores (no realized performance: the champion trained on {month})"
-    scored = labelled_scores(settings.db_url, month)
+    scored = labelled_scores(settings.db_url, month, summary["scored_users"], settings.drift_sample_rows)
     if len(scored) == 0 or scored["churn_label"].nunique() < 2:
         return f"{month}: scores (labels not there yet)"
     add_classification_snapshot(month, as_of, scored, float(summary["threshold"]), settings)

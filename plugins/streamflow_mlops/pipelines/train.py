@@ -17,7 +17,7 @@ from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import Decision, paired_bootstrap_auc_gain, should_promote
 from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
 from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
-from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc, train_model
+from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc
 from streamflow_mlops.monitoring.drift import month_older_than_champion
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,15 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
     }
 
 
-def read_truth(drops_dir: Path, month: str) -> pd.DataFrame | None:
-    """The drop's `_truth.csv` when the drop was generated here (never present for real data)."""
+def read_truth(drops_dir: Path, month: str, user_ids: pd.Series, chunk_rows: int) -> pd.DataFrame | None:
+    """The rows of `user_ids` in the drop's `_truth.csv` when the drop was generated here (never
+    present for real data), read a chunk at a time."""
     path = drops_dir / month / "_truth.csv"
-    return pd.read_csv(path) if path.exists() else None
+    if not path.exists():
+        return None
+    wanted = pd.Index(user_ids)
+    with pd.read_csv(path, chunksize=chunk_rows) as chunks:
+        return pd.concat([chunk[chunk[ENTITY].isin(wanted)] for chunk in chunks], ignore_index=True)
 
 
 def log_challenger(
@@ -135,18 +140,30 @@ def log_challenger(
     return {**challenger, "labels_as_of": labels_as_of}
 
 
-def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
-    """The month's point-in-time training set from Feast (the FeatureService), trained and registered."""
+def train_and_register(
+    month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER, max_rows: int | None = None
+) -> dict[str, Any]:
+    """The month's point-in-time training set from Feast (the FeatureService), streamed into its
+    evaluation rows and a seeded sample of at most `max_rows` training rows (the
+    `STREAMFLOW_TRAIN_MAX_ROWS` setting; model/sampling.py), trained and registered."""
     from streamflow_mlops.config.months import month_as_of, month_name, parse_month
     from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
-    from streamflow_mlops.features.retrieval import build_training_set
+    from streamflow_mlops.features.retrieval import iter_training_set
     from streamflow_mlops.features.store import feature_names
+    from streamflow_mlops.model.sampling import TrainingSplit
+    from streamflow_mlops.model.training import fit_challenger
 
+    settings = get_settings()
     month = month_name(parse_month(month))
-    frame = build_training_set(month, FEATURE_SERVICE)
+    split = TrainingSplit(seed=seed, max_rows=max_rows or settings.train_max_rows)
+    for chunk in iter_training_set(month, FEATURE_SERVICE, settings):
+        split.add(chunk)
+    train, val = split.frames()
     names = feature_names(FEATURE_SERVICE)
-    trained = train_model(frame, seed, classifier=classifier, features=names)
-    truth = read_truth(get_settings().drops_dir, month)
+    trained = fit_challenger(
+        train, val, seed, classifier=classifier, features=names, training_rows_available=split.training_rows_seen
+    )
+    truth = read_truth(settings.drops_dir, month, val[ENTITY], settings.chunk_rows)
     return log_challenger(
         trained, month=month, as_of=month_as_of(parse_month(month)), feature_service=FEATURE_SERVICE, truth=truth
     )
