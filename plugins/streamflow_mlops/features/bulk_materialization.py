@@ -17,13 +17,24 @@ timestamp goes through Feast's `to_naive_utc` and the sqlite adapter Feast regis
 keys come from Feast's `serialize_entity_key` (a fixed prefix, checked against it). Only mapping
 those results back onto the rows is vectorized, so Feast's `online_read` / `get_online_features`
 read the rows exactly as if Feast had written them (tests compare the files row for row).
+
+Streamed, so that memory is bounded by a chunk whatever the month's size (issue 25): Feast's
+source read fetches a view's whole window as Python tuples, then an Arrow table, and a task's peak
+grew with the month (1.3 GB at 1M users, several times that at 10M). Into the sqlite store
+`BulkExecutionPlan` instead reads the same rows (the query of Feast's own
+`pull_latest_from_table_or_query` for the window: same TTL window, same latest row per key)
+through a server-side cursor in join-key order, `STREAMFLOW_CHUNK_ROWS` rows at a time, and runs
+Feast's own filter and dedup nodes and the bulk output on each chunk in turn. That is exact
+because the latest-row query leaves one row per key (no key spans two chunks) and those nodes work
+row by row or key by key; a plan with any other step (a transformation, an aggregation, a join),
+an offline write, Feast's all-rows read or another online store runs Feast's way, whole.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -32,11 +43,19 @@ import pyarrow as pa
 from feast.feature_view import FeatureView
 from feast.infra.common.materialization_job import MaterializationJobStatus
 from feast.infra.compute_engines.dag.context import ExecutionContext
+from feast.infra.compute_engines.dag.plan import ExecutionPlan
 from feast.infra.compute_engines.local.arrow_table_value import ArrowTableValue
 from feast.infra.compute_engines.local.compute import LocalComputeEngine, LocalComputeEngineConfig
 from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilder
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
-from feast.infra.compute_engines.local.nodes import LocalOutputNode
+from feast.infra.compute_engines.local.nodes import (
+    LocalDedupNode,
+    LocalFilterNode,
+    LocalOutputNode,
+    LocalSourceReadNode,
+)
+from feast.infra.compute_engines.utils import create_offline_store_retrieval_job
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStore
 from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -45,7 +64,9 @@ from feast.type_map import python_values_to_proto_values
 from feast.utils import _coerce_datetime, to_naive_utc
 from feast.value_type import ValueType
 
+from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.features.keys import string_key_encoder
+from streamflow_mlops.features.offline_store import HashJoinRetrievalJob
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +209,22 @@ def write_arrow_batch(
 class BulkOutputNode(LocalOutputNode):
     """Feast's output step; into Feast's sqlite store it writes Arrow batches in bulk."""
 
+    def join_keys(self) -> dict[str, ValueType]:
+        return {e.name: e.dtype.to_value_type() for e in self.feature_view.entity_columns}
+
+    def writes_in_bulk(self, context: ExecutionContext) -> bool:
+        """True when this step writes online rows itself rather than through Feast's store."""
+        view = self.feature_view
+        return view.online and can_write_in_bulk(context.online_store, context.repo_config, view, self.join_keys())
+
     def execute(self, context: ExecutionContext) -> ArrowTableValue:
         view, config, store = self.feature_view, context.repo_config, context.online_store
-        join_keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-        if not (view.online and can_write_in_bulk(store, config, view, join_keys)):
+        if not self.writes_in_bulk(context):
             return super().execute(context)
         table = self.get_single_table(context).data
         output = ArrowTableValue(data=table)
         context.node_outputs[self.name] = output
-        (join_key,) = join_keys
+        (join_key,) = self.join_keys()
         # In key order every batch appends at the right edge of the primary-key B-trees instead of
         # touching pages all over a multi-GB file (3 GB at 1M users).
         ordered = table.sort_by(join_key)
@@ -210,13 +238,91 @@ class BulkOutputNode(LocalOutputNode):
         return output
 
 
+class BulkSourceReadNode(LocalSourceReadNode):
+    """Feast's source read, which can also hand over the same rows a chunk at a time in key order."""
+
+    def can_stream(self, context: ExecutionContext) -> bool:
+        """Feast's latest-row read (one row per key) of a one-key view, from the Postgres offline store."""
+        return (
+            context.repo_config.materialization_config.pull_latest_features
+            and isinstance(context.offline_store, PostgreSQLOfflineStore)
+            and len(self.column_info.join_keys) == 1
+        )
+
+    def execute_in_chunks(self, context: ExecutionContext, chunk_rows: int) -> Iterator[ArrowTableValue]:
+        """What `execute` returns, as consecutive tables of at most `chunk_rows` rows in join-key order."""
+        job = create_offline_store_retrieval_job(
+            data_source=self.source,
+            column_info=self.column_info,
+            context=context,
+            start_time=self.start_time,
+            end_time=self.end_time,
+        )
+        (join_key,) = self.column_info.join_keys
+        mapping = self.column_info.field_mapping or {}
+        # Key order is the one the bulk output sorts each batch in ("C": bytes, as Arrow's sort).
+        for batch in HashJoinRetrievalJob.of(job).iter_record_batches(join_key, chunk_rows):
+            table = pa.Table.from_batches([batch])
+            yield ArrowTableValue(table.rename_columns([mapping.get(c, c) for c in table.column_names]))
+
+
+# The steps between the source read and the output that give the same rows chunk by chunk as over
+# the whole window once each key's rows sit in one chunk: Feast's filter (row by row: the view's
+# filter; its TTL bound applies only to an entity dataframe) and dedup (latest row per key).
+CHUNKABLE_STEPS = (LocalFilterNode, LocalDedupNode)
+
+
+class BulkExecutionPlan(ExecutionPlan):
+    """Feast's plan, run once per chunk of the source's rows when its output writes in bulk."""
+
+    def streams(self, context: ExecutionContext) -> bool:
+        """True for read, filter/dedup, bulk output into sqlite, and no offline write."""
+        source, *steps, output = self.nodes
+        return (
+            isinstance(source, BulkSourceReadNode)
+            and isinstance(output, BulkOutputNode)
+            and all(type(step) in CHUNKABLE_STEPS for step in steps)
+            and source.can_stream(context)
+            and output.writes_in_bulk(context)
+            and not output.feature_view.offline
+        )
+
+    def execute(self, context: ExecutionContext) -> ArrowTableValue:
+        if not self.streams(context):
+            return super().execute(context)
+        source, *steps = self.nodes
+        chunk_rows = get_settings().chunk_rows
+        result, rows, chunks = ArrowTableValue(pa.table({})), 0, 0
+        for chunk in source.execute_in_chunks(context, chunk_rows):
+            # Feast's nodes take their input from `context.node_outputs` under the input node's
+            # name, as `ExecutionPlan.execute` leaves it; seeded with one chunk (and nothing of the
+            # previous one, so memory holds one chunk), the later steps run on that chunk alone.
+            context.node_outputs = {source.name: chunk}
+            for node in steps:
+                context.node_outputs[node.name] = result = node.execute(context)
+            rows, chunks = rows + chunk.data.num_rows, chunks + 1
+        view = self.nodes[-1].feature_view.name
+        log.info("%s: %d rows streamed in %d chunks of up to %d", view, rows, chunks, chunk_rows)
+        return result
+
+
 class BulkFeatureBuilder(LocalFeatureBuilder):
-    """Feast's local plan (read, filter, dedup), ending in `BulkOutputNode`."""
+    """Feast's local plan (read, filter, dedup), ending in `BulkOutputNode`, run as a `BulkExecutionPlan`."""
+
+    def build_source_node(self, view):
+        node = BulkSourceReadNode(
+            "source", view.source, self.get_column_info(view), self.task.start_time, self.task.end_time
+        )
+        self.nodes.append(node)
+        return node
 
     def build_output_nodes(self, view, input_node):
         node = BulkOutputNode("output", self.dag_root.view, inputs=[input_node])
         self.nodes.append(node)
         return node
+
+    def build(self) -> BulkExecutionPlan:
+        return BulkExecutionPlan(super().build().nodes)
 
 
 class BulkComputeEngineConfig(LocalComputeEngineConfig):

@@ -85,7 +85,9 @@ def materialize_month(
     materialized" bookmark. Fails when the month's snapshots are not loaded; skips (the report
     says why, `skipped`) a month older than the newest loaded one unless `force`. `workers > 1`
     splits the feature views over that many processes (they take turns on sqlite's one write
-    lock); one is the default, see bench/bench_features.py for both.
+    lock); one is the default, see bench/bench_features.py for both. Into sqlite each view is read
+    and written `STREAMFLOW_CHUNK_ROWS` rows at a time (features/bulk_materialization.py), so a
+    process's memory does not grow with the month.
     """
     settings = settings or get_settings()
     store = feature_store(settings)
