@@ -48,7 +48,7 @@ from streamflow_mlops.features.materialize import materialization_window, materi
 from streamflow_mlops.features.online import online_features
 from streamflow_mlops.features.parity import check_parity, parity_sample_users
 from streamflow_mlops.features.retrieval import build_training_set
-from streamflow_mlops.features.store import _feature_store, _sqlite_connection, apply_repo, feature_store, repo_config
+from streamflow_mlops.features.store import _feature_store, apply_repo, feature_store, repo_config, sqlite_connection
 from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 MONTH = "month_000"
@@ -153,7 +153,7 @@ def fresh_online_tables(store) -> None:
         entities_to_keep=store.list_entities(),
         partial=False,
     )
-    _sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
+    sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
 
 
 def cpu_seconds() -> float:
