@@ -16,12 +16,18 @@ Cross-table checks scale to 1M users by hashing, not by handing GE a million-val
 row's user_id when it is missing from users.csv and null otherwise, and the suite expects it to
 be null; the row count of every table must equal users.csv's (suite parameter `users_row_count`).
 With unique keys on both sides, the two together say every table covers exactly the same users.
+
+A file is validated in chunks of `STREAMFLOW_CHUNK_ROWS` rows, so memory is bounded by the chunk,
+not the month (issue 25): GE runs on each chunk and `validation_chunks` merges the chunks' results
+into the result of the whole file, reasons included. users.csv goes first, as the orphan check
+needs all its ids (kept as hashes). Ids repeated across chunks need what only the whole file
+knows, so a file whose ids repeat is validated a second time, knowing which ids repeat: rare (a
+broken batch), and cheaper than a second GE pass over every file. Before GE, each file is read
+once more with its chunks one row later, for the rows pandas does not check at chunk starts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -31,6 +37,20 @@ from typing import Any
 import pandas as pd
 
 from streamflow_mlops.config.schema import ENTITY, LABEL, RAW_TABLES, USER_ID_REGEX, USERS, Column, Table
+from streamflow_mlops.config.settings import get_settings
+from streamflow_mlops.data.validation_chunks import (
+    TEXT_VIEW,
+    VALUES_VIEW,
+    ChunkValidator,
+    FileCheck,
+    IdHashes,
+    UnreadableFile,
+    file_sha256,
+    in_other_chunk,
+    text_chunks,
+    validate_file,
+)
+from streamflow_mlops.data.validation_merge import IN_OTHER_CHUNK_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +63,6 @@ TYPE_REGEX = {"int": INT_REGEX, "float": FLOAT_REGEX, "bool": BOOL_REGEX}
 
 ORPHAN_COLUMN = f"orphan_{ENTITY}"
 USERS_ROW_COUNT = "users_row_count"
-TEXT_VIEW, VALUES_VIEW = "text", "values"
-RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
 SUITE_NOTE = "Generated from streamflow_mlops.config.schema by `python -m streamflow_mlops expectations`; do not edit."
 
 
@@ -86,6 +104,7 @@ def build_suite(table: Table) -> dict[str, Any]:
         _expectation("expect_column_values_to_not_be_null", TEXT_VIEW, column=ENTITY),
         _expectation("expect_column_values_to_match_regex", TEXT_VIEW, column=ENTITY, regex=USER_ID_REGEX),
         _expectation("expect_column_values_to_be_unique", TEXT_VIEW, column=ENTITY),
+        _expectation("expect_column_values_to_be_null", VALUES_VIEW, column=IN_OTHER_CHUNK_COLUMN),
     ]
     if table.name != USERS.name:
         expectations += [
@@ -138,18 +157,13 @@ class FileRead:
 
 
 def read_text(table: Table, path: Path) -> FileRead:
-    """Read a CSV as text (empty cells become null, nothing else is interpreted)."""
-    if not path.is_file():
-        return FileRead(table, None, pd.DataFrame(), f"{path.name} is missing")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    """A whole CSV as one text frame: for files known to be small (a look at a quarantined drop);
+    `validate_drop` works through files chunk by chunk instead."""
+    digest = file_sha256(path)
     try:
-        # utf-8-sig: a byte-order mark (spreadsheet exports) is harmless, not part of the header.
-        text = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        return FileRead(table, digest, pd.DataFrame(), f"{path.name} is empty (no header)")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        return FileRead(table, digest, pd.DataFrame(), f"{path.name} is not a valid UTF-8 CSV: {exc}")
+        text = pd.concat(list(text_chunks(path, get_settings().chunk_rows)))
+    except UnreadableFile as exc:
+        return FileRead(table, digest, pd.DataFrame(), str(exc))
     return FileRead(table, digest, text)
 
 
@@ -166,8 +180,14 @@ def parse_well_formed(raw: pd.Series, dtype: str) -> pd.Series:
     return pd.to_numeric(raw.map(numbers))
 
 
-def values_view(text: pd.DataFrame, table: Table, user_ids: pd.Series) -> pd.DataFrame:
-    """Text parsed to the declared types; cells without the declared format become null (pure)."""
+def values_view(
+    text: pd.DataFrame, table: Table, user_ids: IdHashes | pd.Series, repeated: IdHashes | None = None
+) -> pd.DataFrame:
+    """Text parsed to the declared types; cells without the declared format become null (pure).
+
+    Key facts no single chunk holds come as columns GE expects null: `orphan_user_id`, against
+    users.csv's ids (`user_ids`, their hashes or the ids), and `user_id_in_other_chunk`, against
+    the ids `repeated` in the file (when a first pass over it found any)."""
     values = {}
     for column in table.columns:
         # Booleans and categories have no value checks; their text checks say it all.
@@ -175,9 +195,11 @@ def values_view(text: pd.DataFrame, table: Table, user_ids: pd.Series) -> pd.Dat
             continue
         values[column.name] = parse_well_formed(text[column.name], column.dtype)
     frame = pd.DataFrame(values, index=text.index)
+    ids = text[ENTITY] if ENTITY in text else pd.Series(pd.NA, index=text.index, dtype=object)
     if table.name != USERS.name:
-        ids = text[ENTITY] if ENTITY in text else pd.Series(pd.NA, index=text.index, dtype=object)
-        frame[ORPHAN_COLUMN] = ids.where(~ids.isin(user_ids) & ids.notna())
+        known = user_ids if isinstance(user_ids, IdHashes) else IdHashes.of(user_ids)
+        frame[ORPHAN_COLUMN] = ids.where(~known.contains(ids) & ids.notna().to_numpy())
+    frame[IN_OTHER_CHUNK_COLUMN] = in_other_chunk(ids, repeated or IdHashes())
     return frame
 
 
@@ -203,61 +225,47 @@ def _suite_for_view(suite, view: str):
     )
 
 
-def _merged(table: Table, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    results = [r for part in parts for r in part["results"]]
-    return {
-        "suite": table.name,
-        "file": table.file,
-        "success": all(part["success"] for part in parts),
-        "statistics": {
-            "evaluated_expectations": len(results),
-            "successful_expectations": sum(1 for r in results if r["success"]),
-        },
-        "results": results,
-    }
+def file_check(table: Table, expectations_dir: Path, params: dict[str, Any], user_ids: IdHashes) -> FileCheck:
+    """How one table's file is validated: its committed suite split by view, GE's parameters, and
+    its values view against users.csv's ids."""
+    suite = load_suite(table, expectations_dir)
+    return FileCheck(
+        table.name,
+        table.file,
+        {view: _suite_for_view(suite, view) for view in (TEXT_VIEW, VALUES_VIEW)},
+        params,
+        lambda text, repeated: values_view(text, table, user_ids, repeated),
+    )
 
 
-def validate_drop(folder: Path, expectations_dir: Path) -> DropValidation:
-    """Run every table's suite on the month folder's CSVs; writes nothing."""
+def validate_drop(folder: Path, expectations_dir: Path, chunk_rows: int | None = None) -> DropValidation:
+    """Run every table's suite on the month folder's CSVs, `chunk_rows` rows at a time (default: the
+    `STREAMFLOW_CHUNK_ROWS` setting); the outcome does not depend on the chunk size. Writes nothing."""
     import time
 
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     started = time.perf_counter()
-    reads = {t.name: read_text(t, folder / t.file) for t in RAW_TABLES}
-    users_text = reads[USERS.name].text
-    user_ids = users_text[ENTITY].dropna() if ENTITY in users_text else pd.Series([], dtype=object)
-    params = {USERS_ROW_COUNT: len(users_text)}
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("streamflow_drop")
-    # One asset per view, not per table: each new asset re-saves the context's config (measured ~60 ms).
-    batch_definitions = {
-        view: source.add_dataframe_asset(view).add_batch_definition_whole_dataframe("whole")
-        for view in (TEXT_VIEW, VALUES_VIEW)
-    }
-    results: dict[str, dict[str, Any]] = {}
+    chunk_rows = chunk_rows if chunk_rows is not None else get_settings().chunk_rows
+    if chunk_rows < 2:
+        raise ValueError(f"chunk_rows={chunk_rows}: two rows at least, or no read checks a row's width")
+    # Digests first: a file changed while it is validated then differs from its digest at load time.
+    sha256 = {t.file: file_sha256(folder / t.file) for t in RAW_TABLES}
+    validator = ChunkValidator()
+    users_check = file_check(USERS, expectations_dir, {}, IdHashes())
+    users, user_ids = validate_file(users_check, folder / USERS.file, validator, chunk_rows)
+    params = {USERS_ROW_COUNT: users.row_count}
+    files = {USERS.name: users}
     for t in RAW_TABLES:
-        read = reads[t.name]
-        suite = load_suite(t, expectations_dir)
-        frames = {TEXT_VIEW: read.text, VALUES_VIEW: values_view(read.text, t, user_ids)}
-        parts = []
-        for view, frame in frames.items():
-            batch = batch_definitions[view].get_batch(batch_parameters={"dataframe": frame})
-            outcome = batch.validate(
-                _suite_for_view(suite, view), result_format=RESULT_FORMAT, expectation_parameters=params
-            )
-            parts.append(outcome.to_json_dict())
-        results[t.file] = _merged(t, parts)
-    problems = {t.file: reads[t.name].problem for t in RAW_TABLES if reads[t.name].problem}
+        if t.name != USERS.name:
+            check = file_check(t, expectations_dir, params, user_ids)
+            files[t.name], _ = validate_file(check, folder / t.file, validator, chunk_rows)
+    results = {t.file: files[t.name].result for t in RAW_TABLES}
+    problems = {t.file: files[t.name].problem for t in RAW_TABLES if files[t.name].problem}
     validation = DropValidation(
         success=not problems and all(r["success"] for r in results.values()),
         results=results,
         problems=problems,
-        sha256={t.file: reads[t.name].sha256 for t in RAW_TABLES},
-        row_counts={t.name: len(reads[t.name].text) for t in RAW_TABLES},
+        sha256=sha256,
+        row_counts={t.name: files[t.name].row_count for t in RAW_TABLES},
         seconds=time.perf_counter() - started,
     )
     validation.reasons = failure_reasons(results, problems)
@@ -424,7 +432,7 @@ def schema_disagreements(suite: dict[str, Any], table: Table) -> list[str]:
         wanted_sets = [sorted(column.allowed)] if column.allowed is not None else []
         if sets != wanted_sets:
             problems.append(f"{table.name}.{name}: categories {sets} != schema {wanted_sets}")
-    declared = set(table.column_names) | {ORPHAN_COLUMN, None}
+    declared = set(table.column_names) | {ORPHAN_COLUMN, IN_OTHER_CHUNK_COLUMN, None}
     for kind, name in found:
         if name not in declared:
             problems.append(f"{table.name}: {kind} on undeclared column {name}")
