@@ -1,12 +1,14 @@
 """Train a challenger: a scikit-learn Pipeline over the raw FeatureService features, logged whole.
 
-`train_model` is the pure part (a DataFrame in, a fitted pipeline, its scores on the evaluation
-holdout, the threshold and metrics out). The month's rows of the held-out users
-(config/holdout.py) never reach the fit; the decision threshold is chosen on out-of-fold scores
-of the training rows, so the F1/precision/recall logged on the holdout are not tuned on it.
+`fit_challenger` is the pure part (training rows and evaluation rows in, a fitted pipeline, its
+scores on the evaluation holdout, the threshold and metrics out; `train_model` splits a whole
+month's frame first). The month's rows of the held-out users (config/holdout.py) never reach the
+fit; the decision threshold is chosen on out-of-fold scores of the training rows, so the
+F1/precision/recall logged on the holdout are not tuned on it.
 `log_challenger` does the MLflow work for a trained model (run, params, metrics, dataset input,
-plots, model, registered version). `train_and_register` only fetches the month's point-in-time
-training set from Feast and calls both.
+plots, model, registered version). `train_and_register` streams the month's point-in-time
+training set from Feast into the evaluation rows and a seeded training sample (model/sampling.py)
+and calls both.
 """
 
 from __future__ import annotations
