@@ -39,7 +39,7 @@ def test_no_more_rows_than_the_sample_keeps_them_all_in_user_order():
     sample = HashSample(seed=1, max_rows=300)
     for chunk in chunks(frame, 50):
         sample.add(chunk)
-    assert sample.frame().equals(frame.reset_index(drop=True)) and not sample.sampled
+    assert sample.frame().equals(frame.reset_index(drop=True)) and sample.rows_seen == 300
 
 
 def test_the_split_keeps_every_held_out_row_and_samples_only_the_others():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from streamflow_mlops.data.validation import (
     describe_reason,
     failure_reasons,
     load_suite,
-    read_text,
     rejection_message,
     report_html,
     schema_disagreements,
@@ -26,6 +26,7 @@ from streamflow_mlops.data.validation import (
     suite_path,
     values_view,
 )
+from streamflow_mlops.data.validation_chunks import IdHashes, UnreadableFile, file_sha256, text_chunks
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 
@@ -107,23 +108,27 @@ def test_values_view_nulls_malformed_cells_and_flags_orphans():
             "rebuffer_events_7d": ["0", "0", "0"],
         }
     )
-    values = values_view(text, USAGE, pd.Series(["0001-AAAAA", "0002-BBBBB"]))
+    values = values_view(text, USAGE, IdHashes.of(pd.Series(["0001-AAAAA", "0002-BBBBB"])))
     assert values["watch_hours_30d"].tolist()[::2] == [1.5, 2.0] and pd.isna(values["watch_hours_30d"][1])
     assert pd.isna(values["unique_devices_30d"][1]) and pd.isna(values["skips_7d"][0])
     assert values[ORPHAN_COLUMN].isna().tolist() == [True, True, False]
     assert values[ORPHAN_COLUMN][2] == "9999-ZZZZZ"
 
 
-def test_read_text_keeps_text_and_reports_unreadable_files(tmp_path):
+def test_text_chunks_keep_text_and_report_unreadable_files(tmp_path):
     bom = tmp_path / "users.csv"
     bom.write_bytes(b"\xef\xbb\xbfuser_id,months_active,paperless_billing\r\n0001-AAAAA,007,True\r\n0002-BBBBB,,x")
-    read = read_text(USERS, bom)
-    assert read.problem is None and list(read.text.columns) == USERS.column_names
-    assert read.text["months_active"][0] == "007" and pd.isna(read.text["months_active"][1])
+    (text,) = list(text_chunks(bom, 10))
+    assert list(text.columns) == USERS.column_names
+    assert text["months_active"][0] == "007" and pd.isna(text["months_active"][1])
     (tmp_path / "empty.csv").write_text("")
-    assert "is empty" in read_text(USERS, tmp_path / "empty.csv").problem
-    assert "is missing" in read_text(USERS, tmp_path / "nope.csv").problem
-    assert read_text(USERS, bom).sha256 == read.sha256 and len(read.sha256) == 64
+    with pytest.raises(UnreadableFile, match="is empty"):
+        list(text_chunks(tmp_path / "empty.csv", 10))
+    with pytest.raises(UnreadableFile, match="is missing"):
+        list(text_chunks(tmp_path / "nope.csv", 10))
+    assert (
+        file_sha256(bom) == hashlib.sha256(bom.read_bytes()).hexdigest() and file_sha256(tmp_path / "nope.csv") is None
+    )
 
 
 def result(kind, success, column=None, result=None, exception=None, **kwargs):

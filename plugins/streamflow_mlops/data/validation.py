@@ -44,10 +44,8 @@ from streamflow_mlops.data.validation_chunks import (
     ChunkValidator,
     FileCheck,
     IdHashes,
-    UnreadableFile,
     file_sha256,
     in_other_chunk,
-    text_chunks,
     validate_file,
 )
 from streamflow_mlops.data.validation_merge import IN_OTHER_CHUNK_COLUMN
@@ -146,27 +144,6 @@ def load_suite(table: Table, expectations_dir: Path):
     return gx.ExpectationSuite(**json.loads(suite_path(table, expectations_dir).read_text()))
 
 
-@dataclass
-class FileRead:
-    """One CSV read as text, or why it could not be."""
-
-    table: Table
-    sha256: str | None
-    text: pd.DataFrame
-    problem: str | None = None
-
-
-def read_text(table: Table, path: Path) -> FileRead:
-    """A whole CSV as one text frame: for files known to be small (a look at a quarantined drop);
-    `validate_drop` works through files chunk by chunk instead."""
-    digest = file_sha256(path)
-    try:
-        text = pd.concat(list(text_chunks(path, get_settings().chunk_rows)))
-    except UnreadableFile as exc:
-        return FileRead(table, digest, pd.DataFrame(), str(exc))
-    return FileRead(table, digest, text)
-
-
 def parse_well_formed(raw: pd.Series, dtype: str) -> pd.Series:
     """Numbers where the text has the declared format, null elsewhere (pure).
 
@@ -180,9 +157,7 @@ def parse_well_formed(raw: pd.Series, dtype: str) -> pd.Series:
     return pd.to_numeric(raw.map(numbers))
 
 
-def values_view(
-    text: pd.DataFrame, table: Table, user_ids: IdHashes | pd.Series, repeated: IdHashes | None = None
-) -> pd.DataFrame:
+def values_view(text: pd.DataFrame, table: Table, user_ids: IdHashes, repeated: IdHashes | None = None) -> pd.DataFrame:
     """Text parsed to the declared types; cells without the declared format become null (pure).
 
     Key facts no single chunk holds come as columns GE expects null: `orphan_user_id`, against
@@ -197,8 +172,7 @@ def values_view(
     frame = pd.DataFrame(values, index=text.index)
     ids = text[ENTITY] if ENTITY in text else pd.Series(pd.NA, index=text.index, dtype=object)
     if table.name != USERS.name:
-        known = user_ids if isinstance(user_ids, IdHashes) else IdHashes.of(user_ids)
-        frame[ORPHAN_COLUMN] = ids.where(~known.contains(ids) & ids.notna().to_numpy())
+        frame[ORPHAN_COLUMN] = ids.where(~user_ids.contains(ids) & ids.notna().to_numpy())
     frame[IN_OTHER_CHUNK_COLUMN] = in_other_chunk(ids, repeated or IdHashes())
     return frame
 

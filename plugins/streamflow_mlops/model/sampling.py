@@ -63,10 +63,6 @@ class HashSample:
         self._trim()
         return _by_user(self._kept[0].drop(columns=_PRIORITY))
 
-    @property
-    def sampled(self) -> bool:
-        return self.rows_seen > self.max_rows
-
 
 @dataclass
 class TrainingSplit:
@@ -75,7 +71,7 @@ class TrainingSplit:
     seed: int
     max_rows: int
     share: float = EVAL_HOLDOUT_SHARE
-    _train: HashSample | None = None
+    _train: HashSample = field(init=False)
     _val: list[pd.DataFrame] = field(default_factory=list)
 
     def __post_init__(self) -> None:

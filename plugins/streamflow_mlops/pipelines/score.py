@@ -37,7 +37,6 @@ SCORING_EXPERIMENT = "streamflow_scoring"
 DEFAULT_TOP_K = 500
 DECILES = 10
 FEATURES_ASSET = "streamflow_features"
-SCORE_COLUMNS = ("month", ENTITY, "as_of", "churn_probability", "rank", "decile", "model_version", "reasons")
 RETENTION_COLUMNS = ("rank", ENTITY, "churn_probability", "decile", "reasons")
 
 
@@ -103,11 +102,8 @@ def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({ENTITY: frame[ENTITY].to_numpy(), "churn_probability": probabilities, "reasons": reasons})
 
 
-STAGE_COLUMNS = (ENTITY, "churn_probability", "reasons")
-
-
 def copy_text(scores: pd.DataFrame) -> str:
-    """A chunk's scores (STAGE_COLUMNS) as COPY text, tab-separated.
+    """A chunk's scores as COPY text for the stage: user_id, churn_probability, reasons, tab-separated.
 
     Probabilities as repr (the shortest text that reads back as the same float); pandas' CSV
     writer, quoting every JSON quote, was slower and a fifth more text.

@@ -140,12 +140,10 @@ def log_challenger(
     return {**challenger, "labels_as_of": labels_as_of}
 
 
-def train_and_register(
-    month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER, max_rows: int | None = None
-) -> dict[str, Any]:
+def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
     """The month's point-in-time training set from Feast (the FeatureService), streamed into its
-    evaluation rows and a seeded sample of at most `max_rows` training rows (the
-    `STREAMFLOW_TRAIN_MAX_ROWS` setting; model/sampling.py), trained and registered."""
+    evaluation rows and a seeded sample of at most `STREAMFLOW_TRAIN_MAX_ROWS` training rows
+    (model/sampling.py), trained and registered."""
     from streamflow_mlops.config.months import month_as_of, month_name, parse_month
     from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
     from streamflow_mlops.features.retrieval import iter_training_set
@@ -155,7 +153,7 @@ def train_and_register(
 
     settings = get_settings()
     month = month_name(parse_month(month))
-    split = TrainingSplit(seed=seed, max_rows=max_rows or settings.train_max_rows)
+    split = TrainingSplit(seed=seed, max_rows=settings.train_max_rows)
     for chunk in iter_training_set(month, FEATURE_SERVICE, settings):
         split.add(chunk)
     train, val = split.frames()
