@@ -100,7 +100,7 @@ def main() -> None:
     for name in CLASSIFIERS:
         trained = train_model(frame, 42, classifier=name)
         columns = list(trained.features)
-        rows = trained.val[columns].head(64)
+        rows = trained.val.head(64)[columns]
         records = rows.to_dict("records")
         compiled = PipelineModel(trained.pipeline, columns)
         try:

@@ -170,10 +170,11 @@ def run_gates(seed: int, drifts: dict[int, Drift], months: int) -> list[str]:
         promoted = ""
         if RETRAIN in (drift_decision, decay_decision):
             challenger = train_model(frame, seed)
-            labels = challenger.val[LABEL].to_numpy()
-            incumbent = champion.pipeline.predict_proba(challenger.val[FEATURES])[:, 1]
+            labels = challenger.val.column(LABEL)
+            incumbent = champion.pipeline.predict_proba(challenger.val.frame(FEATURES))[:, 1]
             bootstrap = paired_bootstrap_auc_gain(labels, challenger.val_scores, incumbent, seed=seed)
-            decision = should_promote(challenger.metrics["val_auc"], auc(challenger.val, incumbent), 0.005, bootstrap)
+            incumbent_auc = auc(challenger.val.frame(), incumbent)
+            decision = should_promote(challenger.metrics["val_auc"], incumbent_auc, 0.005, bootstrap)
             promoted = (
                 f"promote (gain {bootstrap.gain:+.4f})" if decision.promote else f"keep (gain {bootstrap.gain:+.4f})"
             )

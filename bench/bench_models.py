@@ -35,7 +35,7 @@ def median_ms(call, repeats: int = LATENCY_CALLS) -> float:
 def measure(frame, truth, classifier: str, seed: int) -> dict[str, float]:
     trained = train_model(frame, seed, classifier=classifier)
     pipeline, features = trained.pipeline, trained.features
-    one_row, hundred_rows = trained.val[features].iloc[:1], trained.val[features].iloc[:100]
+    one_row, hundred_rows = trained.val.head(1)[features], trained.val.head(100)[features]
     preprocess, model = pipeline.named_steps["preprocess"], pipeline.named_steps["classifier"]
     encoded_one, encoded_hundred = preprocess.transform(one_row), preprocess.transform(hundred_rows)
     return {

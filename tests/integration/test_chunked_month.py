@@ -86,7 +86,8 @@ def test_a_sampled_training_set_is_seeded_and_independent_of_the_chunks(two_mont
         splitter = TrainingSplit(seed=seed, max_rows=800)
         for chunk in iter_training_set("month_000", settings=use_chunks(monkeypatch, chunk_rows)):
             splitter.add(chunk)
-        return splitter, *splitter.frames()
+        train, holdout = splitter.frames()
+        return splitter, train, holdout.frame()
 
     splitter, train, val = split(CHUNK, seed=3)
     _, train_whole, val_whole = split(WHOLE, seed=3)

@@ -62,14 +62,14 @@ def test_same_month_and_seed_give_the_same_model_and_metrics():
     np.testing.assert_array_equal(first.val_scores, again.val_scores)
     # The seed moves the threshold's CV folds and a seeded classifier, never the evaluation rows.
     other = train_model(frame, seed=6, classifier="hgb")
-    assert list(other.val["user_id"]) == list(first.val["user_id"])
+    assert list(other.val.frame()["user_id"]) == list(first.val.frame()["user_id"])
     assert other.metrics["val_auc"] != train_model(frame, seed=5, classifier="hgb").metrics["val_auc"]
 
 
 def test_pipeline_takes_raw_feature_columns_by_name_in_any_order():
     frame, _ = month_000()
     trained = train_model(frame, seed=5)
-    rows = trained.val[list(reversed(FEATURE_NAMES))].head(3)
+    rows = trained.val.head(3)[list(reversed(FEATURE_NAMES))]
     assert trained.pipeline.predict_proba(rows).shape == (3, 2)
     with pytest.raises(ValueError, match="lacks columns"):
         train_model(frame.drop(columns=["monthly_fee"]), seed=5)
@@ -115,7 +115,7 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
     # Logged whole: the registered model takes raw features and gives probabilities.
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{challenger['version']}")
     assert pyfunc.metadata.get_input_schema().input_names() == list(FEATURE_NAMES)
-    probabilities = np.asarray(pyfunc.predict(trained.val[list(FEATURE_NAMES)].head(4)))
+    probabilities = np.asarray(pyfunc.predict(trained.val.head(4)[list(FEATURE_NAMES)]))
     np.testing.assert_allclose(probabilities[:, 1], trained.val_scores[:4])
 
     # The same month and seed logged again: the same metrics (all but the wall-clock time).

@@ -61,11 +61,11 @@ def frame():
 
 def test_no_model_trains_on_a_held_out_user(frame):
     trained = train_model(frame, seed=1)
-    assert is_eval_holdout(trained.val[ENTITY]).all()
+    assert is_eval_holdout(trained.val.column(ENTITY)).all()
     assert not is_eval_holdout(trained.train[ENTITY]).any()
     assert len(trained.train) + len(trained.val) == len(frame)
     other_seed = train_model(frame, seed=2)
-    assert list(other_seed.val[ENTITY]) == list(trained.val[ENTITY])
+    assert list(other_seed.val.column(ENTITY)) == list(trained.val.column(ENTITY))
 
 
 def test_threshold_is_chosen_without_the_evaluation_rows(frame):

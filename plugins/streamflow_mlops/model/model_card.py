@@ -141,7 +141,7 @@ def publish_model_card(client: MlflowClient, version: str, realized: Sequence[Ma
     markdown = model_card_markdown(
         str(version), model_version.tags, run.data.params, run.data.metrics, model_version.run_id, realized
     )
-    rows = validation_rows(model_version.run_id)
+    rows = validation_rows(model_version.run_id, [LABEL, CHALLENGER_SCORE])
     with tempfile.TemporaryDirectory() as tmp:
         card, plot = Path(tmp) / CARD_FILE, Path(tmp) / CALIBRATION_FILE
         card.write_text(markdown)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
+from streamflow_mlops.model.holdout_rows import HoldoutRows
 from streamflow_mlops.model.tracking import VALIDATION_ARTIFACT
 
 if TYPE_CHECKING:
@@ -65,18 +68,28 @@ def champion_version(client: MlflowClient) -> ModelVersion | None:
         raise
 
 
-def validation_rows(run_id: str) -> pd.DataFrame:
-    """The challenger's validation rows (features, label, its scores) logged with its run."""
+@contextmanager
+def validation_file(run_id: str) -> Iterator[HoldoutRows]:
+    """The challenger's validation rows (features, label, its scores) logged with its run, as a
+    local Parquet file read in batches (model/holdout_rows.py), removed on exit."""
     import mlflow.artifacts
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_ARTIFACT, dst_path=tmp)
-        return pd.read_parquet(path)
+        yield HoldoutRows.read(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_ARTIFACT, dst_path=tmp)
+        )
 
 
-def score_version(version: str, rows: pd.DataFrame) -> np.ndarray | None:
-    """Churn probabilities of a registered version on `rows`; None when the rows lack a feature it
-    needs (a champion trained on another FeatureService can't be judged on these rows)."""
+def validation_rows(run_id: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The challenger's validation rows (only `columns`, when given), whole."""
+    with validation_file(run_id) as rows:
+        return rows.frame(columns)
+
+
+def score_version(version: str, rows: pd.DataFrame | HoldoutRows) -> np.ndarray | None:
+    """Churn probabilities of a registered version on `rows`, a batch at a time; None when the
+    rows lack a feature it needs (a champion trained on another FeatureService can't be judged on
+    these rows)."""
     import mlflow.sklearn
 
     pipeline = mlflow.sklearn.load_model(model_uri(version))
@@ -87,7 +100,7 @@ def score_version(version: str, rows: pd.DataFrame) -> np.ndarray | None:
         return None
     from streamflow_mlops.model.training import predict_scores
 
-    return predict_scores(pipeline, rows[needed])
+    return predict_scores(pipeline, rows)
 
 
 def existing_versions(client: MlflowClient) -> list[str]:

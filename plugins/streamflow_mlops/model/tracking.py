@@ -18,6 +18,7 @@ import pandas as pd
 
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, LABEL, feature_column
 from streamflow_mlops.config.settings import EXPERIMENT, REGISTERED_MODEL, Settings, get_settings
+from streamflow_mlops.model.holdout_rows import HoldoutRows
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ VALIDATION_ARTIFACT = "validation/validation_rows.parquet"
 
 
 CHALLENGER_SCORE = "challenger_score"
+
+# The rows an MLflow dataset's schema and digest are computed from (MLflow's own digest reads 10,000).
+DATASET_HEAD_ROWS = 10_000
 
 
 # Modules whose types we trust when skops reloads our own pipelines; anything else in a pickle
@@ -148,6 +152,24 @@ def _training_source(feature_service: str, month: str, as_of: date) -> Any:
     )
 
 
+def _dataset(rows: HoldoutRows, source: Any, name: str) -> Any:
+    """The rows as an MLflow dataset: schema and digest from the first rows (as MLflow's own
+    digest), the profile of all of them, without holding them all (a month's holdout is millions)."""
+    from mlflow.data.digest_utils import compute_pandas_digest, get_normalized_md5_digest
+    from mlflow.data.pandas_dataset import PandasDataset
+
+    total, width = rows.rows, len(rows.columns)
+
+    class RowsDataset(PandasDataset):
+        @property
+        def profile(self) -> dict[str, int]:
+            return {"num_rows": total, "num_elements": total * width}
+
+    head = rows.head(DATASET_HEAD_ROWS)
+    digest = get_normalized_md5_digest([compute_pandas_digest(head).encode(), str(total).encode()])
+    return RowsDataset(df=head, source=source, targets=LABEL, name=name, digest=digest)
+
+
 def _log_plots(trained: TrainedModel) -> None:
     import matplotlib
 
@@ -156,7 +178,7 @@ def _log_plots(trained: TrainedModel) -> None:
     import mlflow
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-    labels = trained.val[LABEL].to_numpy()
+    labels = trained.val.column(LABEL)
     fig, ax = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(labels, trained.val_scores, ax=ax, name=trained.classifier)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
@@ -195,7 +217,7 @@ def log_trained_model(
     experiment_id = ensure_experiment(client, settings)
     metrics = {**trained.metrics, **(extra_metrics or {})}
     features = trained.features
-    example = trained.val[features].head(5)
+    example = trained.val.head(5)[features]
     identity = {"month": month, "as_of": as_of.isoformat(), "feature_service": feature_service}
 
     with mlflow.start_run(
@@ -205,14 +227,13 @@ def log_trained_model(
         mlflow.log_params({**trained.params, **identity})
         mlflow.log_metrics(metrics)
         source = _training_source(feature_service, month, as_of)
-        for context, rows in (("training", trained.train), ("validation", trained.val)):
-            dataset = mlflow.data.from_pandas(rows, source=source, targets=LABEL, name=f"{month}-{context}")
-            mlflow.log_input(dataset, context=context)
+        for context, rows in (("training", HoldoutRows.of(trained.train)), ("validation", trained.val)):
+            mlflow.log_input(_dataset(rows, source, f"{month}-{context}"), context=context)
         mlflow.log_dict(feature_schema(features), "feature_schema.json")
         with tempfile.TemporaryDirectory() as tmp:
             # The champion is later scored on exactly these rows, so they travel with the run.
             path = Path(tmp) / Path(VALIDATION_ARTIFACT).name
-            trained.val.assign(**{CHALLENGER_SCORE: trained.val_scores}).to_parquet(path, index=False)
+            trained.val.write(path, extra={CHALLENGER_SCORE: trained.val_scores})
             mlflow.log_artifact(str(path), artifact_path=str(Path(VALIDATION_ARTIFACT).parent))
         _log_plots(trained)
         model_info = mlflow.sklearn.log_model(

@@ -4,17 +4,15 @@
 scores on the evaluation holdout, the threshold and metrics out; `train_model` splits a whole
 month's frame first). The month's rows of the held-out users (config/holdout.py) never reach the
 fit; the decision threshold is chosen on out-of-fold scores of the training rows, so the
-F1/precision/recall logged on the holdout are not tuned on it.
-`log_challenger` does the MLflow work for a trained model (run, params, metrics, dataset input,
-plots, model, registered version). `train_and_register` streams the month's point-in-time
-training set from Feast into the evaluation rows and a seeded training sample (model/sampling.py)
-and calls both.
+F1/precision/recall logged on the holdout are not tuned on it. Logging and registering a trained
+model is `pipelines/train.py`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -43,6 +41,7 @@ from sklearn.preprocessing import OneHotEncoder, SplineTransformer, StandardScal
 from streamflow_mlops.config.holdout import EVAL_HOLDOUT_SHARE, is_eval_holdout
 from streamflow_mlops.config.schema import ENTITY, FEATURE_NAMES, LABEL, TIMESTAMP, feature_column
 from streamflow_mlops.config.settings import DEFAULT_CHUNK_ROWS
+from streamflow_mlops.model.holdout_rows import HoldoutRows
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +165,14 @@ def scalar_params(estimator: Any, prefix: str) -> dict[str, Any]:
 @dataclass
 class TrainedModel:
     """A fitted pipeline with the rows it was fitted on and the held-out rows it was judged on
-    (`val`: the month's rows of the evaluation population)."""
+    (`val`: the month's rows of the evaluation population, in memory or in a file)."""
 
     pipeline: Pipeline
     classifier: str
     seed: int
     features: list[str]
     train: pd.DataFrame
-    val: pd.DataFrame
+    val: HoldoutRows
     val_scores: np.ndarray
     threshold: float
     metrics: dict[str, float]
@@ -195,21 +194,21 @@ def train_model(
     return fit_challenger(train, val, seed, classifier, features, holdout_share)
 
 
-def predict_scores(pipeline: Pipeline, rows: pd.DataFrame, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+def predict_scores(
+    pipeline: Pipeline, rows: pd.DataFrame | HoldoutRows, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> np.ndarray:
     """`predict_proba(...)[:, 1]` a chunk of rows at a time: the encoded matrix of a spline
     pipeline is ~90 float columns, 1.4 GB for two million rows at once. Rows are scored
     independently, so the scores are those of one call on all rows (a test checks it)."""
+    rows = rows if isinstance(rows, HoldoutRows) else HoldoutRows.of(rows)
     needed = list(getattr(pipeline, "feature_names_in_", rows.columns))
-    parts = [
-        pipeline.predict_proba(rows.iloc[start : start + chunk_rows][needed])[:, 1]
-        for start in range(0, len(rows), chunk_rows)
-    ]
+    parts = [pipeline.predict_proba(batch)[:, 1] for batch in rows.batches(columns=needed, batch_rows=chunk_rows)]
     return np.concatenate(parts) if parts else np.empty(0)
 
 
 def fit_challenger(
     train: pd.DataFrame,
-    val: pd.DataFrame,
+    val: pd.DataFrame | HoldoutRows,
     seed: int,
     classifier: str = DEFAULT_CLASSIFIER,
     features: tuple[str, ...] | list[str] = FEATURE_NAMES,
@@ -223,14 +222,15 @@ def fit_challenger(
     missing = [c for c in [ENTITY, *features, LABEL] if c not in train.columns]
     if missing:
         raise ValueError(f"training frame lacks columns {missing}")
+    val = val if isinstance(val, HoldoutRows) else HoldoutRows.of(val)
     pipeline = build_pipeline(classifier, seed, features)
     labels_train = train[LABEL].to_numpy()
     threshold, cv_f1 = best_f1_threshold(labels_train, out_of_fold_scores(pipeline, train, features, seed))
     started = time.perf_counter()
     pipeline.fit(train[features], labels_train)
     train_seconds = time.perf_counter() - started
-    val_scores = predict_scores(pipeline, val[features])
-    metrics = classification_metrics(val[LABEL].to_numpy(), val_scores, threshold)
+    val_scores = predict_scores(pipeline, val)
+    metrics = classification_metrics(val.column(LABEL), val_scores, threshold)
     metrics["threshold_cv_f1"] = cv_f1
     metrics["train_seconds"] = train_seconds
     available = len(train) if training_rows_available is None else training_rows_available
@@ -243,7 +243,7 @@ def fit_challenger(
         "n_train": len(train),
         "n_train_available": available,
         "train_sample": "all training rows" if available == len(train) else f"seeded sample of {len(train)}",
-        "n_val": len(val),
+        "n_val": val.rows,
         "n_features": len(features),
         "train_positive_rate": round(float(train[LABEL].mean()), 6),
         **scalar_params(pipeline.named_steps["classifier"], "clf__"),
@@ -255,12 +255,23 @@ def fit_challenger(
     return TrainedModel(pipeline, classifier, seed, features, train, val, val_scores, threshold, metrics, params)
 
 
-def best_achievable_auc(truth: pd.DataFrame, rows: pd.DataFrame) -> float:
-    """AUC of the generator's true churn probabilities on `rows` (the ceiling for any model)."""
-    joined = rows[[ENTITY, LABEL]].merge(truth[[ENTITY, "churn_probability"]], on=ENTITY, how="inner")
-    if len(joined) != len(rows):
-        raise ValueError(f"truth covers {len(joined)} of {len(rows)} validation rows")
-    return float(roc_auc_score(joined[LABEL], joined["churn_probability"]))
+def best_achievable_auc(truth: pd.DataFrame | Iterable[pd.DataFrame], rows: pd.DataFrame | HoldoutRows) -> float:
+    """AUC of the generator's true churn probabilities on `rows` (the ceiling for any model);
+    `truth` (user_id, churn_probability) may come a chunk at a time and hold other users too."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = rows if isinstance(rows, HoldoutRows) else HoldoutRows.of(rows)
+    ids = rows.arrow_column(ENTITY)
+    probabilities = np.full(rows.rows, np.nan)
+    for chunk in [truth] if isinstance(truth, pd.DataFrame) else truth:
+        where = pc.index_in(pa.array(chunk[ENTITY].astype(str)), value_set=ids)
+        found = where.is_valid().to_numpy(zero_copy_only=False)
+        probabilities[where.drop_null().to_numpy()] = chunk["churn_probability"].to_numpy()[found]
+    missing = int(np.isnan(probabilities).sum())
+    if missing:
+        raise ValueError(f"truth covers {rows.rows - missing} of {rows.rows} validation rows")
+    return float(roc_auc_score(rows.column(LABEL), probabilities))
 
 
 def frame_from_tables(tables: dict[str, pd.DataFrame], as_of: date) -> pd.DataFrame:

@@ -1,9 +1,18 @@
-"""What the training DAG calls: train a challenger on a month, register it, decide against the champion."""
+"""What the training DAG calls: train a challenger on a month, register it, decide against the champion.
+
+`train_and_register` streams the month's point-in-time training set from Feast into the evaluation
+rows and a seeded training sample (model/sampling.py), fits them (model/training.py
+`fit_challenger`) and calls `log_challenger`, which does the MLflow work (run, params, metrics,
+dataset input, plots, model, registered version). `evaluate_and_decide` scores the champion on the
+challenger's evaluation rows and applies the promotion rule.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +24,7 @@ from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import Decision, paired_bootstrap_auc_gain, should_promote
-from streamflow_mlops.model.registry import champion_version, score_version, validation_rows
+from streamflow_mlops.model.registry import champion_version, score_version, validation_file
 from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
 from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc
 from streamflow_mlops.monitoring.drift import month_older_than_champion
@@ -43,24 +52,25 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
 
     client = configure_mlflow()
     version = str(challenger["version"])
-    rows = validation_rows(challenger["run_id"])
-    if not is_eval_holdout(rows[ENTITY]).all():
-        raise ValueError(f"version {version}'s evaluation rows include users outside the evaluation holdout")
-    labels = rows[LABEL].to_numpy()
-    challenger_auc = float(roc_auc_score(labels, rows[CHALLENGER_SCORE]))
     champion = champion_version(client)
-    champion_auc: float | None = None
-    bootstrap = None
     if champion is not None and str(champion.version) == version:
         raise ValueError(f"version {version} is already the champion")
+    with validation_file(challenger["run_id"]) as rows:
+        if not all(is_eval_holdout(batch[ENTITY]).all() for batch in rows.batches(columns=[ENTITY])):
+            raise ValueError(f"version {version}'s evaluation rows include users outside the evaluation holdout")
+        labels, challenger_scores = rows.column(LABEL), rows.column(CHALLENGER_SCORE)
+        champion_scores = None if champion is None else score_version(str(champion.version), rows)
+        eval_rows = rows.rows
+    challenger_auc = float(roc_auc_score(labels, challenger_scores))
+    champion_auc: float | None = None
+    bootstrap = None
     if champion is not None:
-        champion_scores = score_version(str(champion.version), rows)
         if champion_scores is None or not np.all(np.isfinite(champion_scores)):
             champion_auc = float("nan")
         else:
             champion_auc = float(roc_auc_score(labels, champion_scores))
             bootstrap = paired_bootstrap_auc_gain(
-                labels, rows[CHALLENGER_SCORE].to_numpy(), champion_scores, seed=int(challenger.get("seed", 0))
+                labels, challenger_scores, champion_scores, seed=int(challenger.get("seed", 0))
             )
     decision = should_promote(challenger_auc, champion_auc, delta, bootstrap)
     stale = month_older_than_champion(challenger.get("month", ""), champion.tags.get("month")) if champion else None
@@ -78,7 +88,7 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
         "auc_gain_ci_high": repr(bootstrap.ci_high) if bootstrap else "",
         "auc_gain_ci_level": repr(bootstrap.confidence) if bootstrap else "",
         "eval_population": eval_population(challenger["month"]),
-        "eval_rows": str(len(rows)),
+        "eval_rows": str(eval_rows),
     }
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
@@ -99,19 +109,22 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
         "auc_gain": bootstrap.gain if bootstrap else None,
         "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
         "eval_population": tags["eval_population"],
-        "eval_rows": len(rows),
+        "eval_rows": eval_rows,
     }
 
 
-def read_truth(drops_dir: Path, month: str, user_ids: pd.Series, chunk_rows: int) -> pd.DataFrame | None:
-    """The rows of `user_ids` in the drop's `_truth.csv` when the drop was generated here (never
-    present for real data), read a chunk at a time."""
+def read_truth(drops_dir: Path, month: str, chunk_rows: int) -> Iterator[pd.DataFrame] | None:
+    """The drop's `_truth.csv` (user_id, churn_probability) a chunk at a time when the drop was
+    generated here (never present for real data)."""
     path = drops_dir / month / "_truth.csv"
     if not path.exists():
         return None
-    wanted = pd.Index(user_ids)
-    with pd.read_csv(path, chunksize=chunk_rows) as chunks:
-        return pd.concat([chunk[chunk[ENTITY].isin(wanted)] for chunk in chunks], ignore_index=True)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        with pd.read_csv(path, chunksize=chunk_rows, usecols=[ENTITY, "churn_probability"]) as reader:
+            yield from reader
+
+    return chunks()
 
 
 def log_challenger(
@@ -120,7 +133,7 @@ def log_challenger(
     month: str,
     as_of: date,
     feature_service: str,
-    truth: pd.DataFrame | None = None,
+    truth: Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Log a trained model as a run of the `streamflow` experiment and register it as a version of
     `streamflow_churn`; returns the challenger summary the decision step needs (JSON-serialisable)."""
@@ -153,15 +166,19 @@ def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFI
 
     settings = get_settings()
     month = month_name(parse_month(month))
-    split = TrainingSplit(seed=seed, max_rows=settings.train_max_rows)
-    for chunk in iter_training_set(month, FEATURE_SERVICE, settings):
-        split.add(chunk)
-    train, val = split.frames()
-    names = feature_names(FEATURE_SERVICE)
-    trained = fit_challenger(
-        train, val, seed, classifier=classifier, features=names, training_rows_available=split.training_rows_seen
-    )
-    truth = read_truth(settings.drops_dir, month, val[ENTITY], settings.chunk_rows)
-    return log_challenger(
-        trained, month=month, as_of=month_as_of(parse_month(month)), feature_service=FEATURE_SERVICE, truth=truth
-    )
+    with tempfile.TemporaryDirectory(prefix="streamflow-train-") as tmp:
+        split = TrainingSplit(seed=seed, max_rows=settings.train_max_rows, directory=Path(tmp))
+        for chunk in iter_training_set(month, FEATURE_SERVICE, settings):
+            split.add(chunk)
+        train, val = split.frames()
+        names = feature_names(FEATURE_SERVICE)
+        trained = fit_challenger(
+            train, val, seed, classifier=classifier, features=names, training_rows_available=split.training_rows_seen
+        )
+        return log_challenger(
+            trained,
+            month=month,
+            as_of=month_as_of(parse_month(month)),
+            feature_service=FEATURE_SERVICE,
+            truth=read_truth(settings.drops_dir, month, settings.chunk_rows),
+        )
