@@ -8,15 +8,24 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from streamflow_mlops.model.promotion import BootstrapGain, auc_by_rank, paired_bootstrap_auc_gain, should_promote
+from streamflow_mlops.model.promotion import (
+    BootstrapGain,
+    Comparison,
+    auc_by_rank,
+    month_older_than_champion,
+    paired_bootstrap_auc_gain,
+    score_gain,
+    should_promote,
+)
 
 
-def significant(low: float = 0.01, high: float = 0.03) -> BootstrapGain:
+def interval(low: float, high: float) -> BootstrapGain:
+    """A bootstrap result with a 90% interval [low, high]."""
     return BootstrapGain(gain=(low + high) / 2, ci_low=low, ci_high=high, confidence=0.9, resamples=1000)
 
 
-def noisy(low: float = -0.01, high: float = 0.03) -> BootstrapGain:
-    return BootstrapGain(gain=(low + high) / 2, ci_low=low, ci_high=high, confidence=0.9, resamples=1000)
+SIGNIFICANT = interval(0.01, 0.03)
+NOISY = interval(-0.01, 0.03)
 
 
 def scored_rows(n: int, seed: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
@@ -33,41 +42,28 @@ def test_no_champion_promotes():
 @pytest.mark.parametrize("champion_auc", [float("nan"), np.float64("nan")])
 def test_unscorable_champion_fails_closed(champion_auc):
     decision = should_promote(0.99, champion_auc, delta=0.005)
-    assert not decision.promote and "could not be scored" in decision.reason and "no floor" in decision.reason
+    assert not decision.promote and "could not be scored" in decision.reason and "keeping it" in decision.reason
 
 
-def test_unscorable_champion_yields_only_to_a_challenger_above_the_floor():
-    assert should_promote(0.86, float("nan"), delta=0.005, unscorable_floor=0.85).promote
-    below = should_promote(0.84, float("nan"), delta=0.005, unscorable_floor=0.85)
-    assert not below.promote and "below the floor 0.8500" in below.reason
-
-
-def test_challenger_without_auc_never_promotes():
-    assert not should_promote(float("nan"), None, delta=0.0).promote
-
-
-def test_gain_below_delta_keeps_champion_even_if_significant():
-    decision = should_promote(0.804, 0.800, delta=0.005, bootstrap=significant())
-    assert not decision.promote and "below delta" in decision.reason
-
-
-def test_worse_challenger_keeps_champion():
-    assert not should_promote(0.78, 0.80, delta=0.0, bootstrap=noisy(-0.03, -0.01)).promote
+@pytest.mark.parametrize(
+    ("challenger_auc", "champion_auc", "delta", "bootstrap", "reason"),
+    [
+        pytest.param(float("nan"), None, 0.0, None, "", id="challenger without an AUC"),
+        pytest.param(0.804, 0.800, 0.005, SIGNIFICANT, "below delta", id="gain below delta, even if significant"),
+        pytest.param(0.78, 0.80, 0.0, interval(-0.03, -0.01), "", id="worse challenger"),
+        pytest.param(0.83, 0.80, 0.005, NOISY, "includes 0", id="big gain that could be noise"),
+        pytest.param(0.83, 0.80, 0.005, None, "", id="gain without a bootstrap"),
+    ],
+)
+def test_the_champion_stays(challenger_auc, champion_auc, delta, bootstrap, reason):
+    decision = should_promote(challenger_auc, champion_auc, delta=delta, bootstrap=bootstrap)
+    assert not decision.promote and reason in decision.reason
 
 
 def test_gain_of_exactly_delta_with_significant_bootstrap_promotes():
     # 0.805 - 0.8 is 0.00499999... in floating point; "at least delta" must still hold.
-    decision = should_promote(0.805, 0.800, delta=0.005, bootstrap=significant())
+    decision = should_promote(0.805, 0.800, delta=0.005, bootstrap=SIGNIFICANT)
     assert decision.promote and "CI" in decision.reason
-
-
-def test_big_gain_that_could_be_noise_keeps_champion():
-    decision = should_promote(0.83, 0.80, delta=0.005, bootstrap=noisy())
-    assert not decision.promote and "includes 0" in decision.reason
-
-
-def test_gain_without_bootstrap_is_not_enough():
-    assert not should_promote(0.83, 0.80, delta=0.005, bootstrap=None).promote
 
 
 def test_auc_by_rank_matches_sklearn_with_ties():
@@ -151,3 +147,54 @@ def test_beyond_max_rows_the_rescaled_interval_is_the_full_bootstrap_one():
     # Drawing 6,000 rows, unscaled, the interval would be sqrt(10) ~ 3.2 times as wide.
     assert 0.75 < drawn_width / width < 1.33
     assert abs((drawn.ci_low + drawn.ci_high) / 2 - (full.ci_low + full.ci_high) / 2) < width / 4
+
+
+def comparison(**changes):
+    facts = {
+        "version": "3",
+        "month": "month_002",
+        "delta": 0.005,
+        "challenger_auc": 0.83,
+        "champion_version": "2",
+        "champion_auc": 0.80,
+        "bootstrap": SIGNIFICANT,
+        "eval_population": "holdout-20%:month_002",
+        "eval_rows": 1400,
+    }
+    champion_month = changes.pop("champion_month", "month_001")
+    force = changes.pop("force", False)
+    return Comparison.decide(champion_month=champion_month, force=force, **{**facts, **changes})
+
+
+def test_a_month_older_than_the_champions_stays_out_unless_forced():
+    assert comparison().decision.promote
+    stale = comparison(champion_month="month_005")
+    assert not stale.decision.promote and "older than the champion's training month month_005" in stale.decision.reason
+    assert comparison(champion_month="month_005", force=True).decision.promote
+    assert month_older_than_champion("month_002", None) is None
+    assert month_older_than_champion("month_002", "month_002") is None
+
+
+def test_tags_and_summary_say_the_same_thing():
+    for decided in (comparison(), comparison(champion_auc=float("nan"), bootstrap=None)):
+        tags, summary = decided.tags(), decided.summary()
+        assert tags["decision"] == ("promote" if summary["promote"] else "keep_champion")
+        assert tags["reason"] == summary["reason"] and tags["eval_rows"] == str(summary["eval_rows"])
+        assert float(tags["challenger_auc"]) == summary["challenger_auc"]
+        assert tags["champion_version"] == summary["champion_version"]
+    unscorable = comparison(champion_auc=float("nan"), bootstrap=None)
+    assert unscorable.champion_unscorable and unscorable.summary()["champion_auc"] is None
+    assert unscorable.tags()["champion_auc"] == "nan" and unscorable.tags()["auc_gain"] == ""
+    first = comparison(champion_version=None, champion_auc=None, bootstrap=None, champion_month=None)
+    assert first.decision.promote and first.tags()["champion_version"] == "" and not first.champion_unscorable
+    assert comparison().summary()["auc_gain_ci"] == [SIGNIFICANT.ci_low, SIGNIFICANT.ci_high]
+
+
+def test_score_gain_tells_no_champion_from_an_unscorable_one():
+    labels, scores = scored_rows(400, seed=1, signal=1.0)
+    auc, champion_auc, bootstrap = score_gain(labels, scores, None, seed=0)
+    assert auc == roc_auc_score(labels, scores) and champion_auc is None and bootstrap is None
+    _, champion_auc, bootstrap = score_gain(labels, scores, np.full(len(labels), np.nan), seed=0)
+    assert math.isnan(champion_auc) and bootstrap is None
+    _, champion_auc, bootstrap = score_gain(labels, scores, scores * 0.5, seed=0)
+    assert champion_auc == roc_auc_score(labels, scores) and abs(bootstrap.gain) < 1e-12

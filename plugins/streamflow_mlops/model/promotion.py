@@ -1,5 +1,10 @@
 """The champion/challenger decision: pure functions, no I/O (docs/architecture.md, "Model registry").
 
+Every promotion rule lives here: the AUC gain against `delta` with its paired bootstrap
+(`should_promote`), a month older than the champion's (`month_older_than_champion`), a champion
+that can't be scored (fails closed), and `Comparison`, the one record of what was compared and
+decided that becomes both the version's tags and the training task's result.
+
 A challenger replaces the champion only when its validation AUC is higher by at least `delta`
 AND a paired bootstrap over the shared validation rows says the gain is not noise. Both models
 are scored on exactly the same rows, so the bootstrap resamples rows once and recomputes both
@@ -10,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+
+from streamflow_mlops.config.months import month_name, parse_month
 
 # One-sided 95%: the gain counts as real when its 5th bootstrap percentile is above zero.
 DEFAULT_CONFIDENCE = 0.90
@@ -128,28 +136,25 @@ def _missing(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A float for JSON (XCom, summaries): None for a missing or non-finite value."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
 def should_promote(
     challenger_auc: float,
     champion_auc: float | None,
     delta: float,
     bootstrap: BootstrapGain | None = None,
-    unscorable_floor: float | None = None,
 ) -> Decision:
     """Promote the challenger? No champion yields; a champion that could not be scored on the
-    challenger's rows fails closed: it stays, unless `unscorable_floor` is set and the challenger's
-    AUC reaches it (a deliberate "any model this good may replace one we can't judge")."""
+    challenger's rows (NaN AUC) fails closed: it stays."""
     if _missing(challenger_auc):
         return Decision(False, "the challenger has no validation AUC")
     if champion_auc is None:
         return Decision(True, f"no champion yet; challenger val_auc {challenger_auc:.4f}")
     if _missing(champion_auc):
-        unscorable = "the champion could not be scored on the challenger's validation rows"
-        if unscorable_floor is not None and challenger_auc >= unscorable_floor:
-            return Decision(True, f"{unscorable}; challenger val_auc {challenger_auc:.4f} >= {unscorable_floor:.4f}")
-        floor = (
-            "no floor is set" if unscorable_floor is None else f"challenger is below the floor {unscorable_floor:.4f}"
-        )
-        return Decision(False, f"{unscorable}: keeping it ({floor})")
+        return Decision(False, "the champion could not be scored on the challenger's validation rows: keeping it")
     gain = challenger_auc - champion_auc
     if gain + AUC_TOLERANCE < delta:
         return Decision(
@@ -164,3 +169,99 @@ def should_promote(
     return Decision(
         True, f"AUC gain {gain:+.4f} >= delta {delta:.4f} ({challenger_auc:.4f} vs {champion_auc:.4f}), {interval}"
     )
+
+
+def month_older_than_champion(month: str, champion_month: str | None) -> str | None:
+    """Why `month` can't retrain the champion, or None: a month older than the one the champion
+    was trained on (a re-delivery, a re-run) never retrains or promotes automatically."""
+    if not champion_month or parse_month(month) >= parse_month(champion_month):
+        return None
+    return (
+        f"{month_name(parse_month(month))} is older than the champion's training month "
+        f"{month_name(parse_month(champion_month))}: no automatic retrain"
+    )
+
+
+def score_gain(
+    labels: np.ndarray, challenger_scores: np.ndarray, champion_scores: np.ndarray | None, seed: int
+) -> tuple[float, float | None, BootstrapGain | None]:
+    """(challenger AUC, champion AUC, bootstrap of the gain) on the same rows. No champion scores:
+    (auc, None, None); champion scores that are not all finite (a champion that can't be scored
+    on these rows): (auc, NaN, None). The AUCs are scikit-learn's, as the logged val_auc."""
+    from sklearn.metrics import roc_auc_score
+
+    challenger_auc = float(roc_auc_score(labels, challenger_scores))
+    if champion_scores is None:
+        return challenger_auc, None, None
+    if not np.all(np.isfinite(champion_scores)):
+        return challenger_auc, float("nan"), None
+    champion_auc = float(roc_auc_score(labels, champion_scores))
+    bootstrap = paired_bootstrap_auc_gain(labels, challenger_scores, champion_scores, seed=seed)
+    return challenger_auc, champion_auc, bootstrap
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A challenger compared with the champion on the evaluation rows, and the decision."""
+
+    version: str
+    month: str
+    delta: float
+    challenger_auc: float
+    champion_version: str | None
+    champion_auc: float | None
+    bootstrap: BootstrapGain | None
+    eval_population: str
+    eval_rows: int
+    decision: Decision
+
+    @classmethod
+    def decide(cls, *, champion_month: str | None, force: bool = False, **facts: Any) -> Comparison:
+        """Apply every rule: a month older than the champion's stays out unless `force`, else `should_promote`."""
+        decision = should_promote(facts["challenger_auc"], facts["champion_auc"], facts["delta"], facts["bootstrap"])
+        stale = month_older_than_champion(facts["month"], champion_month) if facts["champion_version"] else None
+        if stale and not force:
+            decision = Decision(False, stale)
+        return cls(decision=decision, **facts)
+
+    @property
+    def champion_unscorable(self) -> bool:
+        return self.champion_auc is not None and math.isnan(self.champion_auc)
+
+    def tags(self) -> dict[str, str]:
+        """The challenger version's tags (strings; empty where there is nothing to say)."""
+        gain = self.bootstrap
+
+        def text(value: float | None) -> str:
+            return "" if value is None else repr(value)
+
+        return {
+            "decision": "promote" if self.decision.promote else "keep_champion",
+            "reason": self.decision.reason,
+            "delta": repr(self.delta),
+            "challenger_auc": repr(self.challenger_auc),
+            "champion_version": self.champion_version or "",
+            "champion_auc": text(self.champion_auc),
+            "auc_gain": text(gain.gain if gain else None),
+            "auc_gain_ci_low": text(gain.ci_low if gain else None),
+            "auc_gain_ci_high": text(gain.ci_high if gain else None),
+            "auc_gain_ci_level": text(gain.confidence if gain else None),
+            "eval_population": self.eval_population,
+            "eval_rows": str(self.eval_rows),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The same facts for the task's result (JSON: None for what is missing or not finite)."""
+        gain = self.bootstrap
+        return {
+            "promote": self.decision.promote,
+            "reason": self.decision.reason,
+            "delta": self.delta,
+            "challenger_auc": self.challenger_auc,
+            "champion_version": self.champion_version,
+            "champion_auc": finite_or_none(self.champion_auc),
+            "auc_gain": gain.gain if gain else None,
+            "auc_gain_ci": [gain.ci_low, gain.ci_high] if gain else None,
+            "eval_population": self.eval_population,
+            "eval_rows": self.eval_rows,
+        }

@@ -7,7 +7,6 @@ example, the feature schema, the validation rows and plots (ROC, confusion matri
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import asdict
 from datetime import date
@@ -19,6 +18,7 @@ import pandas as pd
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, LABEL, feature_column
 from streamflow_mlops.config.settings import EXPERIMENT, REGISTERED_MODEL, Settings, get_settings
 from streamflow_mlops.model.holdout_rows import HoldoutRows
+from streamflow_mlops.model.promotion import finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,6 @@ def _log_plots(trained: TrainedModel) -> None:
     plt.close(fig)
 
 
-def _finite(value: Any) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
 def log_trained_model(
     trained: TrainedModel,
     *,
@@ -270,6 +266,6 @@ def log_trained_model(
         "model": trained.classifier,
         "threshold": trained.threshold,
         "val_auc": metrics["val_auc"],
-        "best_achievable_auc": _finite(metrics.get("best_achievable_auc")),
-        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "best_achievable_auc": finite_or_none(metrics.get("best_achievable_auc")),
+        "metrics": {k: finite_or_none(v) for k, v in metrics.items()},
     }

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamflow_mlops.config.months import month_name, parse_month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_NAMES, feature_column
 
 if TYPE_CHECKING:
@@ -55,17 +54,6 @@ def drift_gate(drift_share: float | None, threshold: float, has_champion: bool) 
     if drift_share >= threshold:
         return RETRAIN, f"drift share {drift_share:.3f} >= threshold {threshold:.3f}"
     return SKIP, f"drift share {drift_share:.3f} < threshold {threshold:.3f}"
-
-
-def month_older_than_champion(month: str, champion_month: str | None) -> str | None:
-    """Why `month` can't retrain the champion, or None (pure): a month older than the one the
-    champion was trained on (a re-delivery, a re-run) never retrains or promotes automatically."""
-    if champion_month is None or parse_month(month) >= parse_month(champion_month):
-        return None
-    return (
-        f"{month_name(parse_month(month))} is older than the champion's training month "
-        f"{month_name(parse_month(champion_month))}: no automatic retrain"
-    )
 
 
 def data_definition(feature_names: Sequence[str] = FEATURE_NAMES, extra_numeric: Sequence[str] = ()) -> DataDefinition:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.model.promotion import month_older_than_champion
 from streamflow_mlops.model.tracking import ensure_experiment
 from streamflow_mlops.monitoring.drift import (
     DEFAULT_DRIFT_THRESHOLD,
@@ -20,7 +21,6 @@ from streamflow_mlops.monitoring.drift import (
     SKIP,
     compute_drift,
     drift_gate,
-    month_older_than_champion,
     save_reports,
 )
 from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD, combine_gates, decay_gate
@@ -202,7 +202,7 @@ def run_drift_check(
             report_path=str(paths["data"]),
         )
     decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
-    # Issue 17: realized performance on labels the champion never saw; decay retrains like drift.
+    # Realized performance on labels the champion never saw; decay retrains like drift.
     performance = measure_realized_performance(month, champion.version if champion else None, settings)
     if champion is not None:
         decay = decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)

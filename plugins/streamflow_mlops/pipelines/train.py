@@ -10,7 +10,6 @@ challenger's evaluation rows and applies the promotion rule.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import date
@@ -23,15 +22,16 @@ import pandas as pd
 from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
-from streamflow_mlops.model.promotion import Decision, paired_bootstrap_auc_gain, should_promote
+from streamflow_mlops.model.promotion import Comparison, score_gain
 from streamflow_mlops.model.registry import champion_version, score_version, validation_file
-from streamflow_mlops.model.tracking import CHALLENGER_SCORE, _finite, configure_mlflow
+from streamflow_mlops.model.tracking import CHALLENGER_SCORE, configure_mlflow
 from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc
-from streamflow_mlops.monitoring.drift import month_older_than_champion
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
     from streamflow_mlops.model.training import TrainedModel
 
 
@@ -41,76 +41,60 @@ class ChampionUnscorableError(RuntimeError):
 
 def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = False) -> dict[str, Any]:
     """Score the champion on the challenger's evaluation rows (the month's rows of the held-out
-    users, which neither model trained on) and decide; the decision, both AUCs, the gain, its
-    bootstrap interval and the rows that decided (`eval_population`, `eval_rows`) become tags on
-    the challenger version.
+    users, which neither model trained on) and decide (model/promotion.py `Comparison`); the
+    decision, both AUCs, the gain, its bootstrap interval and the rows that decided
+    (`eval_population`, `eval_rows`) become tags on the challenger version.
 
-    A challenger trained on a month older than the champion's is kept out unless `force`; a
-    champion that can't be scored keeps its place and fails the run (ChampionUnscorableError),
+    A champion that can't be scored keeps its place and fails the run (ChampionUnscorableError),
     after the reason is tagged on the challenger."""
-    from sklearn.metrics import roc_auc_score
-
     client = configure_mlflow()
     version = str(challenger["version"])
     champion = champion_version(client)
     if champion is not None and str(champion.version) == version:
         raise ValueError(f"version {version} is already the champion")
-    with validation_file(challenger["run_id"]) as rows:
-        if not all(is_eval_holdout(batch[ENTITY]).all() for batch in rows.batches(columns=[ENTITY])):
-            raise ValueError(f"version {version}'s evaluation rows include users outside the evaluation holdout")
-        labels, challenger_scores = rows.column(LABEL), rows.column(CHALLENGER_SCORE)
-        champion_scores = None if champion is None else score_version(str(champion.version), rows)
-        eval_rows = rows.rows
-    challenger_auc = float(roc_auc_score(labels, challenger_scores))
-    champion_auc: float | None = None
-    bootstrap = None
-    if champion is not None:
-        if champion_scores is None or not np.all(np.isfinite(champion_scores)):
-            champion_auc = float("nan")
-        else:
-            champion_auc = float(roc_auc_score(labels, champion_scores))
-            bootstrap = paired_bootstrap_auc_gain(
-                labels, challenger_scores, champion_scores, seed=int(challenger.get("seed", 0))
-            )
-    decision = should_promote(challenger_auc, champion_auc, delta, bootstrap)
-    stale = month_older_than_champion(challenger.get("month", ""), champion.tags.get("month")) if champion else None
-    if stale and not force:
-        decision = Decision(False, stale)
-    tags = {
-        "decision": "promote" if decision.promote else "keep_champion",
-        "reason": decision.reason,
-        "delta": repr(delta),
-        "challenger_auc": repr(challenger_auc),
-        "champion_version": str(champion.version) if champion else "",
-        "champion_auc": repr(champion_auc) if champion_auc is not None else "",
-        "auc_gain": repr(bootstrap.gain) if bootstrap else "",
-        "auc_gain_ci_low": repr(bootstrap.ci_low) if bootstrap else "",
-        "auc_gain_ci_high": repr(bootstrap.ci_high) if bootstrap else "",
-        "auc_gain_ci_level": repr(bootstrap.confidence) if bootstrap else "",
-        "eval_population": eval_population(challenger["month"]),
-        "eval_rows": str(eval_rows),
-    }
-    for key, value in tags.items():
+    labels, challenger_scores, champion_scores, eval_rows = score_evaluation_rows(challenger["run_id"], champion)
+    challenger_auc, champion_auc, bootstrap = score_gain(
+        labels, challenger_scores, champion_scores, seed=int(challenger.get("seed", 0))
+    )
+    comparison = Comparison.decide(
+        champion_month=champion.tags.get("month") if champion else None,
+        force=force,
+        version=version,
+        month=challenger["month"],
+        delta=delta,
+        challenger_auc=challenger_auc,
+        champion_version=str(champion.version) if champion else None,
+        champion_auc=champion_auc,
+        bootstrap=bootstrap,
+        eval_population=eval_population(challenger["month"]),
+        eval_rows=eval_rows,
+    )
+    for key, value in comparison.tags().items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
-    log.info("version %s vs champion %s: %s", version, str(champion.version) if champion else None, decision.reason)
+    log.info("version %s vs champion %s: %s", version, comparison.champion_version, comparison.decision.reason)
     from streamflow_mlops.model.model_card import publish_model_card
 
     publish_model_card(client, version)
-    if champion_auc is not None and math.isnan(champion_auc) and not decision.promote:
-        raise ChampionUnscorableError(f"version {version}: {decision.reason}")
-    return {
-        **challenger,
-        "promote": decision.promote,
-        "reason": decision.reason,
-        "delta": delta,
-        "challenger_auc": challenger_auc,
-        "champion_version": str(champion.version) if champion else None,
-        "champion_auc": _finite(champion_auc),
-        "auc_gain": bootstrap.gain if bootstrap else None,
-        "auc_gain_ci": [bootstrap.ci_low, bootstrap.ci_high] if bootstrap else None,
-        "eval_population": tags["eval_population"],
-        "eval_rows": eval_rows,
-    }
+    if comparison.champion_unscorable and not comparison.decision.promote:
+        raise ChampionUnscorableError(f"version {version}: {comparison.decision.reason}")
+    return {**challenger, **comparison.summary()}
+
+
+def score_evaluation_rows(
+    run_id: str, champion: ModelVersion | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """(labels, challenger scores, champion scores, rows) of the challenger's evaluation rows, read a
+    batch at a time; champion scores are None without a champion, NaN when it can't score them."""
+    with validation_file(run_id) as rows:
+        if not all(is_eval_holdout(batch[ENTITY]).all() for batch in rows.batches(columns=[ENTITY])):
+            raise ValueError(f"run {run_id}'s evaluation rows include users outside the evaluation holdout")
+        labels, challenger_scores = rows.column(LABEL), rows.column(CHALLENGER_SCORE)
+        champion_scores = None
+        if champion is not None:
+            champion_scores = score_version(str(champion.version), rows)
+            if champion_scores is None:
+                champion_scores = np.full(rows.rows, np.nan)
+        return labels, challenger_scores, champion_scores, rows.rows
 
 
 def read_truth(drops_dir: Path, month: str, chunk_rows: int) -> Iterator[pd.DataFrame] | None:
