@@ -69,6 +69,7 @@ def timed(call):
 
 def bench_month(model, db_url: str, users: int, workdir: Path) -> list[str]:
     from streamflow_mlops.config.settings import get_settings
+    from streamflow_mlops.monitoring.campaigns import CONTROL, DEFAULT_RANK_BY, TREATMENT
     from streamflow_mlops.pipelines.score import export_retention_list, retention_list, score_chunk, write_scores
 
     frame, setup = timed(lambda: month_frame(users))
@@ -96,7 +97,8 @@ def bench_month(model, db_url: str, users: int, workdir: Path) -> list[str]:
         (count,) = conn.execute("SELECT count(*) FROM streamflow.churn_scores").fetchone()
 
         def export():
-            export_retention_list(retention_list(conn, "month_001", TOP_K), TOP_K, workdir, f"month_001_{users}")
+            lists = {arm: retention_list(conn, "month_001", DEFAULT_RANK_BY, arm) for arm in (TREATMENT, CONTROL)}
+            export_retention_list(lists, TOP_K, workdir, f"month_001_{users}")
 
         _, export_s = timed(export)
     total = score_s + rewrite_s + export_s

@@ -39,7 +39,7 @@ is drift too (0.500): the champion's training data no longer looks like the traf
 tests are Evidently's defaults above 1,000 rows: normed Wasserstein >= 0.1 for numeric,
 Jensen-Shannon >= 0.1 for categorical.
 
-**Decay** (issue 17): the same task scores the champion on the month's labels it never trained
+**Decay**: the same task scores the champion on the month's labels it never trained
 on (a `model_performance` row, an Evidently classification report); a realized AUC below the
 champion's own validation AUC by more than `decay_threshold` also retrains. The default's
 measurement (`bench/bench_honest.py`) is in `monitoring/performance.py`.

@@ -9,11 +9,21 @@ Scheduled on a new champion (the asset `streamflow_champion`, from `streamflow_t
   run scores `month`, or the newest month when `month` is empty.
 * Features: the champion's FeatureService, point-in-time at the month's `as_of` from Feast's
   offline store (the features the service reads online).
-* `churn_scores`: one row per user (probability, rank 1 = riskiest, decile 1 = top tenth, model
-  version, top-3 reasons), the month's partition replaced in one transaction: re-runs are idempotent.
-* The ranked retention list, the top `top_k`: `.streamflow/scores/<month>_top<k>.csv` and an
-  artifact of a run in the MLflow experiment `streamflow_scoring`.
-* The month's predicted churn rate and scored users go to the Evidently dashboard.
+* `churn_scores`: one row per user (probability, rank 1 = riskiest, decile 1 = top tenth,
+  `expected_loss` = probability x monthly fee x `STREAMFLOW_VALUE_HORIZON_MONTHS` and its
+  `loss_rank`, the `arm` of a targeted user, model version, top-3 reasons), the month's partition
+  replaced in one transaction with the month's `retention_campaigns` rows: re-runs are idempotent.
+* The top `top_k` by `rank_by` are targeted; a seeded hash of (user_id, month) holds `control_share`
+  of them back. `.streamflow/scores/<month>_top<k>.csv` is the contact list (treatment arm only),
+  `<month>_top<k>_control.csv` the held-back users; both are artifacts of a run in the MLflow
+  experiment `streamflow_scoring`.
+* `rank_by` defaults to `expected_loss`: when a contact takes a share of a user's risk away, the
+  revenue it saves is proportional to the expected loss, so that ranking saves the most.
+* `control_share` defaults to 0.1: about 50 of a 500-user list, enough to see a large effect and to
+  check the model's calibration, for a tenth of the list's calls (README "Retention economics").
+* Campaign outcomes: every exported campaign whose next drop is loaded is measured (treated vs
+  control churn, the difference with its interval, revenue saved) into `campaign_outcomes`.
+* The month's predicted churn rate, scored users and campaign outcomes go to the Evidently dashboard.
 
 No champion yet (the first month is still training): the run is skipped.
 """
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
+from streamflow_mlops.monitoring.campaigns import DEFAULT_CONTROL_SHARE, DEFAULT_RANK_BY, DEFAULT_TOP_K, RANK_BY
 from streamflow_mlops.pipelines.dag_defaults import CHAMPION, FEATURES, dag_defaults
 
 
@@ -37,13 +48,24 @@ from streamflow_mlops.pipelines.dag_defaults import CHAMPION, FEATURES, dag_defa
             description="Month to score; empty = the newest loaded month (asset-triggered runs decide themselves)",
         ),
         "top_k": Param(
-            500,
+            DEFAULT_TOP_K,
             type="integer",
             minimum=1,
             maximum=1_000_000,
-            # A retention team works through a few hundred calls a month: 500 is ~7% of a
-            # 7,043-user month, inside its top decile.
-            description="Length of the retention list (the riskiest users)",
+            description="Users targeted a month (the top of the list by rank_by), control arm included",
+        ),
+        "rank_by": Param(
+            DEFAULT_RANK_BY,
+            type="string",
+            enum=list(RANK_BY),
+            description="Order of the list: expected_loss (probability x fee x horizon) or probability",
+        ),
+        "control_share": Param(
+            DEFAULT_CONTROL_SHARE,
+            type="number",
+            minimum=0.01,
+            maximum=0.5,
+            description="Share of the targeted users held back as the control arm (seeded hash of user and month)",
         ),
     },
 )
@@ -59,7 +81,12 @@ def streamflow_score():
             params["month"], triggering_asset_events, lambda: newest_loaded_month(get_settings().db_url)
         )
         try:
-            return score_month(month, top_k=int(params["top_k"]))
+            return score_month(
+                month,
+                top_k=int(params["top_k"]),
+                rank_by=params["rank_by"],
+                control_share=float(params["control_share"]),
+            )
         except NoChampionError as error:
             raise AirflowSkipException(str(error)) from error
 
@@ -69,7 +96,15 @@ def streamflow_score():
 
         return add_scores_to_dashboard(summary)
 
-    update_dashboard(score())
+    @task
+    def measure_campaigns() -> list[dict]:
+        from streamflow_mlops.pipelines.campaigns import measure_campaigns
+
+        return measure_campaigns()
+
+    scored = score()
+    update_dashboard(scored)
+    scored >> measure_campaigns()
 
 
 streamflow_score()

@@ -15,7 +15,12 @@ champion and the later promotion would silently win.
    `should_promote`: no champion -> promote; otherwise the AUC gain must be >= `delta` and a
    seeded paired bootstrap must say the gain is not noise. Both AUCs, the gain, its confidence
    interval, the decision and its reason are tags on the challenger version.
-3. On promotion the alias moves, the old champion is tagged with when it was replaced, the new
+3. With `approval` = `human` (default: the STREAMFLOW_APPROVAL setting, `auto` in the demo), a
+   challenger the rule would promote waits in `review` (state `awaiting_input`, holding no worker
+   slot) for a person: Browse -> Required Actions in this UI, or the REST API's `hitlDetails`.
+   Approve promotes; Reject, or no answer within `approval_timeout` hours, keeps the champion.
+   Who answered, when and why are tags on the version (`approval*`) and in its model card.
+4. On promotion the alias moves, the old champion is tagged with when it was replaced, the new
    champion is imported into the BentoML model store, and the asset `streamflow_champion` is
    emitted. A kept champion skips this step (no event).
 
@@ -42,6 +47,7 @@ from streamflow_mlops.pipelines.dag_defaults import (
     month_param,
     run_month,
 )
+from streamflow_mlops.pipelines.review import PromotionReview, approval_params
 
 
 @dag(
@@ -59,6 +65,7 @@ from streamflow_mlops.pipelines.dag_defaults import (
             description="Minimum validation-AUC gain over the champion to promote",
         ),
         "force": force_param("Compare even a challenger of a month older than the champion's"),
+        **approval_params(),
     },
     **dag_defaults("training", "mlflow"),
 )
@@ -77,20 +84,28 @@ def streamflow_train():
         with fail_at_once(ChampionUnscorableError):
             return evaluate_and_decide(challenger, delta=finite_number(params, "delta"), force=bool(params["force"]))
 
-    @task(outlets=[CHAMPION])
-    def promote(decision: dict, run_id=None, outlet_events=None) -> dict:
+    # Runs after a skipped review (automatic approval, or nothing to approve), not after a failed one.
+    @task(outlets=[CHAMPION], trigger_rule="none_failed")
+    def promote(decision: dict, answer: dict | None, run_id=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from streamflow_mlops.pipelines.champion import ChampionMovedError, promote_and_import
+        from streamflow_mlops.pipelines.review import record_review
 
         if not decision["promote"]:
             raise AirflowSkipException(f"kept the champion: {decision['reason']}")
+        review = record_review(decision, answer) if answer else None
+        if review is not None and not review.approved:
+            raise AirflowSkipException(f"kept the champion: promotion {review.reason}")
         with fail_at_once(ChampionMovedError):
-            champion = promote_and_import(decision, request=run_id)
+            champion = promote_and_import(decision, request=run_id, review=review.tags() if review else None)
         outlet_events[CHAMPION].extra = {"version": champion["version"], "month": champion["month"]}
         return champion
 
-    promote(compare_with_champion(train_challenger()))
+    decision = compare_with_champion(train_challenger())
+    review = PromotionReview(task_id="review", decision_task="compare_with_champion")
+    decision >> review
+    promote(decision, review.output)
 
 
 streamflow_train()

@@ -11,7 +11,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,14 +19,55 @@ import pytest
 
 from streamflow_mlops.config.settings import Settings, get_settings, replace_database
 from streamflow_mlops.platform.embedded import start_embedded, stop_embedded
+from streamflow_mlops.platform.processes import Processes
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen, so none repeats."""
+    with ExitStack() as sockets:
+        bound = [sockets.enter_context(socket.socket()) for _ in range(count)]
+        for s in bound:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in bound]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+# Every port a `Stack` (platform/demo.py) can listen on: the Settings field and the variable that
+# sets it. tests/integration/test_stack_ports.py fails when Settings gains a port missing here.
+STACK_PORTS = {
+    "airflow_port": "STREAMFLOW_AIRFLOW_PORT",
+    "mlflow_port": "STREAMFLOW_MLFLOW_PORT",
+    "service_port": "STREAMFLOW_SERVICE_PORT",
+    "evidently_port": "STREAMFLOW_EVIDENTLY_PORT",
+    "embedded_pg_port": "STREAMFLOW_PG_EMBEDDED_PORT",
+}
+
+
+def listening_ports(processes: Processes) -> dict[int, str]:
+    """The TCP ports the processes (and their children) listen on, each with the process's name."""
+    import psutil
+
+    ports: dict[int, str] = {}
+    for name, proc in processes.running.items():
+        parent = psutil.Process(proc.pid)
+        for process in [parent, *parent.children(recursive=True)]:
+            try:
+                sockets = process.net_connections(kind="tcp")
+            except psutil.NoSuchProcess:
+                continue
+            ports |= {s.laddr.port: name for s in sockets if s.status == psutil.CONN_LISTEN}
+    return ports
+
+
+def stack_port_env() -> dict[str, str]:
+    """A distinct free port for every port of STACK_PORTS, as the environment variables that set them:
+    a test stack never opens a default port, which a running `make demo` holds."""
+    return dict(zip(STACK_PORTS.values(), map(str, free_ports(len(STACK_PORTS))), strict=True))
 
 
 DISPOSABLE_FLAG = "STREAMFLOW_TEST_DB_DISPOSABLE"

@@ -13,7 +13,17 @@ from streamflow_mlops.config.settings import get_settings
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from streamflow_mlops.synthetic.generate import BREAKAGES, NO_DRIFT, Drift, DropSpec, default_drift, write_drop
+    from streamflow_mlops.synthetic.generate import (
+        BREAKAGES,
+        NO_DRIFT,
+        Drift,
+        DropSpec,
+        default_drift,
+        find_contact_list,
+        reached_users,
+        read_contact_list,
+        write_drop,
+    )
 
     out = Path(args.out) if args.out else get_settings().drops_dir
 
@@ -29,12 +39,27 @@ def _generate(args: argparse.Namespace) -> None:
     for month in range(args.start, args.start + args.months):
         drift = drift_of(month)
         spec = DropSpec(
-            month=month, users=args.users, seed=args.seed, drift=drift, broken=args.broken, label_lag=args.label_lag
+            month=month,
+            users=args.users,
+            seed=args.seed,
+            drift=drift,
+            broken=args.broken,
+            label_lag=args.label_lag,
+            treatment_effect=args.treatment_effect or 0.0,
         )
         spec = replace(spec, labelled_drift=drift_of(spec.labelled_month))
         started = time.perf_counter()
-        folder = write_drop(spec, out, Path(args.telco) if args.telco else None)
-        note = f", broken: {BREAKAGES[args.broken]}" if args.broken else ""
+        reached, note = None, ""
+        if args.treatment_effect is not None:
+            contact_list = (
+                Path(args.contact_list)
+                if args.contact_list
+                else find_contact_list(get_settings().state_dir / "scores", month - 1)
+            )
+            reached = reached_users(read_contact_list(contact_list), args.reach, args.seed, month)
+            note = f", treatment effect {args.treatment_effect} on {len(reached):,} users reached from {contact_list}"
+        folder = write_drop(spec, out, Path(args.telco) if args.telco else None, reached)
+        note += f", broken: {BREAKAGES[args.broken]}" if args.broken else ""
         drifted = "" if drift == Drift() else f", drift {drift}"
         if args.label_lag:
             note += f", labels as_of {spec.labels_as_of}"
@@ -107,6 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=(0, 1),
         help="1: each month's labels.csv holds the previous month's outcomes (manifest labels_as_of); default 0",
     )
+    gen.add_argument(
+        "--treatment-effect",
+        type=float,
+        help="simulate last month's campaign: each reached user of the previous month's contact list has their "
+        "churn probability multiplied by 1 - this (e.g. 0.3); writes contacts.csv",
+    )
+    gen.add_argument(
+        "--contact-list",
+        help="the contact list to use (default: the newest <state>/scores/<previous month>_top<k>.csv)",
+    )
+    gen.add_argument("--reach", type=float, default=1.0, help="share of the contact list actually reached (default 1)")
     gen.add_argument(
         "--broken",
         help="write a deliberately broken batch: negative_fee, unknown_net_service, "

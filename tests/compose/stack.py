@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from streamflow_mlops.platform.demo import AirflowAPI, wait_for_chain
+from streamflow_mlops.platform.lifecycle import AirflowAPI, wait_for_chain
 
 REPO = Path(__file__).resolve().parents[2]
 # The machine-local Docker engine CI uses when no registry is reachable (../shared beside the clone).
@@ -140,6 +140,8 @@ class ComposeStack:
             "STREAMFLOW_MLFLOW_PORT": str(free_port()),
             "STREAMFLOW_SERVICE_PORT": str(free_port()),
             "STREAMFLOW_EVIDENTLY_PORT": str(free_port()),
+            # The lifecycle runs unattended; the approval flow is tested against a live api-server in tests/e2e.
+            "STREAMFLOW_APPROVAL": "auto",
         }
         lines = []
         for line in self.env_file.read_text().splitlines():
@@ -258,7 +260,7 @@ class ComposeStack:
 # --- the lifecycle, through Airflow's REST API ---------------------------------------------------
 
 
-def run_month(stack: ComposeStack, api: AirflowAPI, month: str) -> dict:
+def run_month_lifecycle(stack: ComposeStack, api: AirflowAPI, month: str) -> dict:
     """Trigger the month's ingest through the REST API and wait for the asset chain it starts."""
     before = {run["dag_run_id"] for dag_id in LIFECYCLE_DAGS for run in api.runs(dag_id)}
     api.trigger("streamflow_ingest", {"month": month})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow_mlops.platform.demo import AirflowAPI
+from streamflow_mlops.platform.lifecycle import AirflowAPI
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
     BUILT_IMAGES,
@@ -31,7 +31,7 @@ from tests.compose.stack import (
     predict,
     ready,
     run,
-    run_month,
+    run_month_lifecycle,
     wait_for_run,
     wait_until,
 )
@@ -40,7 +40,10 @@ from tests.compose.stack import (
 # log the service writes in the background.
 # Written by other runs while the bad batch is checked (the rollback's champion event starts
 # streamflow_score; the service logs predictions): outputs, not the data a rejected batch must keep.
-OPERATIONAL = {"ingestion_runs", "prediction_log", "churn_scores", "model_performance", "drift_reports"}
+OPERATIONAL = {
+    "ingestion_runs", "prediction_log", "churn_scores", "model_performance", "drift_reports", "retention_campaigns",
+    "campaign_outcomes",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def test_first_champion_is_served_within_a_minute_without_a_restart(stack, api, 
     service = stack.inspect("churn-service")["State"]
     assert not ready(stack.service_url) and stack.champion() is None
     with timings.phase("local: month_000 (ingest -> features -> drift -> train -> promote)"):
-        runs = run_month(stack, api, "month_000")
+        runs = run_month_lifecycle(stack, api, "month_000")
     assert runs["streamflow_train"]["state"] == "success"
     assert stack.champion()["version"] == "1"
     seconds = wait_until("churn-service /readyz after the first promotion", lambda: ready(stack.service_url), 120)
@@ -107,7 +110,7 @@ def test_first_champion_is_served_within_a_minute_without_a_restart(stack, api, 
 
 def test_predict_answers_with_the_champion_and_month_001_online_values(stack, api, timings):
     with timings.phase("local: month_001 (drifted: retrain)"):
-        runs = run_month(stack, api, "month_001")
+        runs = run_month_lifecycle(stack, api, "month_001")
     assert runs["streamflow_train"]["state"] == "success"
     champion = stack.champion()["version"]
     month_000 = csv_rows(stack.drops / "month_000" / "usage_agg_30d.csv")

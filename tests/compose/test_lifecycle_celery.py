@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamflow_mlops.platform.demo import AirflowAPI
+from streamflow_mlops.platform.lifecycle import AirflowAPI
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
     LIFECYCLE_DAGS,
@@ -18,7 +18,7 @@ from tests.compose.stack import (
     csv_rows,
     predict,
     ready,
-    run_month,
+    run_month_lifecycle,
     wait_until,
 )
 
@@ -42,7 +42,7 @@ def test_month_000_runs_on_the_celery_worker_and_its_champion_is_served(stack, t
     started = stack.inspect("churn-service")["State"]["StartedAt"]
 
     with timings.phase("celery: month_000 (ingest -> features -> drift -> train -> promote)"):
-        runs = run_month(stack, api, "month_000")
+        runs = run_month_lifecycle(stack, api, "month_000")
     assert runs["streamflow_train"]["state"] == "success"
     worker = stack.inspect("airflow-worker")["Config"]["Hostname"]
     for dag_id, run in runs.items():

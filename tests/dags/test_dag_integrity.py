@@ -14,10 +14,10 @@ DAGS = REPO / "dags"
 EXPECTED = {
     "streamflow_ingest": {"month", "force"},
     "streamflow_features": {"month", "force"},
-    "streamflow_train": {"month", "seed", "delta", "force"},
+    "streamflow_train": {"month", "seed", "delta", "force", "approval", "approval_timeout"},
     "streamflow_drift": {"month", "drift_threshold", "decay_threshold"},
     "streamflow_rollback": {"version", "reason"},
-    "streamflow_score": {"month", "top_k"},
+    "streamflow_score": {"month", "top_k", "rank_by", "control_share"},
 }
 HEAVY = ("pandas", "sklearn", "mlflow", "feast", "evidently", "great_expectations", "bentoml", "numpy")
 

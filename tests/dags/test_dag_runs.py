@@ -178,7 +178,8 @@ def lifecycle(platform):
     runs["ingest_month_001"] = run("streamflow_ingest", month="month_001")
     runs["features_month_001"] = run("streamflow_features", month="month_001")
     runs["drift_retrain"] = run("streamflow_drift", month="month_001")
-    runs["train_keep"] = run("streamflow_train", month="month_001", delta=1.0)
+    # With approval=human a kept champion has nothing to review: the run does not wait.
+    runs["train_keep"] = run("streamflow_train", month="month_001", delta=1.0, approval="human")
     runs["champion_after_keep"] = champion()
     runs["rollback_previous"] = run("streamflow_rollback", reason="the retention team saw odd scores")
     runs["champion_after_rollback"] = champion()
@@ -267,7 +268,13 @@ def test_drift_past_the_threshold_requests_a_retrain_for_the_month(lifecycle):
 def test_train_promotes_a_better_challenger_and_emits_the_champion(lifecycle):
     run = lifecycle["train_promote"]
     weak = lifecycle["weak_champion"]
-    assert run.tasks == {"train_challenger": "success", "compare_with_champion": "success", "promote": "success"}
+    # approval is automatic (the default): the review is skipped and the promotion goes ahead.
+    assert run.tasks == {
+        "train_challenger": "success",
+        "compare_with_champion": "success",
+        "review": "skipped",
+        "promote": "success",
+    }
     (event,) = run.events["streamflow_champion"]
     assert event["month"] == "month_000" and event["version"] != weak
     tags = version_tags(event["version"])
@@ -278,7 +285,12 @@ def test_train_keeps_the_champion_when_the_gain_is_below_delta(lifecycle):
     run = lifecycle["train_keep"]
     promoted = lifecycle["train_promote"].events["streamflow_champion"][0]["version"]
     assert run.state == "success"
-    assert run.tasks == {"train_challenger": "success", "compare_with_champion": "success", "promote": "skipped"}
+    assert run.tasks == {
+        "train_challenger": "success",
+        "compare_with_champion": "success",
+        "review": "skipped",
+        "promote": "skipped",
+    }
     assert run.events == {}
     assert lifecycle["champion_after_keep"] == promoted
     tags = version_tags("3")

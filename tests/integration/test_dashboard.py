@@ -19,7 +19,9 @@ from streamflow_mlops.config.months import month_as_of, month_as_of_ts, month_na
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.monitoring.dashboard import (
+    CAMPAIGN_VALUES,
     PROJECT_NAME,
+    add_campaign_snapshot,
     add_classification_snapshot,
     add_drift_snapshot,
     add_performance_snapshot,
@@ -51,7 +53,7 @@ def fill_workspace(settings) -> dict[str, list[float]]:
 
     trained = train_model(month_frame(0), seed=1)
     columns = list(FEATURE_NAMES)
-    expected: dict[str, list[float]] = {spec["title"]: [] for spec in panel_specs()}
+    expected: dict[str, list[list[float]]] = {spec["title"]: [[] for _ in spec["values"]] for spec in panel_specs()}
     for month in MONTHS:
         name, frame = month_name(month), month_frame(month)
         drift = compute_drift(month_frame(0), frame, timestamp=month_as_of_ts(month), month=name)
@@ -63,15 +65,22 @@ def fill_workspace(settings) -> dict[str, list[float]]:
         add_scores_snapshot(name, month_as_of(month), len(frame), rate, settings)
         scored = frame[["user_id", "churn_label"]].assign(churn_probability=probabilities)
         add_classification_snapshot(name, month_as_of(month), scored, trained.threshold, settings)
-        expected["Drift share"].append(drift.drift_share)
-        expected["Predicted churn rate"].append(rate)
-        expected["Scored users"].append(float(len(frame)))
+        expected["Drift share"][0].append(drift.drift_share)
+        expected["Predicted churn rate"][0].append(rate)
+        expected["Scored users"][0].append(float(len(frame)))
         from sklearn.metrics import roc_auc_score
 
-        expected["Realized AUC"].append(float(roc_auc_score(scored["churn_label"], probabilities)))
+        expected["Realized AUC"][0].append(float(roc_auc_score(scored["churn_label"], probabilities)))
+        # A campaign outcome (issue 28), first a wrong one that a re-measure replaces.
+        outcome = {name: 0.01 * month for name in CAMPAIGN_VALUES}
+        add_campaign_snapshot(name, month_as_of(month), outcome | {"treated_churn_rate": 1.0}, settings)
+        outcome |= {"treated_churn_rate": 0.5 - 0.1 * month, "control_churn_rate": 0.6 - 0.05 * month}
+        add_campaign_snapshot(name, month_as_of(month), outcome, settings)
+        expected["Campaign: churn treated vs control"][0].append(outcome["treated_churn_rate"])
+        expected["Campaign: churn treated vs control"][1].append(outcome["control_churn_rate"])
     # Realized performance measured elsewhere (issue 17) replaces the month's classification report.
     add_performance_snapshot("month_002", month_as_of(2), {"realized_auc": 0.5}, settings)
-    expected["Realized AUC"][-1] = 0.5
+    expected["Realized AUC"][0][-1] = 0.5
     return expected
 
 
@@ -91,7 +100,7 @@ def test_dashboard_has_its_panels_with_one_point_per_month(monkeypatch, tmp_path
         assert [p["name"] for p in projects] == [PROJECT_NAME]
         project = projects[0]["id"]
         snapshots = client.get(f"/api/projects/{project}/snapshots").json()
-        assert len(snapshots) == 3 * len(MONTHS)
+        assert len(snapshots) == 4 * len(MONTHS)
         dashboard = client.get(f"/api/v2/dashboards/{project}").json()
         assert [p["title"] for p in dashboard["panels"]] == [spec["title"] for spec in panel_specs()]
         for panel in dashboard["panels"]:
@@ -106,6 +115,7 @@ def test_dashboard_has_its_panels_with_one_point_per_month(monkeypatch, tmp_path
             data = answer.json()
             days = [source["timestamp"][:10] for source in data["sources"]]
             assert days == [month_as_of(m).isoformat() for m in MONTHS], panel["title"]
-            assert len(data["series"]) == 1, panel["title"]
-            assert data["series"][0]["values"] == pytest.approx(expected[panel["title"]], abs=1e-9), panel["title"]
+            assert len(data["series"]) == len(expected[panel["title"]]), panel["title"]
+            for series, values in zip(data["series"], expected[panel["title"]], strict=True):
+                assert series["values"] == pytest.approx(values, abs=1e-9), panel["title"]
     get_settings.cache_clear()

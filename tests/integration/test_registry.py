@@ -24,6 +24,8 @@ from streamflow_mlops.synthetic.generate import DropSpec, build_drop
 pytestmark = pytest.mark.slow
 
 SPEC = DropSpec(month=0, users=1500, seed=11)
+# The months here are frames, never materialized through Feast: evaluate_and_decide runs with
+# impact=False (the impact of a promotion on the month's list is checked in tests/e2e).
 # A champion that only knows the price and the plan: clearly beatable on the same rows.
 WEAK_FEATURES = ["monthly_fee", "paperless_billing", "net_service"]
 
@@ -62,7 +64,7 @@ def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
 
     # 1. No champion yet: the first challenger is promoted and imported into BentoML.
     weak = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
-    decision = evaluate_and_decide(weak, delta=0.005)
+    decision = evaluate_and_decide(weak, delta=0.005, impact=False)
     json.dumps(decision)
     assert decision["promote"] and "no champion" in decision["reason"]
     first = promote_and_import(decision)
@@ -77,7 +79,7 @@ def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
 
     # 2. The same model again: no gain, the champion stays, the reason is on the version.
     same = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
-    kept = evaluate_and_decide(same, delta=0.005)
+    kept = evaluate_and_decide(same, delta=0.005, impact=False)
     assert not kept["promote"] and kept["auc_gain"] == 0
     tags = version_tags(client, same["version"])
     assert tags["decision"] == "keep_champion" and "below delta" in tags["reason"]
@@ -91,7 +93,7 @@ def test_first_promotion_skip_promotion_rollback_and_roll_forward(stack_env):
 
     # 3. A clearly better challenger, judged on its own validation rows, takes over.
     strong = register(train_model(frame, seed=5))
-    better = evaluate_and_decide(strong, delta=0.005)
+    better = evaluate_and_decide(strong, delta=0.005, impact=False)
     assert better["promote"], better["reason"]
     assert better["champion_auc"] < better["challenger_auc"] and better["auc_gain_ci"][0] > 0
     tags = version_tags(client, strong["version"])
@@ -154,9 +156,9 @@ def test_a_gain_above_delta_that_could_be_noise_keeps_the_champion(stack_env):
     frame = month_000()
     configure_mlflow(stack_env)
     incumbent = register(train_model(frame, seed=5, classifier="hgb"))
-    promote_and_import(evaluate_and_decide(incumbent, delta=0.005))
+    promote_and_import(evaluate_and_decide(incumbent, delta=0.005, impact=False))
     challenger = register(train_model(frame, seed=5))
-    decision = evaluate_and_decide(challenger, delta=0.005)
+    decision = evaluate_and_decide(challenger, delta=0.005, impact=False)
     assert decision["auc_gain"] >= 0.005
     low, high = decision["auc_gain_ci"]
     assert low < 0 < high
@@ -171,9 +173,9 @@ def test_alias_moves_are_compare_and_set_and_retries_change_nothing(stack_env):
     frame = month_000()
     client = configure_mlflow(stack_env)
     first = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
-    promote_and_import(evaluate_and_decide(first, delta=0.005), request="train-run-1")
+    promote_and_import(evaluate_and_decide(first, delta=0.005, impact=False), request="train-run-1")
     second = register(train_model(frame, seed=5))
-    decision = evaluate_and_decide(second, delta=0.005)
+    decision = evaluate_and_decide(second, delta=0.005, impact=False)
     assert decision["promote"] and decision["champion_version"] == first["version"]
 
     # A promotion retried after the alias moved: same answer, the previous champion stays recorded.
@@ -200,10 +202,10 @@ def test_a_challenger_of_an_older_month_never_replaces_a_newer_champion(stack_en
     frame = month_000()
     client = configure_mlflow(stack_env)
     weak = register(train_model(frame, seed=5, classifier="logreg", features=WEAK_FEATURES))
-    promote_and_import(evaluate_and_decide(weak, delta=0.005))
+    promote_and_import(evaluate_and_decide(weak, delta=0.005, impact=False))
     # Say the champion had been trained on month_001: a month_000 challenger (a re-delivery) is kept out.
     client.set_model_version_tag(REGISTERED_MODEL, weak["version"], "month", "month_001")
     strong = register(train_model(frame, seed=5))
-    kept = evaluate_and_decide(strong, delta=0.005)
+    kept = evaluate_and_decide(strong, delta=0.005, impact=False)
     assert not kept["promote"] and "older than the champion's training month month_001" in kept["reason"]
-    assert evaluate_and_decide(strong, delta=0.005, force=True)["promote"]
+    assert evaluate_and_decide(strong, delta=0.005, impact=False, force=True)["promote"]

@@ -17,6 +17,13 @@ import pytest
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 from streamflow_mlops.features.retrieval import feature_frame
 from streamflow_mlops.features.store import apply_repo
+from streamflow_mlops.monitoring.campaigns import CONTROL, TREATMENT, arms, campaign_outcome
+from streamflow_mlops.pipelines.campaigns import (
+    campaign_for_labels,
+    campaign_outcomes,
+    measure_campaigns,
+    treated_users,
+)
 from streamflow_mlops.pipelines.score import (
     SCORING_EXPERIMENT,
     add_scores_to_dashboard,
@@ -35,8 +42,8 @@ TOP_K = 100
 def table(db_url: str) -> list[tuple]:
     with psycopg.connect(db_url) as conn:
         return conn.execute(
-            "SELECT month, user_id, as_of, churn_probability, rank, decile, model_version, reasons "
-            "FROM streamflow.churn_scores ORDER BY month, rank"
+            "SELECT month, user_id, as_of, churn_probability, rank, decile, model_version, reasons, "
+            "monthly_fee, expected_loss, loss_rank, arm FROM streamflow.churn_scores ORDER BY month, rank"
         ).fetchall()
 
 
@@ -85,15 +92,45 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
             assert reason["value"] == (value.item() if hasattr(value, "item") else value)
     assert any(len(r[7]) == 3 for r in rows)
 
-    # The retention list: the first top_k rows of the table, as CSV under the state dir.
+    # Expected loss = probability x the user's fee (the FeatureService's) x the 12-month horizon,
+    # ranked by Postgres beside the probability.
+    assert all(by_user[u][8] == frame.loc[u, "monthly_fee"] for u in frame.index)
+    assert all(r[9] == pytest.approx(r[3] * r[8] * 12.0, rel=1e-12) for r in rows)
+    by_loss = sorted(rows, key=lambda r: r[10])
+    assert [r[10] for r in by_loss] == list(range(1, USERS + 1))
+    assert [r[9] for r in by_loss] == sorted((r[9] for r in rows), reverse=True)
+    assert first["top_k_expected_loss_by_expected_loss"] >= first["top_k_expected_loss_by_probability"]
+
+    # The targeted users (default rank_by: expected loss) have an arm, the hash's, nobody else.
+    targeted = by_loss[:TOP_K]
+    assert {r[11] for r in by_loss[TOP_K:]} == {None}
+    assert [r[11] for r in targeted] == arms([r[1] for r in targeted], "month_001", 0.1)
+    assert first["control_users"] == sum(r[11] == CONTROL for r in targeted) > 0
+    assert first["treatment_users"] + first["control_users"] == TOP_K
+
+    # The contact list holds the treatment arm only, in expected-loss order; the control list the rest.
     path = stack_env.state_dir / "scores" / f"month_001_top{TOP_K}.csv"
     assert first["retention_list"] == str(path)
-    with path.open() as handle:
-        listed = list(csv.DictReader(handle))
-    assert [r["user_id"] for r in listed] == [r[1] for r in rows[:TOP_K]]
-    assert [float(r["churn_probability"]) for r in listed] == probabilities[:TOP_K]
-    assert [int(r["decile"]) for r in listed] == [r[5] for r in rows[:TOP_K]]
-    assert [json.loads(r["reasons"]) for r in listed] == [r[7] for r in rows[:TOP_K]]
+    assert first["control_list"] == str(stack_env.state_dir / "scores" / f"month_001_top{TOP_K}_control.csv")
+    listed = {}
+    for arm, key in ((TREATMENT, "retention_list"), (CONTROL, "control_list")):
+        with open(first[key]) as handle:
+            listed[arm] = list(csv.DictReader(handle))
+        expected = [r for r in targeted if r[11] == arm]
+        assert [r["user_id"] for r in listed[arm]] == [r[1] for r in expected]
+        assert [int(r["rank"]) for r in listed[arm]] == [r[10] for r in expected]
+        assert [float(r["churn_probability"]) for r in listed[arm]] == [r[3] for r in expected]
+        assert [float(r["expected_loss"]) for r in listed[arm]] == [r[9] for r in expected]
+        assert [int(r["decile"]) for r in listed[arm]] == [r[5] for r in expected]
+        assert [json.loads(r["reasons"]) for r in listed[arm]] == [r[7] for r in expected]
+
+    # retention_campaigns: the targeted users, written with the export, replaced by a re-run.
+    with psycopg.connect(stack_env.db_url) as conn:
+        campaign = conn.execute(
+            "SELECT user_id, arm, contacted, rank, rank_by, churn_probability, expected_loss, control_share "
+            "FROM streamflow.retention_campaigns WHERE month = 'month_001' ORDER BY rank"
+        ).fetchall()
+    assert campaign == [(r[1], r[11], r[11] == TREATMENT, r[10], "expected_loss", r[3], r[9], 0.1) for r in targeted]
 
     # One MLflow run per scoring, the list as its artifact.
     client = MlflowClient(tracking_uri=stack_env.mlflow_tracking_uri)
@@ -104,8 +141,86 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
         assert run.data.params["month"] == "month_001" and run.data.params["model_version"] == version
         assert run.data.metrics["scored_users"] == USERS
         assert [a.path for a in client.list_artifacts(run.info.run_id, "retention_list")] == [
-            f"retention_list/month_001_top{TOP_K}.csv"
+            f"retention_list/month_001_top{TOP_K}.csv",
+            f"retention_list/month_001_top{TOP_K}_control.csv",
         ]
+        assert run.data.params["rank_by"] == "expected_loss" and run.data.params["control_share"] == "0.1"
 
     # The dashboard: scores, and realized performance (labels exist, the champion trained on month_000).
     assert "realized performance" in add_scores_to_dashboard(second)
+
+
+def test_a_campaign_is_measured_against_the_next_drops_labels_and_kept_out_of_realized_performance(stack_env, tmp_path):
+    """month_001's list goes out; month_002 is generated with a treatment effect on the users of the
+    exported contact list (the generator reads the CSV) and loaded with its contacts.csv; the
+    measurement is the pure rule's on exactly those rows, and the treated users are the ones
+    realized performance leaves out of month_002's labels."""
+    from streamflow_mlops.data.warehouse import create_schema, load_drop
+    from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.train import train_and_register
+    from streamflow_mlops.synthetic.generate import (
+        DropSpec,
+        build_drop,
+        find_contact_list,
+        read_contact_list,
+        write_drop,
+    )
+
+    users = 3000
+    load_months(stack_env.db_url, tmp_path / "drops", (0, 1), users)
+    apply_repo()
+    version = train_and_register("month_000", seed=42)["version"]
+    configure_mlflow(stack_env).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+    summary = score_month("month_001", top_k=600, control_share=0.2)
+    assert measure_campaigns() == [
+        {"status": "pending", "month": "month_001", "reason": "month_002's labels are not loaded yet"}
+    ]
+
+    contact_list = find_contact_list(stack_env.state_dir / "scores", 1)
+    assert str(contact_list) == summary["retention_list"]
+    reached = read_contact_list(contact_list)
+    spec = DropSpec(2, users=users, seed=42, treatment_effect=0.5)
+    folder = write_drop(spec, tmp_path / "drops", reached=reached)
+    with psycopg.connect(stack_env.db_url) as conn:
+        create_schema(conn)
+        with conn.transaction():
+            counts = load_drop(conn, folder, spec.as_of)
+    assert counts["contacts"] == len(reached) == summary["treatment_users"]
+
+    (answer,) = measure_campaigns()
+    assert answer["status"] == "measured" and answer["outcome_month"] == "month_002"
+    labels = build_drop(spec, reached=reached)[0]["labels"].set_index("user_id")["churn_label"]
+    with psycopg.connect(stack_env.db_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, arm, churn_probability, monthly_fee FROM streamflow.retention_campaigns "
+            "WHERE month = 'month_001' ORDER BY user_id"
+        ).fetchall()
+    expected = campaign_outcome(
+        np.array([r[1] for r in rows]),
+        labels.loc[[r[0] for r in rows]].to_numpy(),
+        np.array([r[2] for r in rows]),
+        np.array([r[3] for r in rows]),
+        12.0,
+        reached=np.isin([r[0] for r in rows], reached),
+    )
+    assert {k: answer[k] for k in expected} == pytest.approx(expected)
+    assert answer["reach_rate"] == 1.0 and answer["treated_users"] + answer["control_users"] == 600
+    # A 50% cut of the treated users' risk: the treated arm churns less than the control arm.
+    assert answer["difference"] < 0 and answer["difference_low"] < answer["difference"] < answer["difference_high"]
+    (stored,) = campaign_outcomes(stack_env.db_url)
+    assert stored["month"] == "month_001" and stored["difference"] == pytest.approx(answer["difference"])
+    assert measure_campaigns()[0]["difference"] == answer["difference"], "a re-measure replaces the row"
+    assert len(campaign_outcomes(stack_env.db_url)) == 1
+
+    # month_002's labels answer month_001's campaign: its treated users are what realized performance leaves out.
+    assert campaign_for_labels(stack_env.db_url, spec.as_of) == "month_001"
+    assert treated_users(stack_env.db_url, "month_001") == frozenset(reached)
+
+    # Re-exporting by probability replaces the month's campaign: the top by rank now, the same hash.
+    again = score_month("month_001", top_k=600, control_share=0.2, rank_by="probability")
+    with psycopg.connect(stack_env.db_url) as conn:
+        ranks = conn.execute(
+            "SELECT rank, arm, rank_by FROM streamflow.retention_campaigns WHERE month = 'month_001' ORDER BY rank"
+        ).fetchall()
+    assert [r[0] for r in ranks] == list(range(1, 601)) and {r[2] for r in ranks} == {"probability"}
+    assert again["treatment_users"] == sum(r[1] == TREATMENT for r in ranks)

@@ -44,19 +44,26 @@ def test_copy_text_round_trips_probabilities_and_escapes_backslashes():
         {
             "user_id": ["0001-AAAAA", "0002-BBBBB", "0003-CCCCC"],
             "churn_probability": [0.1 + 0.2, 1 / 3, 0.5],
+            "monthly_fee": [19.99, 0.1 + 0.7, 110.0],
             "reasons": ["[]", '[{"feature": "net_service", "value": "caf\\u00e9", "contribution": 0.5}]', "[]"],
         }
     )
     fields = [line.split("\t") for line in copy_text(scores).splitlines()]
     assert [f[0] for f in fields] == scores["user_id"].tolist()
     assert [float(f[1]) for f in fields] == scores["churn_probability"].tolist()
-    assert fields[1][2] == '[{"feature": "net_service", "value": "caf\\\\u00e9", "contribution": 0.5}]'
+    assert [float(f[2]) for f in fields] == scores["monthly_fee"].tolist()
+    assert fields[1][3] == '[{"feature": "net_service", "value": "caf\\\\u00e9", "contribution": 0.5}]'
 
 
 def test_the_rank_statement_computes_deciles_as_ceil_of_ten_ranks_over_n():
     statement = rank_sql(1003)
     assert "(10 * rank + 1003 - 1) / 1003" in statement
     assert "ORDER BY churn_probability DESC, user_id" in statement
+    assert "ORDER BY expected_loss DESC, user_id" in statement
+    assert "CASE WHEN loss_rank <= %(top_k)s" in statement
+    assert "CASE WHEN rank <= %(top_k)s" in rank_sql(1003, "probability")
+    with pytest.raises(ValueError):
+        rank_sql(1003, "fee")
     assert all(-((-10 * r) // 1003) == (10 * r + 1003 - 1) // 1003 for r in range(1, 1004))
 
 

@@ -98,6 +98,12 @@ SUPPORT = Table(
 LABELS = Table("labels", (Column(LABEL, "int", 0, 1),))
 
 RAW_TABLES: tuple[Table, ...] = (USERS, SUBSCRIPTIONS, USAGE, PAYMENTS, SUPPORT, LABELS)
+# Who the retention team actually reached from the previous month's contact list (issue 28): in a
+# drop when there is something to report, validated and loaded like the others when it is there;
+# a drop without it (every drop before campaigns) is as valid as ever. Its users need not be in
+# this month's users.csv (a user reached last month may have churned since), nor be all of them.
+CONTACTS = Table("contacts", ())
+OPTIONAL_TABLES: tuple[Table, ...] = (CONTACTS,)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ CATEGORICAL_FEATURES: tuple[str, ...] = tuple(c.name for c in FEATURES if c.cate
 
 
 def table(name: str) -> Table:
-    return next(t for t in RAW_TABLES if t.name == name)
+    return next(t for t in RAW_TABLES + OPTIONAL_TABLES if t.name == name)
 
 
 def feature_column(name: str) -> Column:

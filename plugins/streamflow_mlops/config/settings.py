@@ -19,11 +19,13 @@ CHAMPION_ALIAS = "champion"
 EXPERIMENT = "streamflow"
 FEATURE_SERVICE = "churn_model_v1"
 WAREHOUSE_CONN_ID = "streamflow_warehouse"
-# Rows each task holds at once when it works through a month (issue 25): 200,000 rows of the 14
+# Rows each task holds at once when it works through a month: 200,000 rows of the 14
 # features are ~60 MB as a frame and a few hundred MB once encoded and explained, so a task's peak
 # stays far under 3 GiB whatever the month's size; larger chunks buy little (per-chunk overhead is
 # a few ms against seconds of work).
 DEFAULT_CHUNK_ROWS = 200_000
+# Who signs off a promotion (pipelines/review.py): `auto` (the rule alone) or `human` (a reviewer in Airflow).
+APPROVAL_MODES = ("auto", "human")
 # The seeded sample of a month's training rows a challenger is fitted on. Measured on a 10M-user
 # month (bench/bench_train_sample.py, README "Scale"): holdout AUC 0.8739 at 100k rows, 0.8741 at
 # 300k, 1M and 3M (standard error 0.0003 on the 2M holdout rows), while the fit takes 3x the time
@@ -32,6 +34,11 @@ DEFAULT_TRAIN_MAX_ROWS = 300_000
 # Users per month in Evidently's drift report (a seeded hash sample; README "Scale": the drift
 # shares and the gate's decision at 1M rows are those of the whole month within noise).
 DEFAULT_DRIFT_SAMPLE_ROWS = 200_000
+# Months of fees a churner takes away, for `expected_loss` = probability x monthly fee x horizon
+# (issue 28). A year is the usual horizon of a retention budget and of customer-value models in
+# churn targeting (Lemmens & Gupta); the horizon only scales the money figures: every horizon
+# ranks users the same way, so no measured figure could pick it.
+DEFAULT_VALUE_HORIZON_MONTHS = 12.0
 
 
 def replace_database(url: str, database: str) -> str:
@@ -72,6 +79,9 @@ class Settings:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     train_max_rows: int = DEFAULT_TRAIN_MAX_ROWS
     drift_sample_rows: int = DEFAULT_DRIFT_SAMPLE_ROWS
+    value_horizon_months: float = DEFAULT_VALUE_HORIZON_MONTHS
+    approval: str = "auto"
+    mlflow_ui_override: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -104,6 +114,12 @@ class Settings:
     def mlflow_tracking_uri(self) -> str:
         """The MLflow server when one runs (MLFLOW_TRACKING_URI), else its backend database directly."""
         return self.mlflow_tracking_uri_override or self.mlflow_backend_url
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """Where a person opens the MLflow UI (links in approval requests): STREAMFLOW_MLFLOW_UI_URL,
+        else the local server's port."""
+        return (self.mlflow_ui_override or f"http://127.0.0.1:{self.mlflow_port}").rstrip("/")
 
     @property
     def mlflow_artifacts_dir(self) -> Path:
@@ -213,7 +229,17 @@ def get_settings() -> Settings:
         chunk_rows=_positive_int("STREAMFLOW_CHUNK_ROWS", DEFAULT_CHUNK_ROWS),
         train_max_rows=_positive_int("STREAMFLOW_TRAIN_MAX_ROWS", DEFAULT_TRAIN_MAX_ROWS),
         drift_sample_rows=_positive_int("STREAMFLOW_DRIFT_SAMPLE_ROWS", DEFAULT_DRIFT_SAMPLE_ROWS),
+        value_horizon_months=_positive_number("STREAMFLOW_VALUE_HORIZON_MONTHS", DEFAULT_VALUE_HORIZON_MONTHS),
+        approval=_choice("STREAMFLOW_APPROVAL", APPROVAL_MODES, "auto"),
+        mlflow_ui_override=os.environ.get("STREAMFLOW_MLFLOW_UI_URL") or None,
     )
+
+
+def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (os.environ.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -224,4 +250,15 @@ def _positive_int(name: str, default: int) -> int:
         value = 0
     if value < 1:
         raise ValueError(f"{name}={text!r}: expected a positive whole number of rows")
+    return value
+
+
+def _positive_number(name: str, default: float) -> float:
+    text = os.environ.get(name) or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"{name}={text!r}: expected a positive number")
     return value

@@ -21,9 +21,14 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from streamflow_mlops.config.months import month_as_of, month_name, parse_month
-from streamflow_mlops.config.schema import RAW_TABLES
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, get_settings
-from streamflow_mlops.data.validation import DropValidation, rejection_message, report_html, validate_drop
+from streamflow_mlops.data.validation import (
+    DropValidation,
+    drop_tables,
+    rejection_message,
+    report_html,
+    validate_drop,
+)
 from streamflow_mlops.data.validation_chunks import file_sha256
 from streamflow_mlops.data.warehouse import create_schema, load_drop
 
@@ -90,8 +95,9 @@ def read_labels_as_of(folder: Path, as_of: date) -> tuple[date, str | None]:
 
 
 def file_digests(folder: Path) -> dict[str, str | None]:
-    """Each table file's sha256, read block by block (a 10M-user CSV is ~0.5 GB)."""
-    return {t.file: file_sha256(folder / t.file) for t in RAW_TABLES}
+    """Each table file's sha256, read block by block (a 10M-user CSV is ~0.5 GB); an optional
+    table's only when its file is there, so a drop without one keeps the digest it always had."""
+    return {t.file: file_sha256(folder / t.file) for t in drop_tables(folder)}
 
 
 def drop_digest(file_sha256: dict[str, str | None], manifest: bytes) -> str:

@@ -1,9 +1,10 @@
 """Great Expectations for the monthly CSVs: suites derived from the schema, and validation of a drop.
 
-Each raw CSV has one suite (`expectations/<table>.json`), generated from `schema.RAW_TABLES` by
-`build_suite` and loaded at run time. A file is read as text first, so a wrong type is reported
-by an expectation (with the offending text) instead of crashing the CSV parser. Each suite is
-evaluated on two views of the same file:
+Each raw CSV has one suite (`expectations/<table>.json`), generated from `schema.RAW_TABLES` (and
+`OPTIONAL_TABLES`: `contacts.csv`, validated when a drop has it) by `build_suite` and loaded at run
+time. A file is read as text first, so a wrong type is reported by an expectation (with the
+offending text) instead of crashing the CSV parser. Each suite is evaluated on two views of the
+same file:
 
 * the **text** view (the file as read): columns, row counts, nulls, unique keys, type formats
   (regexes that admit only finite numbers), categories;
@@ -18,7 +19,7 @@ be null; the row count of every table must equal users.csv's (suite parameter `u
 With unique keys on both sides, the two together say every table covers exactly the same users.
 
 A file is validated in chunks of `STREAMFLOW_CHUNK_ROWS` rows, so memory is bounded by the chunk,
-not the month (issue 25): GE runs on each chunk and `validation_chunks` merges the chunks' results
+not the month: GE runs on each chunk and `validation_chunks` merges the chunks' results
 into the result of the whole file, reasons included. users.csv goes first, as the orphan check
 needs all its ids (kept as hashes). Ids repeated across chunks need what only the whole file
 knows, so a file whose ids repeat is validated a second time, knowing which ids repeat: rare (a
@@ -36,7 +37,16 @@ from typing import Any
 
 import pandas as pd
 
-from streamflow_mlops.config.schema import ENTITY, LABEL, RAW_TABLES, USER_ID_REGEX, USERS, Column, Table
+from streamflow_mlops.config.schema import (
+    ENTITY,
+    LABEL,
+    OPTIONAL_TABLES,
+    RAW_TABLES,
+    USER_ID_REGEX,
+    USERS,
+    Column,
+    Table,
+)
 from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.data.validation_chunks import (
     TEXT_VIEW,
@@ -94,6 +104,12 @@ def _column_expectations(column: Column) -> list[dict[str, Any]]:
     return out
 
 
+def covers_users(table: Table) -> bool:
+    """Whether a table must hold exactly users.csv's users: every raw table but users itself; not an
+    optional one (`contacts` names the few users a campaign reached, some of whom may have left)."""
+    return table.name != USERS.name and table in RAW_TABLES
+
+
 def build_suite(table: Table) -> dict[str, Any]:
     """The GE suite of one raw CSV, as the JSON dict committed under `expectations/` (pure)."""
     expectations = [
@@ -104,7 +120,7 @@ def build_suite(table: Table) -> dict[str, Any]:
         _expectation("expect_column_values_to_be_unique", TEXT_VIEW, column=ENTITY),
         _expectation("expect_column_values_to_be_null", VALUES_VIEW, column=IN_OTHER_CHUNK_COLUMN),
     ]
-    if table.name != USERS.name:
+    if covers_users(table):
         expectations += [
             _expectation("expect_table_row_count_to_equal", TEXT_VIEW, value={"$PARAMETER": USERS_ROW_COUNT}),
             _expectation("expect_column_values_to_be_null", VALUES_VIEW, column=ORPHAN_COLUMN),
@@ -130,7 +146,7 @@ def write_suites(expectations_dir: Path) -> list[Path]:
     """(Re)generate every suite JSON from the schema; returns the paths written."""
     expectations_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for t in RAW_TABLES:
+    for t in RAW_TABLES + OPTIONAL_TABLES:
         path = suite_path(t, expectations_dir)
         path.write_text(suite_json(t))
         paths.append(path)
@@ -171,7 +187,7 @@ def values_view(text: pd.DataFrame, table: Table, user_ids: IdHashes, repeated: 
         values[column.name] = parse_well_formed(text[column.name], column.dtype)
     frame = pd.DataFrame(values, index=text.index)
     ids = text[ENTITY] if ENTITY in text else pd.Series(pd.NA, index=text.index, dtype=object)
-    if table.name != USERS.name:
+    if covers_users(table):
         frame[ORPHAN_COLUMN] = ids.where(~user_ids.contains(ids) & ids.notna().to_numpy())
     frame[IN_OTHER_CHUNK_COLUMN] = in_other_chunk(ids, repeated or IdHashes())
     return frame
@@ -212,9 +228,15 @@ def file_check(table: Table, expectations_dir: Path, params: dict[str, Any], use
     )
 
 
+def drop_tables(folder: Path) -> tuple[Table, ...]:
+    """The tables a drop holds: every raw table, and each optional one whose file is there."""
+    return RAW_TABLES + tuple(t for t in OPTIONAL_TABLES if (folder / t.file).exists())
+
+
 def validate_drop(folder: Path, expectations_dir: Path, chunk_rows: int | None = None) -> DropValidation:
-    """Run every table's suite on the month folder's CSVs, `chunk_rows` rows at a time (default: the
-    `STREAMFLOW_CHUNK_ROWS` setting); the outcome does not depend on the chunk size. Writes nothing."""
+    """Run every table's suite on the month folder's CSVs (an optional table's when its file is
+    there), `chunk_rows` rows at a time (default: the `STREAMFLOW_CHUNK_ROWS` setting); the outcome
+    does not depend on the chunk size. Writes nothing."""
     import time
 
     started = time.perf_counter()
@@ -222,24 +244,25 @@ def validate_drop(folder: Path, expectations_dir: Path, chunk_rows: int | None =
     if chunk_rows < 2:
         raise ValueError(f"chunk_rows={chunk_rows}: two rows at least, or no read checks a row's width")
     # Digests first: a file changed while it is validated then differs from its digest at load time.
-    sha256 = {t.file: file_sha256(folder / t.file) for t in RAW_TABLES}
+    tables = drop_tables(folder)
+    sha256 = {t.file: file_sha256(folder / t.file) for t in tables}
     validator = ChunkValidator()
     users_check = file_check(USERS, expectations_dir, {}, IdHashes())
     users, user_ids = validate_file(users_check, folder / USERS.file, validator, chunk_rows)
     params = {USERS_ROW_COUNT: users.row_count}
     files = {USERS.name: users}
-    for t in RAW_TABLES:
+    for t in tables:
         if t.name != USERS.name:
             check = file_check(t, expectations_dir, params, user_ids)
             files[t.name], _ = validate_file(check, folder / t.file, validator, chunk_rows)
-    results = {t.file: files[t.name].result for t in RAW_TABLES}
-    problems = {t.file: files[t.name].problem for t in RAW_TABLES if files[t.name].problem}
+    results = {t.file: files[t.name].result for t in tables}
+    problems = {t.file: files[t.name].problem for t in tables if files[t.name].problem}
     validation = DropValidation(
         success=not problems and all(r["success"] for r in results.values()),
         results=results,
         problems=problems,
         sha256=sha256,
-        row_counts={t.name: files[t.name].row_count for t in RAW_TABLES},
+        row_counts={t.name: files[t.name].row_count for t in tables},
         seconds=time.perf_counter() - started,
     )
     validation.reasons = failure_reasons(results, problems)

@@ -14,6 +14,7 @@ from streamflow_mlops.config.schema import (
     ENTITY,
     FEATURE_GROUPS,
     LABELS,
+    OPTIONAL_TABLES,
     RAW_TABLES,
     SQL_TYPES,
     TIMESTAMP,
@@ -32,17 +33,17 @@ def _partitioned_table_ddl(name: str, columns: tuple[Column, ...], timestamp_typ
     # One LIST partition per as_of: a month is loaded into a fresh table and swapped in whole,
     # instead of deleting and re-inserting a million rows through a live primary key.
     # user_id compares bytewise (COLLATE "C"): ids are ASCII, and the primary-key sorts run about
-    # twice as fast as under a libc locale such as C.UTF-8 or en_US.UTF-8 (measured at 1M rows).
-    cols = ",\n  ".join(f"{c.name} {SQL_TYPES[c.dtype]} NOT NULL" for c in columns)
+    # twice as fast as under a libc locale (docs/decisions.md).
+    cols = "".join(f"  {c.name} {SQL_TYPES[c.dtype]} NOT NULL,\n" for c in columns)
     return (
         f'CREATE TABLE IF NOT EXISTS {S}.{name} (\n  {ENTITY} TEXT COLLATE "C" NOT NULL,\n'
-        f"  {TIMESTAMP} {timestamp_type} NOT NULL,\n  {cols},\n"
+        f"  {TIMESTAMP} {timestamp_type} NOT NULL,\n{cols}"
         f"  PRIMARY KEY ({ENTITY}, {TIMESTAMP})\n) PARTITION BY LIST ({TIMESTAMP})"
     )
 
 
 def raw_table_ddl() -> list[str]:
-    return [_partitioned_table_ddl(t.name, t.columns, "DATE") for t in RAW_TABLES]
+    return [_partitioned_table_ddl(t.name, t.columns, "DATE") for t in RAW_TABLES + OPTIONAL_TABLES]
 
 
 def snapshot_table_ddl() -> list[str]:
@@ -103,7 +104,7 @@ OPERATIONAL_DDL = [
   report_path TEXT,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )""",
-    # Realized performance (issue 17): one row per evaluated month and model version; as_of is the
+    # Realized performance: one row per evaluated month and model version; as_of is the
     # labels' as_of; re-evaluating a month replaces its row.
     f"""CREATE TABLE IF NOT EXISTS {S}.model_performance (
   month TEXT NOT NULL,
@@ -124,9 +125,66 @@ OPERATIONAL_DDL = [
   evaluated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   PRIMARY KEY (month, model_version)
 )""",
-    # Label lag (issue 17): which labels a month's drop brought, so a month's training set is
+    # Label lag: which labels a month's drop brought, so a month's training set is
     # built from its own drop's labels and never from a later drop's.
     f"ALTER TABLE {S}.ingestion_runs ADD COLUMN IF NOT EXISTS labels_as_of DATE",
+    # Retention economics (issue 28). Nullable: partitions scored before the columns existed keep
+    # their rows; every month scored since fills them (the loading table is LIKE the parent).
+    f"ALTER TABLE {S}.churn_scores ADD COLUMN IF NOT EXISTS monthly_fee DOUBLE PRECISION",
+    f"ALTER TABLE {S}.churn_scores ADD COLUMN IF NOT EXISTS expected_loss DOUBLE PRECISION",
+    f"ALTER TABLE {S}.churn_scores ADD COLUMN IF NOT EXISTS loss_rank INTEGER CHECK (loss_rank >= 1)",
+    f"ALTER TABLE {S}.churn_scores ADD COLUMN IF NOT EXISTS arm TEXT CHECK (arm IN ('treatment', 'control'))",
+    # The targeted users of each month's list, written with the export (pipelines/campaigns.py);
+    # re-exporting a month replaces its rows. `rank` is the position by `rank_by`.
+    f"""CREATE TABLE IF NOT EXISTS {S}.retention_campaigns (
+  month TEXT NOT NULL,
+  user_id TEXT COLLATE "C" NOT NULL,
+  as_of DATE NOT NULL,
+  arm TEXT NOT NULL CHECK (arm IN ('treatment', 'control')),
+  contacted BOOLEAN NOT NULL,
+  rank INTEGER NOT NULL CHECK (rank >= 1),
+  rank_by TEXT NOT NULL CHECK (rank_by IN ('expected_loss', 'probability')),
+  churn_probability DOUBLE PRECISION NOT NULL,
+  monthly_fee DOUBLE PRECISION NOT NULL,
+  expected_loss DOUBLE PRECISION NOT NULL,
+  control_share DOUBLE PRECISION NOT NULL,
+  model_version TEXT NOT NULL,
+  exported_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (month, user_id)
+)""",
+    # One row per campaign month once the next drop's labels are in (monitoring/campaigns.py).
+    f"""CREATE TABLE IF NOT EXISTS {S}.campaign_outcomes (
+  month TEXT PRIMARY KEY,
+  outcome_month TEXT NOT NULL,
+  outcome_as_of DATE NOT NULL,
+  rank_by TEXT NOT NULL,
+  control_share DOUBLE PRECISION NOT NULL,
+  horizon_months DOUBLE PRECISION NOT NULL,
+  treated_users INTEGER NOT NULL,
+  control_users INTEGER NOT NULL,
+  treated_churned INTEGER NOT NULL,
+  control_churned INTEGER NOT NULL,
+  treated_churn_rate DOUBLE PRECISION NOT NULL,
+  control_churn_rate DOUBLE PRECISION NOT NULL,
+  difference DOUBLE PRECISION NOT NULL,
+  difference_low DOUBLE PRECISION NOT NULL,
+  difference_high DOUBLE PRECISION NOT NULL,
+  confidence DOUBLE PRECISION NOT NULL,
+  relative_reduction DOUBLE PRECISION,
+  churners_saved DOUBLE PRECISION NOT NULL,
+  revenue_saved DOUBLE PRECISION NOT NULL,
+  revenue_saved_low DOUBLE PRECISION NOT NULL,
+  revenue_saved_high DOUBLE PRECISION NOT NULL,
+  control_mean_probability DOUBLE PRECISION NOT NULL,
+  control_brier DOUBLE PRECISION NOT NULL,
+  treated_mean_probability DOUBLE PRECISION NOT NULL,
+  reached_users INTEGER,
+  reach_rate DOUBLE PRECISION,
+  effect_on_reached DOUBLE PRECISION,
+  measured_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)""",
+    # Realized performance leaves out the users a campaign treated (their outcomes are not model error).
+    f"ALTER TABLE {S}.model_performance ADD COLUMN IF NOT EXISTS treated_excluded INTEGER NOT NULL DEFAULT 0",
 ]
 
 
@@ -294,7 +352,8 @@ def swap_in(conn: psycopg.Connection, part: Partition) -> None:
 
 def load_drop(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of: date | None = None) -> dict[str, int]:
     """Replace the rows of `as_of` in every raw and snapshot table with the drop's, in the caller's
-    transaction; returns row counts per table. Idempotent: the same drop always leaves the same rows.
+    transaction; returns row counts per table (an optional table, `contacts`, only when the drop
+    has its file; without it the month has no rows there). Idempotent: the same drop always leaves the same rows.
     The labels go under their own `labels_as_of` (a drop with a label lag brings an earlier
     period's outcomes; by default the drop's as_of).
 
@@ -314,14 +373,22 @@ def load_drop(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of:
     }
     for t in RAW_TABLES:
         counts[t.name] = _copy_raw(conn, t, folder / t.file, raw[t.name])
-        # Without statistics the planner guessed 5e9 rows for the 1M x 1M profile join and chose
-        # a merge join over index scans (7.5 s against 3 s for a hash join); readers right after
-        # the load (Feast's materialization) get the same benefit.
+        # Fresh statistics: without them the planner misjudges the profile join (docs/decisions.md),
+        # and so would the readers right after the load (Feast's materialization).
         conn.execute(sql.SQL("ANALYZE {loading}").format(loading=raw[t.name].ident(raw[t.name].loading)))
     midnight = sql.Literal(datetime.combine(as_of, time.min, tzinfo=UTC))
     snapshots = {g.table: Partition(g.table, partition_name(g.table, as_of), midnight) for g in FEATURE_GROUPS}
     for g in FEATURE_GROUPS:
         counts[g.table] = _build_snapshot(conn, g, snapshots[g.table], raw)
-    for part in [*raw.values(), *snapshots.values()]:
+    optional = []
+    for t in OPTIONAL_TABLES:
+        part = Partition(t.name, partition_name(t.name, as_of), sql.Literal(as_of))
+        if (folder / t.file).exists():
+            counts[t.name] = _copy_raw(conn, t, folder / t.file, part)
+            optional.append(part)
+        else:
+            # A re-delivery without the file leaves no rows of an earlier delivery that had it.
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {name}").format(name=part.ident(part.name)))
+    for part in [*raw.values(), *snapshots.values(), *optional]:
         swap_in(conn, part)
     return counts

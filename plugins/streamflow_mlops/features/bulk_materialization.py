@@ -18,7 +18,7 @@ keys come from Feast's `serialize_entity_key` (a fixed prefix, checked against i
 those results back onto the rows is vectorized, so Feast's `online_read` / `get_online_features`
 read the rows exactly as if Feast had written them (tests compare the files row for row).
 
-Streamed, so that memory is bounded by a chunk whatever the month's size (issue 25): Feast's
+Streamed, so that memory is bounded by a chunk whatever the month's size: Feast's
 source read fetches a view's whole window as Python tuples, then an Arrow table, and a task's peak
 grew with the month (1.3 GB at 1M users, several times that at 10M). Into the sqlite store
 `BulkExecutionPlan` instead reads the same rows (the query of Feast's own

@@ -1,12 +1,8 @@
 """Feast's Postgres offline store, with its point-in-time join planned as hash joins.
 
-Feast's point-in-time query builds, per feature view, a `__base` CTE (entities joined to the
-feature rows in the TTL window) that it reads twice: once to find each entity row's latest
-timestamp, once to join that back. Postgres cannot estimate the range-and-key join inside `__base`
-and plans it as 1 row, so it joins the two reads with a nested loop: users x users comparisons per
-view. Measured on 7,043 users x 4 views: 41 s in the server for a query that takes 0.2 s once
-nested loops are off (each `__base` is then hashed once), and the gap grows with the square of the
-users. `enable_nestloop = off` is set with `SET LOCAL`, for the retrieval query's own transaction
+Postgres plans the range-and-key join inside Feast's per-view `__base` CTE as one row and joins
+its two reads with a nested loop, users x users comparisons per view (docs/decisions.md, "Hash
+joins"). `enable_nestloop = off` is set with `SET LOCAL`, for the retrieval query's own transaction
 only; nothing else on the server or connection changes. The query text is Feast's, untouched.
 
 `HashJoinRetrievalJob.iter_record_batches` runs the same query through a server-side cursor,

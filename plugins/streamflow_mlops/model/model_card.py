@@ -49,6 +49,14 @@ def _number(text: Any, digits: int = 4) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"
 
 
+def _approval(tags: Mapping[str, str]) -> str:
+    """The reviewer's answer (pipelines/review.py): outcome, who, when, their comment."""
+    if tags.get("approval") == "timed_out":
+        return f"timed out at {tags.get('approval_at', '?')}: no answer, not promoted"
+    comment = f": {tags['approval_comment']}" if tags.get("approval_comment") else ""
+    return f"{tags['approval']} by {tags.get('approval_by') or '?'} at {tags.get('approval_at', '?')}{comment}"
+
+
 def model_card_markdown(
     version: str,
     tags: Mapping[str, str],
@@ -83,6 +91,7 @@ def model_card_markdown(
         f"| FeatureService | `{tags.get('feature_service', '?')}` ({params.get('n_features', '?')} features) |",
         f"| decision threshold | {_number(tags.get('threshold'))} (F1-best on the validation rows) |",
         f"| vs champion | {comparison} |",
+        *([f"| approval | {_approval(tags)} |"] if tags.get("approval") else []),
         "",
         "## Validation metrics",
         "",

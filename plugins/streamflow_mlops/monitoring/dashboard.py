@@ -7,7 +7,10 @@ the UI's panels draw one point per month:
 - `performance`: realized performance once labels exist (`add_performance_snapshot`, numbers from
   whoever measured them, and `add_classification_snapshot`, Evidently's classification report on
   scores and labels);
-- `scores`: the monthly batch scores (scored users, predicted churn rate, pipelines/score.py).
+- `scores`: the monthly batch scores (scored users, predicted churn rate, pipelines/score.py);
+- `campaign`: a retention campaign's outcome once the next drop's labels are in (churn of the
+  treatment and control arms among the targeted users, the difference with its interval, revenue
+  saved; pipelines/campaigns.py), timestamped with the campaign month's as_of.
 
 A month's snapshot of a kind is replaced when the month is measured again (a re-run, a new
 champion), so a panel never shows two points for one month. Numbers computed outside Evidently
@@ -37,10 +40,16 @@ log = logging.getLogger(__name__)
 PROJECT_NAME = "streamflow churn"
 PROJECT_DESCRIPTION = (
     "StreamFlow churn model, one point per month: feature drift against the champion's training month, "
-    "realized performance once labels arrive, and the monthly batch scores."
+    "realized performance once labels arrive, the monthly batch scores, and each retention campaign's "
+    "treated vs control churn."
 )
-DRIFT, PERFORMANCE, SCORES = "drift", "performance", "scores"
-KINDS = (DRIFT, PERFORMANCE, SCORES)
+DRIFT, PERFORMANCE, SCORES, CAMPAIGN = "drift", "performance", "scores", "campaign"
+KINDS = (DRIFT, PERFORMANCE, SCORES, CAMPAIGN)
+# What a campaign snapshot carries (a MeanValue each; the panel draws the two churn rates).
+CAMPAIGN_VALUES = (
+    "treated_churn_rate", "control_churn_rate", "difference", "difference_low", "difference_high", "revenue_saved",
+    "control_mean_probability",
+)  # fmt: skip
 
 
 def workspace_dir(settings: Settings | None = None) -> Path:
@@ -55,17 +64,24 @@ def snapshot_time(as_of: date | datetime) -> datetime:
 
 
 def panel_specs() -> list[dict[str, Any]]:
-    """The dashboard's panels (title, kind, the metric and labels they select, the snapshot tag):
-    each panel reads one kind of snapshot, so its line has no gaps (see notes in the module doc)."""
+    """The dashboard's panels (title, plot, the snapshot tag, and per line its legend, metric and
+    labels): each panel reads one kind of snapshot, so its lines have no gaps (see the module doc)."""
+
+    def line(legend: str, metric: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"legend": legend, "metric": metric, "labels": labels}
+
     return [
-        {"title": "Drift share", "plot": "line", "legend": "share of drifted features",
-         "metric": "DriftedColumnsCount", "labels": {"value_type": "share"}, "tag": DRIFT},
-        {"title": "Realized AUC", "plot": "line", "legend": "AUC on the month's labels",
-         "metric": "MeanValue", "labels": {"column": "realized_auc"}, "tag": PERFORMANCE},
-        {"title": "Predicted churn rate", "plot": "line", "legend": "share at or above the threshold",
-         "metric": "MeanValue", "labels": {"column": "predicted_churn_rate"}, "tag": SCORES},
-        {"title": "Scored users", "plot": "bar", "legend": "users scored",
-         "metric": "MeanValue", "labels": {"column": "scored_users"}, "tag": SCORES},
+        {"title": "Drift share", "plot": "line", "tag": DRIFT,
+         "values": [line("share of drifted features", "DriftedColumnsCount", {"value_type": "share"})]},
+        {"title": "Realized AUC", "plot": "line", "tag": PERFORMANCE,
+         "values": [line("AUC on the month's labels", "MeanValue", {"column": "realized_auc"})]},
+        {"title": "Predicted churn rate", "plot": "line", "tag": SCORES,
+         "values": [line("share at or above the threshold", "MeanValue", {"column": "predicted_churn_rate"})]},
+        {"title": "Scored users", "plot": "bar", "tag": SCORES,
+         "values": [line("users scored", "MeanValue", {"column": "scored_users"})]},
+        {"title": "Campaign: churn treated vs control", "plot": "line", "tag": CAMPAIGN,
+         "values": [line("treated (contacted)", "MeanValue", {"column": "treated_churn_rate"}),
+                    line("control (held back)", "MeanValue", {"column": "control_churn_rate"})]},
     ]  # fmt: skip
 
 
@@ -85,10 +101,11 @@ def open_project(directory: Path) -> tuple[Workspace, Any]:
         if spec["title"] in existing:
             continue
         make = line_plot_panel if spec["plot"] == "line" else bar_plot_panel
-        value = PanelMetric(
-            legend=spec["legend"], metric=spec["metric"], metric_labels=spec["labels"], tags=[spec["tag"]]
-        )
-        project.dashboard.add_panel(make(title=spec["title"], size="half", values=[value]))
+        values = [
+            PanelMetric(legend=v["legend"], metric=v["metric"], metric_labels=v["labels"], tags=[spec["tag"]])
+            for v in spec["values"]
+        ]
+        project.dashboard.add_panel(make(title=spec["title"], size="half", values=values))
     return workspace, project
 
 
@@ -126,7 +143,7 @@ def add_drift_snapshot(month: str, snapshot: Any, settings: Settings | None = No
 def add_performance_snapshot(
     month: str, as_of: date | datetime, metrics: Mapping[str, float], settings: Settings | None = None
 ) -> str:
-    """Realized performance of a month, measured elsewhere (issue 17's `model_performance`):
+    """Realized performance of a month, measured elsewhere (`model_performance`):
     `metrics` like `{"realized_auc": 0.84, "realized_pr_auc": 0.61, "brier": 0.16}`; the
     "Realized AUC" panel reads `realized_auc`."""
     snapshot = scalar_report(metrics, month, as_of, PERFORMANCE)
@@ -140,6 +157,16 @@ def add_scores_snapshot(
     values = {"scored_users": float(scored_users), "predicted_churn_rate": float(predicted_churn_rate)}
     snapshot = scalar_report(values, month, as_of, SCORES)
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, SCORES)
+
+
+def add_campaign_snapshot(
+    month: str, as_of: date | datetime, outcome: Mapping[str, Any], settings: Settings | None = None
+) -> str:
+    """A campaign month's outcome (a `campaign_outcomes` row): the treated and control churn rates
+    the panel draws, and the difference, its interval, revenue saved and the control's mean score."""
+    values = {name: float(outcome[name]) for name in CAMPAIGN_VALUES}
+    snapshot = scalar_report(values, month, as_of, CAMPAIGN)
+    return replace_month_snapshot(workspace_dir(settings), snapshot, month, CAMPAIGN)
 
 
 def classification_report(scored: pd.DataFrame, threshold: float, month: str, as_of: date | datetime) -> Any:

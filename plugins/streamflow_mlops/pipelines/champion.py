@@ -13,6 +13,7 @@ slot); the check closes the window a retry or a manual alias edit would leave.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
@@ -71,11 +72,14 @@ def set_champion(client: MlflowClient, version: str, expected: str | None, tags:
     return _summary(client, version, bento, expected)
 
 
-def promote_and_import(decision: dict[str, Any], request: str = "") -> dict[str, Any]:
+def promote_and_import(
+    decision: dict[str, Any], request: str = "", review: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Make the challenger of a `promote` decision the champion (BentoML import, then the alias).
 
     The decision's `champion_version` is the version it was compared against: the alias moves only
     from there. A retry after the alias moved returns the same answer and tags nothing again.
+    `review` (pipelines/review.py `Review.tags()`) records who approved it, on the version.
     """
     if not decision.get("promote"):
         raise ValueError(f"decision for version {decision.get('version')} is not to promote: {decision.get('reason')}")
@@ -90,7 +94,7 @@ def promote_and_import(decision: dict[str, Any], request: str = "") -> dict[str,
         client,
         version,
         expected,
-        {"previous_champion": expected or "", "decision": "promoted", "request": request},
+        {"previous_champion": expected or "", "decision": "promoted", "request": request, **(review or {})},
     )
     log.info("version %s is the champion (was %s)", version, champion["previous_version"])
     return champion

@@ -4,9 +4,12 @@ With the default layout a month's labels are the outcomes of the period that sta
 as_of, so a champion trained on an earlier month meets them for the first time: its scores on
 those rows (features point-in-time at the labels' as_of, through the FeatureService) against the
 labels are its realized performance. A champion trained on the same labels is not scored (that
-would be its training set). Each evaluation is one `model_performance` row, keyed by (month,
-model version), an Evidently classification report and a reliability table next to the drift
-report, and metrics on the drift check's MLflow monitoring run.
+would be its training set). The users the previous month's retention campaign treated are left
+out (issue 28): the campaign may have changed their outcome, which is not the model's error; the
+control arm and every untargeted user stay (pipelines/campaigns.py says which campaign a drop's
+labels answer). Each evaluation is one `model_performance` row, keyed by (month, model version),
+an Evidently classification report and a reliability table next to the drift report, and metrics
+on the drift check's MLflow monitoring run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 PERFORMANCE_COLUMNS = (
     "month", "as_of", "model_name", "model_version", "trained_month", "rows", "positives", "auc", "pr_auc",
-    "lift_at_10", "brier", "mean_score", "churn_rate", "validation_auc", "report_path", "evaluated_at",
+    "lift_at_10", "brier", "mean_score", "churn_rate", "validation_auc", "treated_excluded", "report_path",
+    "evaluated_at",
 )  # fmt: skip
 # What the monitoring run logs as metrics (prefixed `realized_`).
 LOGGED_METRICS = ("auc", "pr_auc", "lift_at_10", "brier", "rows")
@@ -91,25 +95,34 @@ class LabelledScores:
     labels: np.ndarray
     scores: np.ndarray
     sample: pd.DataFrame
+    excluded: int = 0
 
 
-def score_labelled_rows(month: str, pipeline: Any, feature_service: str, settings: Settings) -> LabelledScores:
+def score_labelled_rows(
+    month: str, pipeline: Any, feature_service: str, settings: Settings, exclude: frozenset[str] = frozenset()
+) -> LabelledScores:
     """Score `pipeline` on the month's labelled rows a chunk at a time. Every label and score is
     kept (9 bytes a row: the metrics use them all); Evidently's report, which would hold the
     month several times over, gets the user_id, label and score of a seeded sample of
-    `drift_sample_rows` rows. Raises ValueError when the month has no labels."""
+    `drift_sample_rows` rows. Rows of the users in `exclude` are left out (and counted). Raises
+    ValueError when the month has no labels."""
     from streamflow_mlops.features.retrieval import iter_training_set
     from streamflow_mlops.model.sampling import HashSample
     from streamflow_mlops.model.training import predict_scores
 
     labels, scores = [], []
+    excluded = 0
     sample = HashSample(seed=0, max_rows=settings.drift_sample_rows)
     for chunk in iter_training_set(month, feature_service, settings):
+        if exclude:
+            kept = ~chunk[ENTITY].isin(exclude)
+            excluded += int((~kept).sum())
+            chunk = chunk[kept]
         chunk_scores = predict_scores(pipeline, chunk)
         labels.append(chunk[LABEL].to_numpy())
         scores.append(chunk_scores)
         sample.add(chunk[[ENTITY, LABEL]].assign(**{SCORE_COLUMN: chunk_scores}))
-    return LabelledScores(np.concatenate(labels), np.concatenate(scores), sample.frame())
+    return LabelledScores(np.concatenate(labels), np.concatenate(scores), sample.frame(), excluded)
 
 
 def measure_realized_performance(month: str, champion_version: str | None, settings: Settings) -> dict[str, Any]:
@@ -122,6 +135,7 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
     from streamflow_mlops.features.retrieval import labels_as_of as month_labels_as_of
     from streamflow_mlops.model.registry import model_uri
     from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.campaigns import campaign_for_labels, treated_users
 
     tags = configure_mlflow(settings).get_model_version(REGISTERED_MODEL, champion_version).tags
     trained_as_of = trained_labels_as_of(tags)
@@ -133,8 +147,11 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
         )
         return {"status": "skipped", "reason": reason}
     pipeline = mlflow.sklearn.load_model(model_uri(champion_version))
+    treated = treated_users(settings.db_url, campaign_for_labels(settings.db_url, labels_as_of))
     try:
-        labelled = score_labelled_rows(month, pipeline, tags.get("feature_service") or FEATURE_SERVICE, settings)
+        labelled = score_labelled_rows(
+            month, pipeline, tags.get("feature_service") or FEATURE_SERVICE, settings, exclude=treated
+        )
     except ValueError as error:
         return {"status": "skipped", "reason": f"no labels to evaluate: {error}"}
     labels, scores = labelled.labels, labelled.scores
@@ -153,6 +170,7 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
         "trained_month": tags.get("month"),
         **metrics,
         "validation_auc": validation_auc,
+        "treated_excluded": labelled.excluded,
         "report_path": str(paths["report"]),
     }
     record_performance(settings.db_url, row)
@@ -162,7 +180,8 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
     )  # fmt: skip
     return {
         "status": "measured",
-        "reason": f"{metrics['rows']} labelled rows as_of {labels_as_of}, unseen by v{champion_version}",
+        "reason": f"{metrics['rows']} labelled rows as_of {labels_as_of}, unseen by v{champion_version}"
+        + (f" ({labelled.excluded} users treated by a campaign left out)" if labelled.excluded else ""),
         **row,
         "as_of": labels_as_of.isoformat(),
         "reliability_path": str(paths["reliability"]),

@@ -6,7 +6,13 @@ offline store (the same features the service reads online), a chunk of `STREAMFL
 at a time. Each chunk runs the champion's own sklearn transform and its classifier on the encoded
 array, so the probabilities are its `predict_proba`; the reasons come from the same encoded array
 (model/reasons.py). Chunks are COPYed into a stage as they are scored and Postgres ranks the month,
-so the task never holds more than a chunk, whatever the month's size (issue 25).
+so the task never holds more than a chunk, whatever the month's size.
+
+Retention economics (issue 28): each user's `expected_loss` (probability x monthly fee x
+`STREAMFLOW_VALUE_HORIZON_MONTHS`) is ranked beside the probability (`rank`, `loss_rank`); the top
+`top_k` by `rank_by` are the month's targeted users, split into a `treatment` and a `control` arm
+(monitoring/campaigns.py) in the same statement. The contact list holds the treatment arm only;
+the control arm is exported apart, and both are the month's `retention_campaigns` rows.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ from streamflow_mlops.config.months import month_as_of, month_name, month_of_as_
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.model.reasons import reasons_json, top_reason_indices
+from streamflow_mlops.monitoring.campaigns import (
+    CONTROL,
+    DEFAULT_CONTROL_SHARE,
+    DEFAULT_RANK_BY,
+    DEFAULT_TOP_K,
+    RANK_BY,
+    RANK_COLUMN,
+    TREATMENT,
+    control_sql,
+    control_threshold,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,12 +49,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORING_EXPERIMENT = "streamflow_scoring"
-# A retention team calls or mails a few hundred subscribers a month; 500 is about 7% of a
-# 7,043-user month, inside its top decile, and a list a team can work through in a month.
-DEFAULT_TOP_K = 500
 DECILES = 10
 FEATURES_ASSET = "streamflow_features"
-RETENTION_COLUMNS = ("rank", ENTITY, "churn_probability", "decile", "reasons")
+FEE = "monthly_fee"
+# The exported lists: `rank` is the position by `rank_by` (the order the team works through).
+RETENTION_COLUMNS = ("rank", ENTITY, "churn_probability", FEE, "expected_loss", "decile", "reasons")
+SCORING_PARAMS = (
+    "month", "as_of", "model_version", "feature_service", "top_k", "threshold", "rank_by", "control_share",
+    "horizon_months",
+)  # fmt: skip
+SCORING_METRICS = (
+    "scored_users", "predicted_churn_rate", "mean_probability", "top_k_min_probability", "treatment_users",
+    "control_users", "expected_loss_total", "top_k_expected_loss_by_probability",
+    "top_k_expected_loss_by_expected_loss",
+)  # fmt: skip
 
 
 class NoChampionError(LookupError):
@@ -87,11 +112,15 @@ def newest_loaded_month(db_url: str) -> str | None:
 
 
 def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per user of the chunk: user_id, churn_probability, reasons (JSON). Rows are scored
-    independently, so a month scored chunk by chunk has the probabilities of one whole-month call."""
+    """One row per user of the chunk: user_id, churn_probability, monthly_fee, reasons (JSON). Rows
+    are scored independently, so a month scored chunk by chunk has the probabilities of one
+    whole-month call. The fee is the FeatureService's point-in-time `monthly_fee` (the one the model
+    saw, the subscriptions row at as_of); a FeatureService without it cannot value a churner."""
     import pandas as pd
 
     frame = frame.reset_index(drop=True)
+    if FEE not in frame:
+        raise KeyError(f"the features have no {FEE}: expected_loss needs each user's fee")
     probabilities, contributions = model.explain_frame(frame)
     if contributions is None:
         reasons = ["[]"] * len(frame)
@@ -99,43 +128,84 @@ def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
         features = model.explainer.features
         values = {name: frame[name].to_numpy() for name in features}
         reasons = reasons_json(features, values, contributions, top_reason_indices(contributions))
-    return pd.DataFrame({ENTITY: frame[ENTITY].to_numpy(), "churn_probability": probabilities, "reasons": reasons})
+    return pd.DataFrame(
+        {
+            ENTITY: frame[ENTITY].to_numpy(),
+            "churn_probability": probabilities,
+            FEE: frame[FEE].to_numpy(dtype=float),
+            "reasons": reasons,
+        }
+    )
 
 
 def copy_text(scores: pd.DataFrame) -> str:
-    """A chunk's scores as COPY text for the stage: user_id, churn_probability, reasons, tab-separated.
+    """A chunk's scores as COPY text for the stage: user_id, churn_probability, monthly_fee, reasons,
+    tab-separated.
 
     Probabilities as repr (the shortest text that reads back as the same float); pandas' CSV
     writer, quoting every JSON quote, was slower and a fifth more text.
     """
     text = "".join(
-        f"{user_id}\t{probability!r}\t{why}\n"
-        for user_id, probability, why in zip(
-            scores[ENTITY].tolist(), scores["churn_probability"].tolist(), scores["reasons"].tolist(), strict=True
+        f"{user_id}\t{probability!r}\t{fee!r}\t{why}\n"
+        for user_id, probability, fee, why in zip(
+            scores[ENTITY].tolist(),
+            scores["churn_probability"].tolist(),
+            scores[FEE].tolist(),
+            scores["reasons"].tolist(),
+            strict=True,
         )
     )
     # In COPY's text format a backslash starts an escape (JSON's \uXXXX, \"): doubled, it is itself.
     return text.replace("\\", "\\\\")
 
 
-def rank_sql(users: int) -> str:
-    """The INSERT that ranks the staged month into its loading table (parameters: month, as_of,
-    model_version). Rank 1 = the highest probability, ties by user_id (bytewise); decile 1 is the
-    top tenth, `ceil(10 * rank / n)`, so every decile but the last holds the same number of users
-    +-1. Postgres sorts the month (on disk when it must) instead of the task holding it."""
+def check_rank_by(rank_by: str) -> str:
+    if rank_by not in RANK_COLUMN:
+        raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+    return rank_by
+
+
+def rank_sql(users: int, rank_by: str = DEFAULT_RANK_BY) -> str:
+    """The INSERT that ranks the staged month into its loading table (named parameters: month,
+    as_of, model_version, horizon_months, top_k, control_threshold). Rank 1 = the highest
+    probability, `loss_rank` 1 = the highest expected loss, ties by user_id (bytewise); decile 1 is
+    the top tenth by probability, `ceil(10 * rank / n)`, so every decile but the last holds the same
+    number of users +-1. The top `top_k` by `rank_by` get an arm (monitoring/campaigns.py), everyone
+    else none. Postgres sorts the month (on disk when it must) instead of the task holding it."""
+    check_rank_by(rank_by)
     n = max(int(users), 1)
+    arm = (
+        f"CASE WHEN {RANK_COLUMN[rank_by]} <= %(top_k)s THEN "
+        f"CASE WHEN {control_sql()} THEN '{CONTROL}' ELSE '{TREATMENT}' END END"
+    )
     return (
-        "INSERT INTO {loading} (month, user_id, as_of, churn_probability, rank, decile, model_version, reasons) "
-        f"SELECT %s, user_id, %s, churn_probability, rank, ({DECILES} * rank + {n} - 1) / {n}, %s, reasons::jsonb "
-        "FROM (SELECT *, row_number() OVER (ORDER BY churn_probability DESC, user_id) AS rank FROM {stage}) ranked"
+        "INSERT INTO {loading} (month, user_id, as_of, churn_probability, rank, decile, model_version, reasons, "
+        f"{FEE}, expected_loss, loss_rank, arm) "
+        f"SELECT %(month)s, user_id, %(as_of)s, churn_probability, rank, ({DECILES} * rank + {n} - 1) / {n}, "
+        f"%(model_version)s, reasons::jsonb, {FEE}, expected_loss, loss_rank, {arm} "
+        "FROM (SELECT *, row_number() OVER (ORDER BY churn_probability DESC, user_id) AS rank, "
+        "row_number() OVER (ORDER BY expected_loss DESC, user_id) AS loss_rank "
+        f"FROM (SELECT *, churn_probability * {FEE} * %(horizon_months)s AS expected_loss FROM {{stage}}) valued"
+        ") ranked"
     )
 
 
 def write_scores(
-    conn: psycopg.Connection, month: str, as_of: date, chunks: Iterable[pd.DataFrame], model_version: str
+    conn: psycopg.Connection,
+    month: str,
+    as_of: date,
+    chunks: Iterable[pd.DataFrame],
+    model_version: str,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    rank_by: str = DEFAULT_RANK_BY,
+    control_share: float = DEFAULT_CONTROL_SHARE,
+    horizon_months: float | None = None,
 ) -> int:
     """Replace the month's partition of `churn_scores` with the scored chunks, in one transaction
-    of the caller's connection; returns the rows written.
+    of the caller's connection; returns the rows written. The top `top_k` by `rank_by` get their
+    arm, `control_share` of them (in expectation) `control`; `horizon_months` defaults to the
+    `STREAMFLOW_VALUE_HORIZON_MONTHS` setting.
 
     Each chunk is COPYed into a temporary stage as it comes; Postgres ranks the month into a new
     standalone table, builds its primary key in one sort and swaps it in for the month's old
@@ -146,6 +216,15 @@ def write_scores(
 
     from streamflow_mlops.data.warehouse import Partition, add_primary_key, create_loading_table, swap_in
 
+    check_rank_by(rank_by)
+    parameters = {
+        "month": month,
+        "as_of": as_of,
+        "model_version": model_version,
+        "horizon_months": float(horizon_months if horizon_months is not None else get_settings().value_horizon_months),
+        "top_k": int(top_k),
+        "control_threshold": control_threshold(control_share),
+    }
     part = Partition("churn_scores", f"churn_scores_{month}", sql.Literal(month), key="month")
     stage = sql.Identifier("churn_scores_stage")
     with conn.transaction(), conn.cursor() as cur:
@@ -154,7 +233,8 @@ def write_scores(
         cur.execute(
             sql.SQL(
                 'CREATE TEMP TABLE {stage} (user_id TEXT COLLATE "C" NOT NULL, '
-                "churn_probability DOUBLE PRECISION NOT NULL, reasons TEXT NOT NULL) ON COMMIT DROP"
+                f"churn_probability DOUBLE PRECISION NOT NULL, {FEE} DOUBLE PRECISION NOT NULL, "
+                "reasons TEXT NOT NULL) ON COMMIT DROP"
             ).format(stage=stage)
         )
         users = 0
@@ -165,10 +245,7 @@ def write_scores(
         if users == 0:
             raise LookupError(f"{month}: no users at {as_of} in the feature store")
         create_loading_table(conn, part)
-        cur.execute(
-            sql.SQL(rank_sql(users)).format(loading=part.ident(part.loading), stage=stage),
-            (month, as_of, model_version),
-        )
+        cur.execute(sql.SQL(rank_sql(users, rank_by)).format(loading=part.ident(part.loading), stage=stage), parameters)
         written = cur.rowcount
         add_primary_key(conn, part, ("month", ENTITY))
         swap_in(conn, part)
@@ -176,38 +253,60 @@ def write_scores(
 
 
 def month_summary(conn: psycopg.Connection, month: str, threshold: float, top_k: int) -> dict[str, float]:
-    """What the month's scores say, computed where they are."""
-    scored, churn_rate, mean, top_min = conn.execute(
-        f"SELECT count(*), avg((churn_probability >= %s)::int), avg(churn_probability), "
-        f"min(churn_probability) FILTER (WHERE rank <= %s) FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %s",
-        (threshold, top_k, month),
+    """What the month's scores say, computed where they are: rates, the targeted users by arm, and
+    the expected loss the top `top_k` covers under each ranking (issue 28's comparison, every month)."""
+    row = conn.execute(
+        f"SELECT count(*), avg((churn_probability >= %(threshold)s)::int), avg(churn_probability), "
+        "min(churn_probability) FILTER (WHERE arm IS NOT NULL), "
+        f"count(*) FILTER (WHERE arm = '{TREATMENT}'), count(*) FILTER (WHERE arm = '{CONTROL}'), "
+        "coalesce(sum(expected_loss), 0), coalesce(sum(expected_loss) FILTER (WHERE rank <= %(top_k)s), 0), "
+        "coalesce(sum(expected_loss) FILTER (WHERE loss_rank <= %(top_k)s), 0) "
+        f"FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %(month)s",
+        {"threshold": threshold, "top_k": top_k, "month": month},
     ).fetchone()
+    scored, churn_rate, mean, top_min, treated, control, total, by_probability, by_loss = row
     return {
         "scored_users": int(scored),
         "predicted_churn_rate": float(churn_rate),
         "mean_probability": float(mean),
         "top_k_min_probability": float(top_min),
+        "treatment_users": int(treated),
+        "control_users": int(control),
+        "expected_loss_total": float(total),
+        "top_k_expected_loss_by_probability": float(by_probability),
+        "top_k_expected_loss_by_expected_loss": float(by_loss),
     }
 
 
-def retention_list(conn: psycopg.Connection, month: str, top_k: int) -> pd.DataFrame:
-    """The month's `top_k` riskiest users, rank first (RETENTION_COLUMNS), read by the primary key."""
+def retention_list(conn: psycopg.Connection, month: str, rank_by: str, arm: str) -> pd.DataFrame:
+    """One arm of the month's targeted users in `rank_by` order (RETENTION_COLUMNS, `rank` = the
+    position by `rank_by`), read where they are: the targeted users are the only ones with an arm."""
     import pandas as pd
 
+    order = RANK_COLUMN[check_rank_by(rank_by)]
     rows = conn.execute(
-        f"SELECT rank, user_id, churn_probability, decile, reasons::text FROM {WAREHOUSE_SCHEMA}.churn_scores "
-        "WHERE month = %s AND rank <= %s ORDER BY rank",
-        (month, top_k),
+        f"SELECT {order}, user_id, churn_probability, {FEE}, expected_loss, decile, reasons::text "
+        f"FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %s AND arm = %s ORDER BY {order}",
+        (month, arm),
     ).fetchall()
     return pd.DataFrame(rows, columns=list(RETENTION_COLUMNS))
 
 
-def export_retention_list(retained: pd.DataFrame, top_k: int, directory: Path, month: str) -> Path:
-    """`<directory>/<month>_top<k>.csv`: rank, user_id, churn_probability, decile, reasons (JSON)."""
+def list_paths(directory: Path, month: str, top_k: int) -> dict[str, Path]:
+    """The month's two lists: `<month>_top<k>.csv` (to contact) and `<month>_top<k>_control.csv` (held back)."""
+    return {TREATMENT: directory / f"{month}_top{top_k}.csv", CONTROL: directory / f"{month}_top{top_k}_control.csv"}
+
+
+def export_retention_list(
+    lists: Mapping[str, pd.DataFrame], top_k: int, directory: Path, month: str
+) -> dict[str, Path]:
+    """Both lists as CSV (RETENTION_COLUMNS): the contact list, which never holds a control user, and
+    the held-back list (to keep out of every other campaign this month); returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{month}_top{top_k}.csv"
-    retained.to_csv(path, index=False)
-    return path
+    paths = list_paths(directory, month, top_k)
+    for arm, path in paths.items():
+        lists[arm].to_csv(path, index=False)
+    return paths
 
 
 def load_champion_model(settings: Settings) -> tuple[Any, PipelineModel]:
@@ -225,8 +324,8 @@ def load_champion_model(settings: Settings) -> tuple[Any, PipelineModel]:
     return version, PipelineModel(pipeline, list(pipeline.feature_names_in_))
 
 
-def log_scoring_run(settings: Settings, summary: dict[str, Any], retention_csv: Path) -> str:
-    """One run of `streamflow_scoring` per scored month: what was scored with what, the list as an artifact."""
+def log_scoring_run(settings: Settings, summary: dict[str, Any], lists: Iterable[Path]) -> str:
+    """One run of `streamflow_scoring` per scored month: what was scored with what, the lists as artifacts."""
     from streamflow_mlops.model.tracking import configure_mlflow, ensure_experiment
 
     client = configure_mlflow(settings)
@@ -236,27 +335,41 @@ def log_scoring_run(settings: Settings, summary: dict[str, Any], retention_csv: 
         tags={"month": summary["month"], "model_version": summary["model_version"]},
     )
     run_id = run.info.run_id
-    for key in ("month", "as_of", "model_version", "feature_service", "top_k", "threshold"):
+    for key in SCORING_PARAMS:
         client.log_param(run_id, key, summary[key])
-    for key in ("scored_users", "predicted_churn_rate", "mean_probability", "top_k_min_probability"):
+    for key in SCORING_METRICS:
         client.log_metric(run_id, key, summary[key])
     for stage, seconds in summary["seconds"].items():
         client.log_metric(run_id, f"seconds_{stage}", seconds)
-    client.log_artifact(run_id, str(retention_csv), artifact_path="retention_list")
+    for path in lists:
+        client.log_artifact(run_id, str(path), artifact_path="retention_list")
     client.set_terminated(run_id)
     return run_id
 
 
-def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | None = None) -> dict[str, Any]:
-    """Score every user of `month` with the champion, replace the month in `churn_scores`, export
-    the top `top_k`; returns a JSON-able summary (counts, rates, paths, MLflow run, seconds by stage)."""
+def score_month(
+    month: str,
+    top_k: int = DEFAULT_TOP_K,
+    settings: Settings | None = None,
+    rank_by: str = DEFAULT_RANK_BY,
+    control_share: float = DEFAULT_CONTROL_SHARE,
+) -> dict[str, Any]:
+    """Score every user of `month` with the champion, replace the month in `churn_scores` and its
+    `retention_campaigns` rows (one transaction), export the top `top_k` by `rank_by` as the contact
+    list and the held-back control list; returns a JSON-able summary (counts, rates, paths, MLflow
+    run, seconds by stage)."""
     import psycopg
 
+    from streamflow_mlops.data.warehouse import create_schema
     from streamflow_mlops.features.retrieval import iter_feature_frames
+    from streamflow_mlops.pipelines.campaigns import record_campaign
 
     settings = settings or get_settings()
+    check_rank_by(rank_by)
+    control_threshold(control_share)
     month = month_name(parse_month(month))
     as_of = month_as_of(parse_month(month))
+    horizon = settings.value_horizon_months
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     version, model = load_champion_model(settings)
@@ -266,11 +379,18 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
     mark = time.perf_counter()
     chunks = (score_chunk(model, frame) for frame in iter_feature_frames(month, feature_service, settings))
     with psycopg.connect(settings.db_url) as conn:
-        written = write_scores(conn, month, as_of, chunks, str(version.version))
+        create_schema(conn)  # the columns and tables newer than the month's first load
+        # Scores and the campaign move together: a failure leaves the month's old scores and list.
+        with conn.transaction():
+            written = write_scores(
+                conn, month, as_of, chunks, str(version.version),
+                top_k=top_k, rank_by=rank_by, control_share=control_share, horizon_months=horizon,
+            )  # fmt: skip
+            record_campaign(conn, month, rank_by, control_share)
         seconds["score_and_write"] = time.perf_counter() - mark
         figures = month_summary(conn, month, threshold, top_k)
-        retained = retention_list(conn, month, top_k)
-    retention_csv = export_retention_list(retained, top_k, settings.state_dir / "scores", month)
+        lists = {arm: retention_list(conn, month, rank_by, arm) for arm in (TREATMENT, CONTROL)}
+    paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month)
     summary: dict[str, Any] = {
         "month": month,
         "as_of": as_of.isoformat(),
@@ -279,41 +399,45 @@ def score_month(month: str, top_k: int = DEFAULT_TOP_K, settings: Settings | Non
         "feature_service": feature_service,
         "top_k": int(top_k),
         "threshold": threshold,
+        "rank_by": rank_by,
+        "control_share": float(control_share),
+        "horizon_months": horizon,
         **figures,
-        "retention_list": str(retention_csv),
+        "retention_list": str(paths[TREATMENT]),
+        "control_list": str(paths[CONTROL]),
         "seconds": seconds,
     }
-    summary["mlflow_run_id"] = log_scoring_run(settings, summary, retention_csv)
+    summary["mlflow_run_id"] = log_scoring_run(settings, summary, paths.values())
     seconds["total"] = time.perf_counter() - started
     log.info(
-        "%s scored with v%s: %d users, predicted churn rate %.3f, top %d in %s (%.1f s)",
-        month,
-        summary["model_version"],
-        written,
-        summary["predicted_churn_rate"],
-        top_k,
-        retention_csv,
-        seconds["total"],
-    )
+        "%s scored with v%s: %d users, predicted churn rate %.3f; top %d by %s: %d to contact in %s, %d held back "
+        "(%.1f s)",
+        month, summary["model_version"], written, summary["predicted_churn_rate"], top_k, rank_by,
+        summary["treatment_users"], paths[TREATMENT], summary["control_users"], seconds["total"],
+    )  # fmt: skip
     return summary
 
 
 def labelled_scores(db_url: str, month: str, scored_users: int, sample_rows: int) -> pd.DataFrame:
     """The month's scores joined with the labels stored at the month's as_of (the outcome of the
     period the scores predict), for about `sample_rows` users of the md5 sample
-    (features/retrieval.py) when the month has more; empty while those labels have not arrived."""
+    (features/retrieval.py) when the month has more; empty while those labels have not arrived.
+    The treatment arm of the campaign those labels answer is left out (pipelines/campaigns.py)."""
     import pandas as pd
     import psycopg
 
     from streamflow_mlops.features.retrieval import sample_condition
+    from streamflow_mlops.pipelines.campaigns import campaign_for_labels
 
     sample = sample_condition(scored_users, sample_rows, column="s.user_id")
+    campaign = campaign_for_labels(db_url, month_as_of(parse_month(month)))
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             f"SELECT s.user_id, l.churn_label, s.churn_probability FROM {WAREHOUSE_SCHEMA}.churn_scores s "
-            f"JOIN {WAREHOUSE_SCHEMA}.labels l ON l.user_id = s.user_id AND l.as_of = s.as_of WHERE s.month = %s"
-            + (f" AND {sample}" if sample else ""),
-            (month,),
+            f"JOIN {WAREHOUSE_SCHEMA}.labels l ON l.user_id = s.user_id AND l.as_of = s.as_of WHERE s.month = %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {WAREHOUSE_SCHEMA}.retention_campaigns c WHERE c.month = %s "
+            f"AND c.arm = '{TREATMENT}' AND c.user_id = s.user_id)" + (f" AND {sample}" if sample else ""),
+            (month, campaign),
         ).fetchall()
     return pd.DataFrame(rows, columns=[ENTITY, "churn_label", "churn_probability"])
 

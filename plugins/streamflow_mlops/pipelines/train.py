@@ -39,11 +39,15 @@ class ChampionUnscorableError(RuntimeError):
     """The champion could not be scored on the challenger's rows: the run fails, the champion stays."""
 
 
-def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = False) -> dict[str, Any]:
+def evaluate_and_decide(
+    challenger: dict[str, Any], delta: float, force: bool = False, impact: bool = True
+) -> dict[str, Any]:
     """Score the champion on the challenger's evaluation rows (the month's rows of the held-out
     users, which neither model trained on) and decide (model/promotion.py `Comparison`); the
     decision, both AUCs, the gain, its bootstrap interval and the rows that decided
-    (`eval_population`, `eval_rows`) become tags on the challenger version.
+    (`eval_population`, `eval_rows`) become tags on the challenger version. A promotion over a
+    champion is measured first (unless `impact` is off: a month not in the feature store):
+    what it would change in the month's list (pipelines/impact.py).
 
     A champion that can't be scored keeps its place and fails the run (ChampionUnscorableError),
     after the reason is tagged on the challenger."""
@@ -69,6 +73,11 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
         eval_population=eval_population(challenger["month"]),
         eval_rows=eval_rows,
     )
+    measured = None
+    if impact and comparison.decision.promote and champion is not None:
+        from streamflow_mlops.pipelines.impact import measure_impact
+
+        measured = measure_impact(challenger, champion, (labels, challenger_scores, champion_scores))
     for key, value in comparison.tags().items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     log.info("version %s vs champion %s: %s", version, comparison.champion_version, comparison.decision.reason)
@@ -77,7 +86,7 @@ def evaluate_and_decide(challenger: dict[str, Any], delta: float, force: bool = 
     publish_model_card(client, version)
     if comparison.champion_unscorable and not comparison.decision.promote:
         raise ChampionUnscorableError(f"version {version}: {comparison.decision.reason}")
-    return {**challenger, **comparison.summary()}
+    return {**challenger, **comparison.summary(), "impact": measured}
 
 
 def score_evaluation_rows(

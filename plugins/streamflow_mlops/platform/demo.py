@@ -22,18 +22,22 @@ import httpx
 import psycopg
 
 from streamflow_mlops.config.settings import Settings, redact_url
+from streamflow_mlops.pipelines.campaigns import campaign_lines
 from streamflow_mlops.platform.embedded import stop_embedded, up, write_env_file
+from streamflow_mlops.platform.lifecycle import (
+    AIRFLOW_USER,
+    LIFECYCLE_DAGS,
+    POLL_S,
+    SCORE_DAG,
+    AirflowAPI,
+    say,
+    wait_for_chain,
+    wait_for_scores,
+)
 from streamflow_mlops.platform.private_files import private_secret, write_private
 from streamflow_mlops.platform.processes import BACKGROUND_NICE, Processes, http_ok, wait_for
 
-AIRFLOW_USER = "admin"
 DEMO_MONTHS = ("month_000", "month_001")
-LIFECYCLE_DAGS = ("streamflow_ingest", "streamflow_features", "streamflow_drift", "streamflow_train")
-FINISHED = {"success", "failed"}
-
-
-def say(message: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def airflow_settings(settings: Settings) -> dict[str, str]:
@@ -53,11 +57,8 @@ def airflow_settings(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": private_secret(home / "jwt_secret", lambda: secrets.token_urlsafe(32)),
         "AIRFLOW__CORE__FERNET_KEY": private_secret(home / "fernet_key", _fernet_key),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-        # Re-parsing an unchanged DAG file every 30 s (Airflow's default) cost 0.3-0.8 s of CPU per
-        # file, ~3 s every 30 s for the six DAGs, in bursts that stole a core from serving; a file
-        # that changed is parsed within a second (Airflow queues a file newer than its last parse,
-        # in its default modified_time order); a change to a module the DAGs import is not seen
-        # until the file's next parse.
+        # An unchanged DAG file is re-parsed every 10 minutes, not every 30 s: the parses took a core
+        # from serving in bursts (README "Serving speed"). A changed file is still parsed at once.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -68,68 +69,6 @@ def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
-
-
-class AirflowAPI:
-    """The few calls of Airflow's REST API (v2) the demo needs."""
-
-    def __init__(self, base_url: str, password: str):
-        self.base = base_url.rstrip("/")
-        self.password = password
-        self._client = httpx.Client(base_url=self.base, timeout=30)
-
-    def login(self) -> None:
-        answer = self._client.post("/auth/token", json={"username": AIRFLOW_USER, "password": self.password})
-        answer.raise_for_status()
-        self._client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
-
-    def has_dag(self, dag_id: str) -> bool:
-        return self._client.get(f"/api/v2/dags/{dag_id}").status_code == 200
-
-    def trigger(self, dag_id: str, conf: dict) -> str:
-        answer = self._client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        answer.raise_for_status()
-        return answer.json()["dag_run_id"]
-
-    def runs(self, dag_id: str) -> list[dict]:
-        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 50})
-        answer.raise_for_status()
-        return answer.json()["dag_runs"]
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        answer.raise_for_status()
-        return {ti["task_id"]: ti["state"] for ti in answer.json()["task_instances"]}
-
-
-def wait_for_chain(api: AirflowAPI, month: str, since: set[str], timeout: float, processes: Processes) -> dict:
-    """Wait until the asset chain started by one ingest settles; returns the runs it made.
-
-    The chain is ingest -> features -> drift, then train only if the drift gate requested it
-    (asset `streamflow_retrain_request`).
-    """
-    deadline = time.monotonic() + timeout
-    seen: dict[str, dict] = {}
-    while time.monotonic() < deadline:
-        processes.check()
-        for dag_id in LIFECYCLE_DAGS:
-            new = [r for r in api.runs(dag_id) if r["dag_run_id"] not in since]
-            if new:
-                latest = new[0]
-                if seen.get(dag_id, {}).get("state") != latest["state"]:
-                    say(f"  {dag_id}: {latest['state']}")
-                seen[dag_id] = latest
-        states = {dag_id: run["state"] for dag_id, run in seen.items()}
-        failed = [d for d, s in states.items() if s == "failed"]
-        if failed:
-            raise RuntimeError(f"{month}: {', '.join(failed)} failed; see the Airflow UI or .streamflow/airflow/logs")
-        if states.get("streamflow_drift") == "success":
-            drift = seen["streamflow_drift"]
-            gate = api.task_states("streamflow_drift", drift["dag_run_id"])
-            if gate.get("request_retrain") == "skipped" or states.get("streamflow_train") == "success":
-                return seen
-        time.sleep(2)
-    raise TimeoutError(f"{month}: the lifecycle did not finish in {timeout:.0f}s")
 
 
 def lifecycle_done(settings: Settings) -> bool:
@@ -188,6 +127,7 @@ def lifecycle_summary(settings: Settings) -> list[str]:
         ):
             lines.append(f"scores {month}: {users} users by model v{version}, riskiest {top:.3f}")
     lines.extend(realized_lines(settings))
+    lines.extend(campaign_lines(settings.db_url))
     client = MlflowClient(settings.mlflow_tracking_uri)
     # search_model_versions leaves `aliases` empty; ask for the alias itself.
     champion = _champion_version(settings)
@@ -331,21 +271,37 @@ class Stack:
         wait_for("DAGs parsed", lambda: all(self.api.has_dag(d) for d in LIFECYCLE_DAGS), 240, self.processes)
         say(f"Airflow up after {self.elapsed():.0f}s")
 
-    def run_month(self, month: str, timeout: float = 900) -> dict:
-        """Trigger the ingest of one month and wait for the asset chain it starts to settle."""
-        before = {r["dag_run_id"] for d in LIFECYCLE_DAGS for r in self.api.runs(d)}
+    def run_month_lifecycle(self, month: str, timeout: float = 900, poll: float = POLL_S) -> dict:
+        """Trigger the ingest of one month and wait for the asset chain it starts to settle, the
+        month's scoring by the resulting champion included."""
+        deadline = time.monotonic() + timeout
+        before = {r["dag_run_id"] for d in (*LIFECYCLE_DAGS, SCORE_DAG) for r in self.api.runs(d)}
         run_id = self.api.trigger("streamflow_ingest", {"month": month})
         say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
-        runs = wait_for_chain(self.api, month, before, timeout, self.processes)
+        runs = wait_for_chain(self.api, month, before, timeout, self.processes, poll)
+        remaining = max(0.0, deadline - time.monotonic())
+        scores = wait_for_scores(
+            self.api, month, before, remaining, self.processes, lambda: self.champion_and_scorer(month), poll
+        )
+        if scores:
+            runs[SCORE_DAG] = scores[0]
         say(f"{month} done after {self.elapsed():.0f}s")
         return runs
+
+    def champion_and_scorer(self, month: str) -> tuple[str | None, str | None]:
+        """The champion's version and the model version that scored `month` (None: not scored)."""
+        with psycopg.connect(self.settings.db_url) as conn:
+            (scored_by,) = conn.execute(
+                "SELECT max(model_version) FROM streamflow.churn_scores WHERE month = %s", (month,)
+            ).fetchone()
+        return _champion_version(self.client_settings), scored_by
 
     def lifecycle(self) -> None:
         if self.warm:
             say("lifecycle already ran: reusing the warehouse, features and champion")
             return
         for month in DEMO_MONTHS:
-            self.run_month(month)
+            self.run_month_lifecycle(month)
 
     def launch_service(self) -> None:
         if "churn-service" not in self.processes.running:

@@ -1,16 +1,11 @@
 """Balanced accepts: the service's keep-alive connections spread evenly over its worker processes.
 
-BentoML's workers share one listening socket, and each worker's uvicorn (libuv under uvloop)
-accepts every pending connection at once when the socket turns readable. A client that opens its
-keep-alive connections in a burst (a load balancer's pool, wrk) so gave most of them to whichever
-worker woke first: at concurrency 8 the split was 7/1, 6/2 or 5/3 from run to run, and the loaded
-worker's requests queued behind each other while the other worker idled
-(bench/bench_serving.py prints the split).
-
-Here each worker accepts one connection per readiness event, and only while it holds no more open
-connections than any other live worker of the service; a worker that is ahead looks again after
-RECHECK_S and takes the connection anyway once it has waited MAX_WAIT_S (a hung worker can't hold
-connections back). The counts sit in a small shared file named after the listening socket (every
+BentoML's workers share one listening socket and uvicorn accepts every pending connection at once,
+so a burst of keep-alive connections could land mostly on one worker (docs/decisions.md, "Balanced
+accepts"). Here each worker accepts one connection per readiness event, and only while it holds no
+more open connections than any other live worker of the service; a worker that is ahead looks again
+after RECHECK_S and takes the connection anyway once it has waited MAX_WAIT_S (a hung worker can't
+hold connections back). The counts sit in a small shared file named after the listening socket (every
 process holding the socket sees the same inode), in a 0700 directory of this user under the temp
 dir: one (pid, open connections) slot per BentoML worker index. A slot whose process is gone, or
 that a stopping worker cleared, doesn't count.

@@ -1,13 +1,10 @@
 """BentoML's request timeout (`traffic.timeout`) without a live timer left behind by every request.
 
-BentoML 1.4's `TimeoutMiddleware` schedules `loop.call_later(timeout, ...)` per request and never
-cancels it, so each answered request leaves a timer, a future and a context alive for the whole
-timeout (30 s here: ~15,000 timers per worker at 1,500 req/s). They outlive two collections, land
-in the oldest GC generation and make Python run a full collection every few seconds over them,
-which stopped a worker for ~100 ms each time even with the loaded libraries frozen
-(bench/bench_serving.py, "where the tail came from"). The replacement below keeps the contract (a
-504 JSON answer when no response has started within the timeout; the request is cancelled) and
-cancels its timer as soon as the response starts or the request ends.
+BentoML 1.4's `TimeoutMiddleware` never cancels the timer it schedules per request; the timers pile
+up in the oldest GC generation and make full collections stall the workers (docs/decisions.md,
+"Request timers"). The replacement keeps the contract (a 504 JSON answer when no response has
+started within the timeout; the request is cancelled) and cancels its timer once the response
+starts or the request ends.
 """
 
 from __future__ import annotations

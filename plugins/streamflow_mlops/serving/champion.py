@@ -137,17 +137,17 @@ class ChampionWatcher:
     def __init__(
         self,
         holder: ModelHolder,
-        champion_version: Callable[[], str | None],
+        read_champion_version: Callable[[], str | None],
         load: Callable[[str], Champion] = load_champion,
     ) -> None:
         self.holder = holder
-        self.champion_version = champion_version
+        self.read_champion_version = read_champion_version
         self.load = load
         self.last_error: str | None = None
 
     def wanted_tag(self) -> str | None:
         try:
-            version = self.champion_version()
+            version = self.read_champion_version()
             self.last_error = None
             if version is None:  # nothing promoted yet: serve what the store has, if anything
                 return None if self.holder.champion else newest_imported_tag()
@@ -175,6 +175,6 @@ class ChampionWatcher:
 
 
 def mlflow_champion_version(settings: Settings) -> Callable[[], str | None]:
-    """A `champion_version` callable for ChampionWatcher bound to the settings' MLflow."""
+    """A `read_champion_version` callable for ChampionWatcher bound to the settings' MLflow."""
     uri = settings.mlflow_tracking_uri
     return lambda: champion_version_from_mlflow(uri)

@@ -1,12 +1,10 @@
 """Garbage-collector hygiene of a serving worker: what is loaded once stays out of the collector's
 scans, and the pauses the collector still makes are measured for /metrics.
 
-Why (bench/bench_serving.py, "where the tail came from"): a worker holds ~490,000 tracked objects
-after importing BentoML, Feast, MLflow and sklearn and loading the champion. Python's full
-collection walks all of them; under load it ran every ~4.5 s and stopped the worker for 280-400 ms
-each time (measured with the callbacks below), which was the p99 of every concurrency level.
-`gc.freeze()` moves what is alive after a champion load into the permanent generation, so a full
-collection only walks what requests created since, a few milliseconds.
+A full collection walks every object a worker holds, most of them loaded once (its libraries, the
+champion); under load those walks set the p99 (docs/decisions.md, "GC pauses"). `gc.freeze()` after
+a champion load moves what is alive into the permanent generation, so a full collection only walks
+what requests created since.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class ServiceRuntime:
     def __init__(
         self,
         settings: Settings,
-        champion_version: Callable[[], str | None] | None = None,
+        read_champion_version: Callable[[], str | None] | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
         reader_factory: Callable[[Settings], OnlineFeatureReader] = build_reader,
         log_writer: PredictionLogWriter | None = None,
@@ -54,7 +54,7 @@ class ServiceRuntime:
         # (the service passes serving.heap.settle_heap).
         self.after_swap = after_swap
         self.holder = ModelHolder()
-        self.watcher = ChampionWatcher(self.holder, champion_version or mlflow_champion_version(settings))
+        self.watcher = ChampionWatcher(self.holder, read_champion_version or mlflow_champion_version(settings))
         self.log = log_writer if log_writer is not None else PredictionLogWriter(settings.db_url)
         self.reader: OnlineFeatureReader | None = None
         self.scorer = ChurnScorer(self.holder, _RuntimeReader(self), self.log)

@@ -10,12 +10,20 @@ the period that started at month M-1's as_of (the same draws month M-1 would car
 the manifest says `labels_as_of`, and `_truth.csv` holds the probabilities of that period. The
 first `label_lag` months have no earlier period: they carry their own period's labels, the
 labelled history a platform starts from. With lag 0 the drops are byte for byte as before.
+
+Treatment effect (`generate --treatment-effect 0.3`, issue 28): the previous month's exported
+contact list was worked, `contacts.csv` says who was reached (all of the list, or a seeded
+`--reach` share of it), and each reached user's churn probability for the period this drop's labels
+describe is multiplied by `1 - effect` (the labels the next drop brings are the campaign's outcomes,
+pipelines/campaigns.py). The labels come from the same uniform draws as without the effect, so a
+treated user can only move from churned to stayed, and an effect of 0 changes no label.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -24,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from streamflow_mlops.config.months import month_as_of, month_name
-from streamflow_mlops.config.schema import ENTITY, LABEL, NET_SERVICES, RAW_TABLES
+from streamflow_mlops.config.schema import CONTACTS, ENTITY, LABEL, NET_SERVICES, RAW_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ class DropSpec:
     label_lag: int = 0
     # The drift of the month whose outcomes `labels.csv` holds (with a label lag, an earlier one).
     labelled_drift: Drift = field(default_factory=Drift)
+    # Relative churn reduction of a reached user (issue 28): 0.3 multiplies their probability by 0.7.
+    treatment_effect: float = 0.0
 
     @property
     def name(self) -> str:
@@ -224,15 +234,51 @@ def _churn(pop: dict[str, np.ndarray], month: int, seed: int, drift: Drift) -> t
     return beh, prob
 
 
-def build_drop(spec: DropSpec, telco_csv: Path | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The raw tables of a month and its truth, as DataFrames (no I/O besides the Telco CSV)."""
+def find_contact_list(scores_dir: Path, month: int) -> Path:
+    """The contact list exported for `month` (`<month>_top<k>.csv`, the newest when several k were
+    exported); FileNotFoundError when that month's list was never exported."""
+    lists = [p for p in scores_dir.glob(f"{month_name(month)}_top*.csv") if not p.stem.endswith("_control")]
+    if not lists:
+        raise FileNotFoundError(
+            f"no contact list of {month_name(month)} under {scores_dir}: score that month first "
+            "(streamflow_score), or pass --contact-list"
+        )
+    return max(lists, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def read_contact_list(path: Path) -> list[str]:
+    """The user ids of an exported contact list, in list order."""
+    return pd.read_csv(path, usecols=[ENTITY], dtype=str)[ENTITY].tolist()
+
+
+def reached_users(contact_list: Sequence[str], reach: float, seed: int, month: int) -> list[str]:
+    """Who of the previous month's contact list the team reached: all of it at `reach` 1, else a
+    seeded draw of about `reach` of it (list order kept)."""
+    if not 0.0 <= reach <= 1.0:
+        raise ValueError(f"reach must be within [0, 1], got {reach}")
+    draws = np.random.default_rng([seed, 4, month]).random(len(contact_list))
+    return [user for user, draw in zip(contact_list, draws, strict=True) if draw < reach]
+
+
+def build_drop(
+    spec: DropSpec, telco_csv: Path | None = None, reached: Sequence[str] | None = None
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The raw tables of a month and its truth, as DataFrames (no I/O besides the Telco CSV).
+    With `reached` (users the previous month's campaign reached), the tables include `contacts`
+    and those users' churn probability is cut by `spec.treatment_effect`."""
+    if not 0.0 <= spec.treatment_effect <= 1.0:
+        raise ValueError(f"treatment_effect must be within [0, 1], got {spec.treatment_effect}")
     pop = _population(spec.users, spec.seed, telco_csv)
     beh, prob = _churn(pop, spec.month, spec.seed, spec.drift)
     if spec.labelled_month != spec.month:
         _, prob = _churn(pop, spec.labelled_month, spec.seed, spec.labelled_drift)
+    if reached is not None:
+        prob = np.where(np.isin(pop[ENTITY], np.asarray(reached, dtype=str)), prob * (1 - spec.treatment_effect), prob)
     label = (np.random.default_rng([spec.seed, 2, spec.labelled_month]).random(spec.users) < prob).astype(np.int64)
     columns = {**pop, **beh, LABEL: label}
     tables = {t.name: pd.DataFrame({c: columns[c] for c in t.column_names}) for t in RAW_TABLES}
+    if reached is not None:
+        tables[CONTACTS.name] = pd.DataFrame({ENTITY: pd.Series(list(reached), dtype=object)})
     truth = pd.DataFrame({ENTITY: pop[ENTITY], "churn_probability": np.round(prob, 6)})
     if spec.broken:
         break_batch(tables, spec.broken, np.random.default_rng([spec.seed, 3, spec.month]))
@@ -267,9 +313,12 @@ def break_batch(tables: dict[str, pd.DataFrame], kind: str, rng: np.random.Gener
         tables["labels"] = tables["labels"].iloc[0:0]
 
 
-def write_drop(spec: DropSpec, out_dir: Path, telco_csv: Path | None = None) -> Path:
-    """Write `out_dir/month_NNN/` and return its path; the same spec always writes the same bytes."""
-    tables, truth = build_drop(spec, telco_csv)
+def write_drop(
+    spec: DropSpec, out_dir: Path, telco_csv: Path | None = None, reached: Sequence[str] | None = None
+) -> Path:
+    """Write `out_dir/month_NNN/` and return its path; the same spec (and `reached`) always writes
+    the same bytes."""
+    tables, truth = build_drop(spec, telco_csv, reached)
     folder = out_dir / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
@@ -286,6 +335,8 @@ def write_drop(spec: DropSpec, out_dir: Path, telco_csv: Path | None = None) -> 
     }
     if spec.label_lag:
         manifest.update(label_lag=spec.label_lag, labels_as_of=spec.labels_as_of.isoformat())
+    if reached is not None:
+        manifest.update(treatment_effect=spec.treatment_effect, contacts=len(reached))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("wrote %s (%d users, as_of %s)", folder, spec.users, spec.as_of)
     return folder

@@ -1,0 +1,100 @@
+"""How `make demo` waits for a month's lifecycle: its summary must not show a month scored by the
+champion the month replaced (month_001 "by model v1" while v2 is the champion)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamflow_mlops.config.settings import Settings
+from streamflow_mlops.platform.demo import Stack
+from streamflow_mlops.platform.lifecycle import LIFECYCLE_DAGS, SCORE_DAG, scores_settled, wait_for_scores
+from streamflow_mlops.platform.processes import Processes
+
+
+def run(run_id: str, state: str) -> dict:
+    return {"dag_run_id": run_id, "state": state}
+
+
+class Month001:
+    """Airflow and the warehouse once month_001's ingest is triggered: drift, train (v2 promoted) and
+    the published month's scoring run (by v1) are done at the first poll; the scoring run the new
+    champion triggers appears only at the third poll, queued, runs for two and scores with v2."""
+
+    champion = "2"
+    CHAMPION_RUN = {3: "queued", 4: "running", 5: "running"}
+
+    def __init__(self) -> None:
+        self.triggered = False
+        self.score_polls = 0
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        self.triggered = True
+        return "manual__month_001"
+
+    def runs(self, dag_id: str) -> list[dict]:
+        if not self.triggered:
+            return []
+        if dag_id != SCORE_DAG:
+            return [run(f"{dag_id}__month_001", "success")]
+        self.score_polls += 1
+        new_champion = [run(f"{SCORE_DAG}__v2", state) for state in self.champion_run_states()]
+        return [*new_champion, run(f"{SCORE_DAG}__features", "success")]
+
+    def champion_run_states(self) -> list[str]:
+        """The new champion's scoring run as the latest poll saw it: none for the first two polls."""
+        return [] if self.score_polls <= 2 else [self.CHAMPION_RUN.get(self.score_polls, "success")]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {"request_retrain": "success"}
+
+    def champion_and_scorer(self) -> tuple[str, str]:
+        return self.champion, "2" if self.champion_run_states() == ["success"] else "1"
+
+
+def stack_over(airflow: Month001, tmp_path) -> Stack:
+    settings = Settings(
+        repo_root=tmp_path,
+        state_dir=tmp_path / "state",
+        drops_dir=tmp_path / "drops",
+        db_url_override="postgresql://127.0.0.1:1/none",
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=1,
+        online_store_override=None,
+    )
+    stack = Stack(settings)
+    stack.api = airflow
+    stack.processes = Processes(tmp_path / "logs", {})
+    stack.champion_and_scorer = lambda month: airflow.champion_and_scorer()
+    return stack
+
+
+def test_a_month_is_done_once_the_new_champion_has_scored_it(tmp_path):
+    airflow = Month001()
+    runs = stack_over(airflow, tmp_path).run_month_lifecycle("month_001", timeout=10, poll=0)
+    assert airflow.champion_run_states() == ["success"]
+    assert airflow.champion_and_scorer() == ("2", "2")
+    assert set(runs) == {*LIFECYCLE_DAGS, SCORE_DAG} and runs[SCORE_DAG]["state"] == "success"
+
+
+def test_scores_are_final_only_when_every_scoring_run_finished_with_the_champion():
+    done = [run("a", "success"), run("b", "success")]
+    assert scores_settled(done, champion="2", scored_by="2")
+    assert not scores_settled(done, champion="2", scored_by="1")  # the new champion's run not created yet
+    assert not scores_settled(done, champion="2", scored_by=None)
+    assert not scores_settled([run("a", "success"), run("b", "running")], champion="2", scored_by="2")
+    assert not scores_settled([run("a", "queued")], champion="2", scored_by="2")
+    assert scores_settled([], champion=None, scored_by=None)  # nothing to score with: nothing to wait for
+    with pytest.raises(RuntimeError, match=f"{SCORE_DAG} failed \\(b\\)"):
+        scores_settled([run("a", "success"), run("b", "failed")], champion="2", scored_by="1")
+
+
+def test_waiting_for_scores_times_out_with_what_it_saw(tmp_path):
+    class Stuck(Month001):
+        def champion_run_states(self) -> list[str]:
+            return []
+
+    airflow = Stuck()
+    with pytest.raises(TimeoutError, match="month_001: not scored by champion v2 after 0s \\(its scores are by v1\\)"):
+        wait_for_scores(
+            airflow, "month_001", set(), 0.05, Processes(tmp_path / "logs", {}), airflow.champion_and_scorer, poll=0
+        )
