@@ -73,6 +73,19 @@ def stack_port_env() -> dict[str, str]:
 DISPOSABLE_FLAG = "STREAMFLOW_TEST_DB_DISPOSABLE"
 
 
+def offline_settings(tmp_path: Path) -> Settings:
+    """Settings under `tmp_path` whose database is unreachable: for tests that must touch none."""
+    return Settings(
+        repo_root=tmp_path,
+        state_dir=tmp_path / "state",
+        drops_dir=tmp_path / "drops",
+        db_url_override="postgresql://127.0.0.1:1/none",
+        mlflow_tracking_uri_override=None,
+        embedded_pg_port=1,
+        online_store_override=None,
+    )
+
+
 def refuse_unless_disposable(external_url: str | None, environ: dict[str, str]) -> None:
     """Tests that drop the `airflow` and `mlflow` databases run only on a server nobody else uses:
     the session's own embedded one, or an external one explicitly marked disposable."""

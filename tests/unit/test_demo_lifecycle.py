@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from streamflow_mlops.config.settings import Settings
 from streamflow_mlops.platform.demo import Stack
 from streamflow_mlops.platform.lifecycle import LIFECYCLE_DAGS, SCORE_DAG, scores_settled, wait_for_scores
 from streamflow_mlops.platform.processes import Processes
+from tests.conftest import offline_settings
 
 
 def run(run_id: str, state: str) -> dict:
@@ -52,15 +52,7 @@ class Month001:
 
 
 def stack_over(airflow: Month001, tmp_path) -> Stack:
-    settings = Settings(
-        repo_root=tmp_path,
-        state_dir=tmp_path / "state",
-        drops_dir=tmp_path / "drops",
-        db_url_override="postgresql://127.0.0.1:1/none",
-        mlflow_tracking_uri_override=None,
-        embedded_pg_port=1,
-        online_store_override=None,
-    )
+    settings = offline_settings(tmp_path)
     stack = Stack(settings)
     stack.api = airflow
     stack.processes = Processes(tmp_path / "logs", {})

@@ -21,7 +21,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from streamflow_mlops.config.settings import Settings
 from streamflow_mlops.model.compiled import ArrayPipeline, PipelineModel, compile_pipeline, spline_step
 from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
 from streamflow_mlops.serving.champion import (
@@ -37,7 +36,7 @@ from streamflow_mlops.serving.feature_reader import FeatureRef, SqliteOnlineRead
 from streamflow_mlops.serving.http import BodySizeLimit, JsonBodyOnly
 from streamflow_mlops.serving.runtime import ServiceRuntime
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
-from tests.conftest import bentoml_home
+from tests.conftest import bentoml_home, offline_settings
 
 FEATURES = ("monthly_fee", "net_service")
 
@@ -342,15 +341,7 @@ def test_runtime_watcher_survives_a_fresh_stack_and_any_poll_error_then_serves_t
             raise LookupError("registered model alias champion not found")
         return promoted["version"]
 
-    settings = Settings(
-        repo_root=tmp_path,
-        state_dir=tmp_path / "state",
-        drops_dir=tmp_path / "drops",
-        db_url_override="postgresql://127.0.0.1:1/none",
-        mlflow_tracking_uri_override=None,
-        embedded_pg_port=1,
-        online_store_override=None,
-    )
+    settings = offline_settings(tmp_path)
     reader = FlakyReader(ROWS, failures=2)
     swaps: list[str] = []
     with bentoml_home(tmp_path / "bentoml"):
