@@ -3,10 +3,15 @@ champion the month replaced (month_001 "by model v1" while v2 is the champion)."
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from streamflow_mlops.platform.demo import Stack
-from streamflow_mlops.platform.lifecycle import LIFECYCLE_DAGS, SCORE_DAG, scores_settled, wait_for_scores
+from streamflow_mlops.platform.lifecycle import LIFECYCLE_DAGS, SCORE_DAG, AirflowAPI, scores_settled, wait_for_scores
 from streamflow_mlops.platform.processes import Processes
 from tests.conftest import offline_settings
 
@@ -90,3 +95,35 @@ def test_waiting_for_scores_times_out_with_what_it_saw(tmp_path):
         wait_for_scores(
             airflow, "month_001", set(), 0.05, Processes(tmp_path / "logs", {}), airflow.champion_and_scorer, poll=0
         )
+
+
+class SlowFirstAnswer(BaseHTTPRequestHandler):
+    """An api-server that answers the first poll after the client has given up, the next at once."""
+
+    calls = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        SlowFirstAnswer.calls += 1
+        if SlowFirstAnswer.calls == 1:
+            time.sleep(1.0)
+        body = json.dumps({"dag_runs": [{"dag_run_id": "manual__1", "state": "running"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_poll_that_times_out_on_a_busy_machine_is_asked_again():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFirstAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = AirflowAPI(f"http://127.0.0.1:{server.server_port}", "unused", timeout=0.3)
+        assert api.runs("streamflow_ingest") == [{"dag_run_id": "manual__1", "state": "running"}]
+        assert SlowFirstAnswer.calls == 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,6 +15,7 @@ LIFECYCLE_DAGS = ("streamflow_ingest", "streamflow_features", "streamflow_drift"
 SCORE_DAG = "streamflow_score"
 FINISHED = {"success", "failed"}
 POLL_S = 2.0
+READ_TRIES = 3
 
 
 def say(message: str) -> None:
@@ -24,10 +25,10 @@ def say(message: str) -> None:
 class AirflowAPI:
     """The few calls of Airflow's REST API (v2) the demo needs."""
 
-    def __init__(self, base_url: str, password: str):
+    def __init__(self, base_url: str, password: str, timeout: float = 30):
         self.base = base_url.rstrip("/")
         self.password = password
-        self._client = httpx.Client(base_url=self.base, timeout=30)
+        self._client = httpx.Client(base_url=self.base, timeout=timeout)
 
     def login(self) -> None:
         answer = self._client.post("/auth/token", json={"username": AIRFLOW_USER, "password": self.password})
@@ -37,20 +38,33 @@ class AirflowAPI:
     def has_dag(self, dag_id: str) -> bool:
         return self._client.get(f"/api/v2/dags/{dag_id}").status_code == 200
 
+    def _read(self, path: str, params: dict | None = None) -> dict:
+        """GET, asked again after a timeout: reads are idempotent, and on a busy 2-core machine the
+        api-server can take longer than the client's timeout to answer one poll."""
+        for _ in range(READ_TRIES - 1):
+            try:
+                return self._get_json(path, params)
+            except httpx.TimeoutException:
+                say(f"  Airflow's API did not answer {path} in time (a busy machine?); asking again")
+        return self._get_json(path, params)
+
+    def _get_json(self, path: str, params: dict | None) -> dict:
+        answer = self._client.get(path, params=params)
+        answer.raise_for_status()
+        return answer.json()
+
     def trigger(self, dag_id: str, conf: dict) -> str:
         answer = self._client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
         answer.raise_for_status()
         return answer.json()["dag_run_id"]
 
     def runs(self, dag_id: str) -> list[dict]:
-        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 50})
-        answer.raise_for_status()
-        return answer.json()["dag_runs"]
+        params = {"order_by": "-run_after", "limit": 50}
+        return self._read(f"/api/v2/dags/{dag_id}/dagRuns", params)["dag_runs"]
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        answer = self._client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        answer.raise_for_status()
-        return {ti["task_id"]: ti["state"] for ti in answer.json()["task_instances"]}
+        answer = self._read(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
 
 
 def wait_for_chain(
