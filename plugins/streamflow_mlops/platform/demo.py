@@ -273,15 +273,14 @@ class Stack:
 
     def run_month_lifecycle(self, month: str, timeout: float = 900, poll: float = POLL_S) -> dict:
         """Trigger the ingest of one month and wait for the asset chain it starts to settle, the
-        month's scoring by the resulting champion included."""
-        deadline = time.monotonic() + timeout
+        month's scoring by the resulting champion included; `timeout`: the longest wait with no
+        run changing state."""
         before = {r["dag_run_id"] for d in (*LIFECYCLE_DAGS, SCORE_DAG) for r in self.api.runs(d)}
         run_id = self.api.trigger("streamflow_ingest", {"month": month})
         say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
         runs = wait_for_chain(self.api, month, before, timeout, self.processes, poll)
-        remaining = max(0.0, deadline - time.monotonic())
         scores = wait_for_scores(
-            self.api, month, before, remaining, self.processes, lambda: self.champion_and_scorer(month), poll
+            self.api, month, before, timeout, self.processes, lambda: self.champion_and_scorer(month), poll
         )
         if scores:
             runs[SCORE_DAG] = scores[0]

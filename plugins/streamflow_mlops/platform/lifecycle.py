@@ -73,7 +73,8 @@ def wait_for_chain(
     """Wait until the asset chain started by one ingest settles; returns the runs it made.
 
     The chain is ingest -> features -> drift, then train only if the drift gate requested it
-    (asset `streamflow_retrain_request`).
+    (asset `streamflow_retrain_request`). `timeout` bounds a wait with no progress: each change of
+    a run's state starts it again, so a slow (busy) machine is waited for and a stuck chain is not.
     """
     deadline = time.monotonic() + timeout
     seen: dict[str, dict] = {}
@@ -85,6 +86,7 @@ def wait_for_chain(
                 latest = new[0]
                 if seen.get(dag_id, {}).get("state") != latest["state"]:
                     say(f"  {dag_id}: {latest['state']}")
+                    deadline = time.monotonic() + timeout
                 seen[dag_id] = latest
         states = {dag_id: run["state"] for dag_id, run in seen.items()}
         failed = [d for d, s in states.items() if s == "failed"]
@@ -96,7 +98,7 @@ def wait_for_chain(
             if gate.get("request_retrain") == "skipped" or states.get("streamflow_train") == "success":
                 return seen
         time.sleep(poll)
-    raise TimeoutError(f"{month}: the lifecycle did not finish in {timeout:.0f}s")
+    raise TimeoutError(f"{month}: the lifecycle made no progress for {timeout:.0f}s")
 
 
 def scores_settled(score_runs: list[dict], champion: str | None, scored_by: str | None) -> bool:
@@ -125,6 +127,7 @@ def wait_for_scores(
     The chain settling is not enough: a new champion's scoring run is created only after
     `streamflow_train` has finished, and until it has run the month's scores are the old champion's.
     `champion_and_scorer()` gives the champion's version and the version that scored the month.
+    `timeout` bounds a wait with no progress, as in `wait_for_chain`.
     """
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
@@ -135,12 +138,13 @@ def wait_for_scores(
             if states.get(run["dag_run_id"]) != run["state"]:
                 say(f"  {SCORE_DAG} {run['dag_run_id']}: {run['state']}")
                 states[run["dag_run_id"]] = run["state"]
+                deadline = time.monotonic() + timeout
         champion, scored_by = champion_and_scorer()
         if scores_settled(runs, champion, scored_by):
             return runs
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{month}: not scored by champion v{champion} after {timeout:.0f}s (its scores are by "
+                f"{month}: not scored by champion v{champion}, no progress for {timeout:.0f}s (its scores are by "
                 f"{'nobody' if scored_by is None else f'v{scored_by}'}); see {SCORE_DAG} in the Airflow UI"
             )
         time.sleep(poll)
