@@ -29,12 +29,15 @@ class Month001:
     champion = "2"
     CHAMPION_RUN = {3: "queued", 4: "running", 5: "running"}
 
-    def __init__(self) -> None:
+    def __init__(self, loaded: bool = False) -> None:
         self.triggered = False
         self.score_polls = 0
+        self.loaded = loaded  # by an earlier demo run, stopped before its chain finished
+        self.conf: dict = {}
 
     def trigger(self, dag_id: str, conf: dict) -> str:
         self.triggered = True
+        self.conf = conf
         return "manual__month_001"
 
     def runs(self, dag_id: str) -> list[dict]:
@@ -63,6 +66,7 @@ def stack_over(airflow: Month001, tmp_path) -> Stack:
     stack.api = airflow
     stack.processes = Processes(tmp_path / "logs", {})
     stack.champion_and_scorer = lambda month: airflow.champion_and_scorer()
+    stack.month_loaded = lambda month: airflow.loaded
     return stack
 
 
@@ -72,6 +76,14 @@ def test_a_month_is_done_once_the_new_champion_has_scored_it(tmp_path):
     assert airflow.champion_run_states() == ["success"]
     assert airflow.champion_and_scorer() == ("2", "2")
     assert set(runs) == {*LIFECYCLE_DAGS, SCORE_DAG} and runs[SCORE_DAG]["state"] == "success"
+
+
+@pytest.mark.parametrize("loaded", [False, True])
+def test_a_month_an_interrupted_demo_loaded_is_loaded_again_with_force(tmp_path, loaded):
+    """Otherwise its ingest finds the drop unchanged, emits no asset event, and the chain never runs."""
+    airflow = Month001(loaded=loaded)
+    stack_over(airflow, tmp_path).run_month_lifecycle("month_001", timeout=10, poll=0)
+    assert airflow.conf == ({"month": "month_001", "force": True} if loaded else {"month": "month_001"})
 
 
 def test_scores_are_final_only_when_every_scoring_run_finished_with_the_champion():

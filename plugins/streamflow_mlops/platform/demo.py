@@ -276,7 +276,12 @@ class Stack:
         month's scoring by the resulting champion included; `timeout`: the longest wait with no
         run changing state."""
         before = {r["dag_run_id"] for d in (*LIFECYCLE_DAGS, SCORE_DAG) for r in self.api.runs(d)}
-        run_id = self.api.trigger("streamflow_ingest", {"month": month})
+        conf = {"month": month}
+        if self.month_loaded(month):
+            # An unchanged drop emits no asset event, so its chain would not run again.
+            say(f"{month} was loaded by an earlier, interrupted run: loading it again with force")
+            conf["force"] = True
+        run_id = self.api.trigger("streamflow_ingest", conf)
         say(f"triggered streamflow_ingest {month} ({run_id}); the asset chain takes it from there")
         runs = wait_for_chain(self.api, month, before, timeout, self.processes, poll)
         scores = wait_for_scores(
@@ -286,6 +291,15 @@ class Stack:
             runs[SCORE_DAG] = scores[0]
         say(f"{month} done after {self.elapsed():.0f}s")
         return runs
+
+    def month_loaded(self, month: str) -> bool:
+        with psycopg.connect(self.settings.db_url) as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM streamflow.ingestion_runs WHERE month = %s AND status = 'success'", (month,)
+                ).fetchone()
+                is not None
+            )
 
     def champion_and_scorer(self, month: str) -> tuple[str | None, str | None]:
         """The champion's version and the model version that scored `month` (None: not scored)."""
