@@ -6,7 +6,7 @@ then the month is materialized into a fresh sqlite online store (the embedded de
 - `feast stock`: Feast's own local engine (`batch_engine: local`): a proto per value, one INSERT
   per feature value;
 - `bulk`: `materialize_month`, i.e. the repo's `BulkComputeEngine` (one `executemany` per batch
-  of Arrow rows, see plugins/streamflow_mlops/bulk_materialization.py), with 1 and 2 worker
+  of Arrow rows, see plugins/streamflow_mlops/features/bulk_materialization.py), with 1 and 2 worker
   processes, then once more over the filled store (`bulk, update`: what a monthly re-run does).
 Figures: seconds, users/s and rows/s (a row is one feature value of one user, as stored). Both
 paths leave byte-identical tables (tests/unit/test_feature_repo.py). Goal: 1M users < 4 minutes.
@@ -40,7 +40,7 @@ from pathlib import Path
 import psycopg
 
 from bench.harness import machine, postgres_server, scratch_database
-from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES
 from streamflow_mlops.config.settings import FEATURE_SERVICE, REPO_ROOT, Settings
 from streamflow_mlops.data.warehouse import create_schema, load_drop
@@ -51,7 +51,7 @@ from streamflow_mlops.features.retrieval import build_training_set
 from streamflow_mlops.features.store import _feature_store, apply_repo, feature_store, repo_config, sqlite_connection
 from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
-MONTH = "month_000"
+MONTH = Month(0)
 LOOKUP_CALLS = {1: 500, 100: 100}
 
 
@@ -187,7 +187,7 @@ def bench_materialization(
     from feast import FeatureStore
 
     lines = []
-    as_of = month_as_of_ts(MONTH)
+    as_of = MONTH.as_of_ts
     stock_max = int(os.environ.get("BENCH_FEATURES_STOCK_MAX_USERS", "1000000"))
     if users <= stock_max:
         settings = variant_settings(db_url, workdir / f"stock_{users}")
@@ -243,7 +243,7 @@ def bench_size(server: str, workdir: Path, users: int, workers_list: list[int]) 
         print(lines[-1], flush=True)
 
         with psycopg.connect(db_url) as conn:
-            sample = parity_sample_users(conn, month_as_of_ts(MONTH), 100)
+            sample = parity_sample_users(conn, MONTH.as_of_ts, 100)
         store = feature_store(settings)
         service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
         floor = floor_reader(settings)

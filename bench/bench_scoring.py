@@ -34,7 +34,7 @@ import pandas as pd
 import psycopg
 
 from bench.harness import machine, postgres_server, scratch_database
-from streamflow_mlops.config.months import month_as_of
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import REPO_ROOT, Settings
 from streamflow_mlops.data.warehouse import create_schema
@@ -91,13 +91,12 @@ def bench_month(model, db_url: str, users: int, workdir: Path) -> list[str]:
     expected = model.pipeline.predict_proba(frame.sort_values("user_id", kind="stable")[columns])[:, 1]
     same = np.array_equal(np.sort(scores["churn_probability"].to_numpy()), np.sort(expected))
     with psycopg.connect(db_url) as conn:
-        as_of = month_as_of(1)
-        _, first_write_s = timed(lambda: write_scores(conn, "month_001", as_of, chunks, "1"))
-        _, rewrite_s = timed(lambda: write_scores(conn, "month_001", as_of, chunks, "1"))
+        _, first_write_s = timed(lambda: write_scores(conn, Month(1), chunks, "1"))
+        _, rewrite_s = timed(lambda: write_scores(conn, Month(1), chunks, "1"))
         (count,) = conn.execute("SELECT count(*) FROM streamflow.churn_scores").fetchone()
 
         def export():
-            lists = {arm: retention_list(conn, "month_001", DEFAULT_RANK_BY, arm) for arm in (TREATMENT, CONTROL)}
+            lists = {arm: retention_list(conn, Month(1), DEFAULT_RANK_BY, arm) for arm in (TREATMENT, CONTROL)}
             export_retention_list(lists, TOP_K, workdir, f"month_001_{users}")
 
         _, export_s = timed(export)
@@ -172,9 +171,9 @@ def bench_feast(db_url: str, workdir: Path, users: int) -> list[str]:
     folder = write_drop(DropSpec(1, users=users), workdir / "drops")
     with psycopg.connect(db_url) as conn:
         with conn.transaction():
-            load_drop(conn, folder, month_as_of(1))
+            load_drop(conn, folder, Month(1).as_of)
     apply_repo(settings)
-    frame, seconds = timed(lambda: feature_frame("month_001", settings=settings))
+    frame, seconds = timed(lambda: feature_frame(Month(1), settings=settings))
     line = f"  Feast feature_frame (point-in-time, offline store) {len(frame):,} users: {seconds:.1f} s"
     print(line, flush=True)
     return [line]

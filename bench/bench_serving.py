@@ -11,7 +11,14 @@ registered and imported. Then, side by side in one run, on 127.0.0.1:
   BentoML's adaptive batching instead of the micro-batcher;
 - `unbalanced`: the bento with uvicorn's own accept (STREAMFLOW_SERVICE_BALANCE_ACCEPTS=0) instead
   of serving/accept.py's least-connections accept;
+- `shadow`: the bento while the registry alias `shadow` names a second version (a logistic
+  regression): each /predict also scored by it off the request path (serving/shadow.py); its
+  p50/p99 beside `bento`'s at the same load is the shadow's cost;
 - `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process.
+
+`python -m bench serving --shadow` runs only the shadow comparison, short: `bento`, `shadow`, then
+`bento` again (`bento_again`: how far two runs of the same server differ here, the noise the
+shadow's cost must be read against), at concurrency 8 and 32.
 
 Load: wrk (C, keep-alive; `apt-get install wrk`) at concurrency 1, 8 and 32 for
 BENCH_SERVING_SECONDS seconds (default 20) each, with a Lua script that rotates real user ids and
@@ -43,6 +50,8 @@ from bench.harness import demo_process, free_port, machine
 REPO = Path(__file__).resolve().parents[1]
 
 CONCURRENCY = (1, 8, 32)
+SHADOW_ONLY = "--shadow" in sys.argv
+SHADOW_CONCURRENCY = (8, 32)
 WRK = shutil.which("wrk")
 SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
 USERS = int(os.environ.get("BENCH_SERVING_USERS", "7043"))
@@ -405,7 +414,8 @@ def demo_stack() -> str:
 
 
 def build_stack(home: Path) -> dict:
-    """Embedded Postgres + one month loaded, materialized, a champion trained, registered and imported."""
+    """Embedded Postgres + one month loaded, materialized, a champion trained, registered and imported,
+    and a second version (logistic regression) registered for the `shadow` target."""
     import psycopg
 
     env = {
@@ -419,6 +429,7 @@ def build_stack(home: Path) -> dict:
         os.environ.pop(name, None)
     os.environ.update(env)
 
+    from streamflow_mlops.config.months import Month
     from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
     from streamflow_mlops.data.warehouse import create_schema, load_drop
     from streamflow_mlops.features.materialize import materialize_month
@@ -442,12 +453,58 @@ def build_stack(home: Path) -> dict:
         users = [r[0] for r in conn.execute("SELECT user_id FROM streamflow.users ORDER BY md5(user_id)")]
     apply_repo(settings)
     materialize_month("month_000", settings)
-    trained = train_model(build_training_set("month_000"), 42, features=feature_names())
-    logged = log_trained_model(
-        trained, month="month_000", as_of=spec.as_of, feature_service=FEATURE_SERVICE, settings=settings
-    )
+    trained = train_model(build_training_set(Month(0)), 42, features=feature_names())
+    logged = log_trained_model(trained, month=Month(0), feature_service=FEATURE_SERVICE, settings=settings)
     set_champion(configure_mlflow(settings), logged["version"], None, {"decision": "bench"})
-    return {"settings": settings, "env": {**os.environ, **env}, "users": users, "version": logged["version"]}
+    shadow = train_model(build_training_set(Month(0)), 7, classifier="logreg", features=feature_names())
+    shadow_logged = log_trained_model(shadow, month=Month(0), feature_service=FEATURE_SERVICE, settings=settings)
+    return {
+        "settings": settings,
+        "env": {**os.environ, **env},
+        "users": users,
+        "version": logged["version"],
+        "shadow_version": shadow_logged["version"],
+    }
+
+
+def shadow_alias(settings, version: str | None) -> None:
+    """Point the `shadow` alias at `version`, or remove it (None)."""
+    from streamflow_mlops.config.settings import REGISTERED_MODEL, SHADOW_ALIAS
+    from streamflow_mlops.model.registry import mlflow_client
+
+    client = mlflow_client(settings.mlflow_tracking_uri)
+    if version is None:
+        client.delete_registered_model_alias(REGISTERED_MODEL, SHADOW_ALIAS)
+    else:
+        client.set_registered_model_alias(REGISTERED_MODEL, SHADOW_ALIAS, version)
+
+
+def shadow_counters(port: int) -> dict[str, str]:
+    """The shadow lines of one worker's /metrics (a scrape reaches one worker): version, scored, dropped."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("streamflow_shadow_info"):
+            found["version"] = line.split('version="', 1)[1].split('"', 1)[0]
+        for name in ("scored", "dropped"):
+            if line.startswith(f"streamflow_shadow_{name}_rows_total"):
+                found[name] = line.rsplit(" ", 1)[1]
+    return found
+
+
+def wait_for_shadow(port: int, version: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    # Several scrapes in a row: each reaches one worker, and every worker loads the shadow itself.
+    seen = 0
+    while seen < 6:
+        seen = seen + 1 if shadow_counters(port).get("version") == version else 0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service never loaded shadow v{version}")
+        time.sleep(0.3)
 
 
 # ------------------------------------------------------------------------------ floor
@@ -557,6 +614,13 @@ def print_goals(results: dict[str, dict[int, dict]]) -> None:
     print("\ngoals: " + "; ".join(f"{text} {'met' if ok else 'MISSED'}" for text, ok in checks))
     compare(results, "balanced vs uvicorn's accept", "bento", "unbalanced", CONCURRENCY[1:], splits=True)
     compare(results, "BentoML batchable vs the micro-batcher", "batchable", "bento", CONCURRENCY)
+    print_shadow(results, CONCURRENCY)
+
+
+def print_shadow(results: dict, levels: tuple) -> None:
+    """The shadow's cost (p50/p99 with it vs without, same load), and the run-to-run noise when measured."""
+    compare(results, "with shadow vs without", "shadow", "bento", levels)
+    compare(results, "noise (the same server run twice)", "bento_again", "bento", levels)
 
 
 def compare(results: dict, title: str, first: str, second: str, levels: tuple, splits: bool = False) -> None:
@@ -569,7 +633,8 @@ def compare(results: dict, title: str, first: str, second: str, levels: tuple, s
         + ", ".join(
             f"c={c} "
             + (f"connections {a[c]['split']} vs {b[c]['split']}, " if splits else "")
-            + f"{a[c]['rps']:.0f} vs {b[c]['rps']:.0f} req/s, p99 {a[c]['p99_ms']:.1f} vs {b[c]['p99_ms']:.1f} ms"
+            + f"{a[c]['rps']:.0f} vs {b[c]['rps']:.0f} req/s, p50 {a[c]['p50_ms']:.2f} vs {b[c]['p50_ms']:.2f} ms, "
+            + f"p99 {a[c]['p99_ms']:.1f} vs {b[c]['p99_ms']:.1f} ms"
             for c in levels
         )
     )
@@ -606,6 +671,12 @@ def main() -> None:
                 "ready": "/readyz",
                 "body": PREDICT_BODY,
             },
+            "shadow": {
+                "cmd": [*bentoml_cmd, "bentos.churn_service.service:ChurnService"],
+                "ready": "/readyz",
+                "body": PREDICT_BODY,
+                "shadow": True,
+            },
             "unbalanced": {
                 "cmd": [*bentoml_cmd, "bentos.churn_service.service:ChurnService"],
                 "ready": "/readyz",
@@ -618,26 +689,45 @@ def main() -> None:
                 "body": '{"user_ids": ["USER"]}',
             },
         }  # fmt: skip
+        levels = CONCURRENCY
+        if SHADOW_ONLY:
+            targets = {"bento": targets["bento"], "shadow": targets["shadow"], "bento_again": targets["bento"]}
+            levels = SHADOW_CONCURRENCY
         env = {**stack["env"], **({"STREAMFLOW_SERVICE_WORKERS": BENTO_WORKERS} if BENTO_WORKERS else {})}
+        shadow_seen: dict[str, str] = {}
         try:
             for name, target in targets.items():
                 port = free_port()
                 cmd = [*target["cmd"], "--port", str(port)]
+                if target.get("shadow"):
+                    shadow_alias(stack["settings"], stack["shadow_version"])
                 proc = serve(cmd, {**env, **target.get("env", {})}, port, target["ready"], home / f"{name}.log")
                 try:
+                    if target.get("shadow"):
+                        wait_for_shadow(port, stack["shadow_version"])
                     warm_up(port, users, target["body"])
-                    results[name] = {
-                        c: measure_level(port, target, users, users_file, c, proc.pid) for c in CONCURRENCY
-                    }
+                    results[name] = {c: measure_level(port, target, users, users_file, c, proc.pid) for c in levels}
+                    if target.get("shadow"):
+                        shadow_seen = shadow_counters(port)
                 finally:
                     stop(proc)
-            floor_stats = floor(stack["settings"], users, SECONDS)
+                    if target.get("shadow"):
+                        shadow_alias(stack["settings"], None)
+            floor_stats = None if SHADOW_ONLY else floor(stack["settings"], users, SECONDS)
         finally:
             from streamflow_mlops.platform.embedded import stop_embedded
 
             stop_embedded(stack["settings"])
 
     print_levels(results)
+    if shadow_seen:
+        print(
+            f"\nshadow v{stack['shadow_version']} beside champion v{stack['version']} (one worker's /metrics at the"
+            f" end): {shadow_seen.get('scored', '?')} rows scored in shadow, {shadow_seen.get('dropped', '?')} dropped"
+        )
+    if floor_stats is None:
+        print_shadow(results, levels)
+        return
     single = floor_stats["single"]
     print(f"{'floor':<11}{1:>5}{single['rps']:>8.0f}{single['p50_ms']:>8.2f}{single['p99_ms']:>8.2f}")
     print(

@@ -14,7 +14,8 @@ run; a `drift_reports` row records the decision.
 `request_retrain` emit the asset `streamflow_retrain_request` with `{month, reason}`, which
 schedules `streamflow_train` for that month; otherwise `needs_retrain` skips it and logs why.
 An asset event is emitted once per successful task instance, so a retried drift run cannot
-start a second training.
+start a second training. With notifications configured (README "Notifications"), the request is
+mailed or posted with its numbers.
 
 **Why 0.3 by default** (measured with `make bench`, `bench/bench_drift.py`: Evidently 0.7's
 `DataDriftPreset` over the 14 schema features, 7,043 users, generator seeds 1-5 and 42). The
@@ -59,6 +60,7 @@ from streamflow_mlops.pipelines.dag_defaults import (
     month_param,
     run_month,
 )
+from streamflow_mlops.pipelines.notifiers import RetrainRequestNotifier
 
 
 @dag(
@@ -101,7 +103,7 @@ def streamflow_drift():
         logging.getLogger("airflow.task").info("%s: %s (%s)", result["month"], result["decision"], result["reason"])
         return result["decision"] == "retrain"
 
-    @task(outlets=[RETRAIN_REQUEST])
+    @task(outlets=[RETRAIN_REQUEST], on_success_callback=RetrainRequestNotifier(result_task="measure_drift"))
     def request_retrain(result: dict, outlet_events=None) -> dict:
         request = {"month": result["month"], "reason": result["reason"]}
         outlet_events[RETRAIN_REQUEST].extra = request

@@ -9,6 +9,7 @@ point-in-time snapshot tables in one transaction (COPY, idempotent per `as_of`).
   each failed expectation with sample values, the drop is copied to
   `.streamflow/quarantine/<month>-<time>/` with `validation.json` and `report.html`, an
   `ingestion_runs` row records the reasons, and the warehouse is left as it was.
+  With notifications configured (README "Notifications"), the reasons are mailed or posted too.
 * **Accepted batch**: an `ingestion_runs` success row with row counts, and the asset
   `streamflow_snapshots` is emitted with `{month, as_of}`, which schedules `streamflow_features`.
 * **Unchanged batch** (the same files as the month's last load, e.g. a re-delivery): recorded
@@ -33,6 +34,7 @@ from streamflow_mlops.pipelines.dag_defaults import (
     run_forced,
     run_month,
 )
+from streamflow_mlops.pipelines.notifiers import BatchRejectedNotifier
 
 WAREHOUSE_CONN_ID = "streamflow_warehouse"
 
@@ -47,7 +49,7 @@ WAREHOUSE_CONN_ID = "streamflow_warehouse"
     **dag_defaults("ingestion", owner=DATA_TEAM),
 )
 def streamflow_ingest():
-    @task
+    @task(on_failure_callback=BatchRejectedNotifier())
     def validate(params=None, triggering_asset_events=None) -> dict:
         """GE-validate every file; on failure quarantine, record and fail with the reasons."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook

@@ -9,7 +9,8 @@ Emits the asset `streamflow_champion`, as a promotion does.
 * `version` given: that version; a version that does not exist fails the run at once (no
   retry: it will not appear) with the list of versions that do.
 
-Who and why are recorded as tags on the version (`rollback_by`, `rollback_at`, `rollback_reason`).
+Who and why are recorded as tags on the version (`rollback_by`, `rollback_at`, `rollback_reason`),
+and, with notifications configured (README "Notifications"), mailed or posted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from streamflow_mlops.pipelines.dag_defaults import CHAMPION, dag_defaults, fail_at_once
+from streamflow_mlops.pipelines.notifiers import RollbackNotifier
 
 
 @dag(
@@ -33,7 +35,7 @@ from streamflow_mlops.pipelines.dag_defaults import CHAMPION, dag_defaults, fail
     **dag_defaults("registry", "mlflow"),
 )
 def streamflow_rollback():
-    @task(outlets=[CHAMPION])
+    @task(outlets=[CHAMPION], on_success_callback=RollbackNotifier())
     def rollback(params=None, dag_run=None, outlet_events=None) -> dict:
         from streamflow_mlops.model.registry import UnknownVersionError
         from streamflow_mlops.pipelines.champion import ChampionMovedError, rollback_champion

@@ -23,6 +23,8 @@ champion and the later promotion would silently win.
 4. On promotion the alias moves, the old champion is tagged with when it was replaced, the new
    champion is imported into the BentoML model store, and the asset `streamflow_champion` is
    emitted. A kept champion skips this step (no event).
+5. With notifications configured (README "Notifications"), a review waiting for a person and a
+   promotion are mailed or posted.
 
 A challenger of a month older than the champion's is kept out unless `force`; a champion that
 can't be scored on the challenger's rows stays and the run fails with the reason; a champion that
@@ -47,6 +49,7 @@ from streamflow_mlops.pipelines.dag_defaults import (
     month_param,
     run_month,
 )
+from streamflow_mlops.pipelines.notifiers import ApprovalWaitingNotifier, PromotionNotifier
 from streamflow_mlops.pipelines.review import PromotionReview, approval_params
 
 
@@ -85,7 +88,11 @@ def streamflow_train():
             return evaluate_and_decide(challenger, delta=finite_number(params, "delta"), force=bool(params["force"]))
 
     # Runs after a skipped review (automatic approval, or nothing to approve), not after a failed one.
-    @task(outlets=[CHAMPION], trigger_rule="none_failed")
+    @task(
+        outlets=[CHAMPION],
+        trigger_rule="none_failed",
+        on_success_callback=PromotionNotifier(decision_task="compare_with_champion", review_task="review"),
+    )
     def promote(decision: dict, answer: dict | None, run_id=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -103,7 +110,11 @@ def streamflow_train():
         return champion
 
     decision = compare_with_champion(train_challenger())
-    review = PromotionReview(task_id="review", decision_task="compare_with_champion")
+    review = PromotionReview(
+        task_id="review",
+        decision_task="compare_with_champion",
+        notifiers=[ApprovalWaitingNotifier(decision_task="compare_with_champion")],
+    )
     decision >> review
     promote(decision, review.output)
 

@@ -107,6 +107,8 @@ models give an empty list).
 | 503 | `{{"error": "model_unavailable" or "feature_store_unavailable", "detail": ...}}` | no champion loaded yet, or the feature store can't answer |
 
 A bad request never gets a 500. Every prediction is recorded in the warehouse's `prediction_log`.
+While the registry alias `shadow` names another version (a challenger waiting for approval), it is
+also scored on each prediction, off the request path, and logged beside the champion's probability.
 """  # noqa: E501 (markdown tables: a row is one line)
 
 
@@ -175,9 +177,29 @@ class ChurnService:
             "# HELP streamflow_predict_batches_total Model calls those /predict requests were coalesced into.",
             "# TYPE streamflow_predict_batches_total counter",
             f'streamflow_predict_batches_total{{pid="{worker}"}} {self.runtime.batcher.batches}',
+            *self.shadow_metric_lines(worker),
             *self.gc_pauses.prometheus_lines(worker),
         ]
         return content + "\n".join(lines) + "\n"
+
+    def shadow_metric_lines(self, worker: int) -> list[str]:
+        shadow = self.runtime.shadow
+        watcher = self.runtime.shadow_watcher
+        version = watcher.shadow.version if watcher is not None and watcher.shadow is not None else ""
+        return [
+            "# HELP streamflow_shadow_info The model version this worker scores in shadow (empty: none).",
+            "# TYPE streamflow_shadow_info gauge",
+            f'streamflow_shadow_info{{pid="{worker}",version="{version}"}} 1',
+            "# HELP streamflow_shadow_scored_rows_total Served rows the shadow version also scored.",
+            "# TYPE streamflow_shadow_scored_rows_total counter",
+            f'streamflow_shadow_scored_rows_total{{pid="{worker}"}} {shadow.scored}',
+            "# HELP streamflow_shadow_dropped_rows_total Rows logged without a shadow score: its queue was full.",
+            "# TYPE streamflow_shadow_dropped_rows_total counter",
+            f'streamflow_shadow_dropped_rows_total{{pid="{worker}"}} {shadow.dropped}',
+            "# HELP streamflow_shadow_skipped_rows_total Rows the shadow did not score (a missing feature, a failure).",
+            "# TYPE streamflow_shadow_skipped_rows_total counter",
+            f'streamflow_shadow_skipped_rows_total{{pid="{worker}"}} {shadow.skipped}',
+        ]
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

@@ -9,6 +9,7 @@ the outcome of its step; the failing runs that change nothing run inside their o
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import psycopg
@@ -24,6 +25,7 @@ from streamflow_mlops.config.settings import (
 )
 from streamflow_mlops.synthetic.generate import DropSpec, build_drop, default_drift, write_drop
 from tests.conftest import REPO, bentoml_home
+from tests.receivers import RECIPIENTS, notification_env, smtp_server, webhook_receiver
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +71,11 @@ def warehouse_state(db_url: str) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def platform(pg_server, tmp_path_factory):
-    """A warehouse, an Airflow metadata database, a state dir, MLflow and BentoML stores, the drops."""
+    """A warehouse, an Airflow metadata database, a state dir, MLflow and BentoML stores, the drops,
+    and notifications on: mail to a local SMTP server, JSON to a local webhook receiver."""
+    receivers = ExitStack()
+    smtp_port, mail = receivers.enter_context(smtp_server())
+    webhook_url, posts = receivers.enter_context(webhook_receiver())
     home = tmp_path_factory.mktemp("dag_runs")
     names = {kind: f"t_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("warehouse", "airflow")}
     with psycopg.connect(pg_server, autocommit=True) as conn:
@@ -86,6 +92,7 @@ def platform(pg_server, tmp_path_factory):
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": with_driver(replace_database(pg_server, names["airflow"]), "psycopg2"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **notification_env(smtp_port, webhook_url),
     }
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
@@ -116,7 +123,7 @@ def platform(pg_server, tmp_path_factory):
     assert bag.import_errors == {}
     try:
         with bentoml_home(home / "bentoml"):
-            yield {"dags": bag.dags, "settings": get_settings()}
+            yield {"dags": bag.dags, "settings": get_settings(), "mail": mail, "posts": posts}
     finally:
         import mlflow
 
@@ -128,6 +135,7 @@ def platform(pg_server, tmp_path_factory):
         airflow_settings.configure_vars()
         airflow_settings.configure_orm()
         get_settings.cache_clear()
+        receivers.close()
         with psycopg.connect(pg_server, autocommit=True) as conn:
             for name in names.values():
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -135,6 +143,7 @@ def platform(pg_server, tmp_path_factory):
 
 def register_weak_champion() -> str:
     """Version 1: a logistic regression on three features, promoted as the first champion."""
+    from streamflow_mlops.config.months import Month
     from streamflow_mlops.model.training import frame_from_tables, train_model
     from streamflow_mlops.pipelines.champion import promote_and_import
     from streamflow_mlops.pipelines.train import evaluate_and_decide, log_challenger
@@ -142,7 +151,7 @@ def register_weak_champion() -> str:
     spec = DropSpec(0, users=USERS)
     tables, _ = build_drop(spec)
     trained = train_model(frame_from_tables(tables, spec.as_of), seed=5, classifier="logreg", features=WEAK_FEATURES)
-    weak = log_challenger(trained, month=spec.name, as_of=spec.as_of, feature_service=FEATURE_SERVICE)
+    weak = log_challenger(trained, month=Month(spec.month), feature_service=FEATURE_SERVICE)
     return promote_and_import(evaluate_and_decide(weak, delta=0.005))["version"]
 
 
@@ -217,6 +226,12 @@ def test_ingest_rejects_a_broken_month_at_once_and_changes_nothing(lifecycle, pl
             "SELECT status, failed_expectations FROM streamflow.ingestion_runs WHERE month = 'month_002'"
         ).fetchone()
     assert status == "rejected" and "monthly_fee" in str(failed)
+    # The rejection told by mail and webhook, with its reasons and where the drop went.
+    (mail,) = platform["mail"].wait_for(lambda m: "month_002 rejected" in m.subject)
+    assert "expect_column_values_to_be_between(monthly_fee" in mail.body and "quarantine" in mail.body
+    assert sorted(mail.recipients) == sorted(RECIPIENTS)
+    (post,) = platform["posts"].wait_for(lambda p: p["event"] == "batch_rejected")
+    assert post["facts"]["month"] == "month_002" and any("monthly_fee" in r for r in post["facts"]["reasons"])
 
 
 def test_an_unchanged_redelivery_publishes_nothing(lifecycle, platform):
@@ -314,6 +329,36 @@ def test_rollback_to_an_explicit_version(lifecycle):
     assert lifecycle["champion_after_explicit"] == "3"
 
 
+def test_notifications_tell_each_retrain_request_promotion_and_rollback(lifecycle, platform):
+    """One message per event that happened (by mail and by webhook), with its facts; none for the
+    runs that requested, promoted or moved nothing."""
+    mail, posts = platform["mail"], platform["posts"]
+    weak = lifecycle["weak_champion"]
+    promoted = lifecycle["train_promote"].events["streamflow_champion"][0]["version"]
+
+    requests = mail.wait_for(lambda m: "retrain requested" in m.subject)
+    assert [m.subject for m in requests] == [
+        "[StreamFlow] month_000: retrain requested (first training)",
+        requests[1].subject,
+    ], "drift_skip requested nothing and must tell nothing"
+    assert requests[1].subject.startswith("[StreamFlow] month_001: retrain requested (drift")
+    assert "drift share 0." in requests[1].body and "(threshold 0.300)" in requests[1].body
+    (drift_post,) = posts.wait_for(lambda p: p["event"] == "retrain_request" and p["facts"]["month"] == "month_001")
+    assert "drift" in drift_post["facts"]["causes"] and drift_post["facts"]["drift_share"] >= 0.3
+
+    (promotion,) = mail.wait_for(lambda m: "is the champion" in m.subject and "rolled back" not in m.subject)
+    assert promotion.subject == f"[StreamFlow] v{promoted} (month_000) is the champion, replacing v{weak}"
+    assert "gain +" in promotion.body and "promoted by the rule (approval: auto)" in promotion.body
+
+    rollbacks = mail.wait_for(lambda m: "rolled back" in m.subject)
+    assert [m.subject for m in rollbacks] == [
+        f"[StreamFlow] rolled back: v{weak} (month_000) is the champion again, replacing v{promoted}",
+        f"[StreamFlow] rolled back: v3 (month_001) is the champion again, replacing v{weak}",
+    ]
+    assert "the retention team saw odd scores" in rollbacks[0].body and "roll forward" in rollbacks[1].body
+    assert [p["facts"]["version"] for p in posts.wait_for(lambda p: p["event"] == "rollback")] == [weak, "3"]
+
+
 def test_rollback_to_an_unknown_version_fails_at_once_with_the_versions(lifecycle, platform, capfd):
     run = finished(platform["dags"]["streamflow_rollback"].test(run_conf={"version": "99"}))
 
@@ -321,6 +366,82 @@ def test_rollback_to_an_unknown_version_fails_at_once_with_the_versions(lifecycl
     assert run.tries["rollback"] == 1, "a missing version must not be retried"
     assert "has no version '99'; versions that exist: ['1', '2', '3']" in capfd.readouterr().out
     assert champion() == lifecycle["champion_after_explicit"]
+
+
+def test_a_waiting_review_is_told_and_the_approved_promotion_names_the_reviewer(lifecycle, platform, monkeypatch):
+    """approval=human through dag.test(): the review's notifier sends the request before the task
+    waits; a person answers as in Required Actions, through the REST API's hitlDetails route (Airflow's
+    own API app, in this process, on the same metadata database), and the promotion's message names
+    them. After the lifecycle's own tests: it moves the champion."""
+    import threading
+    import time
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from fastapi.testclient import TestClient
+
+    mail, posts, dags = platform["mail"], platform["posts"], platform["dags"]
+    weak = lifecycle["weak_champion"]
+    rollback = {"version": weak, "reason": "a reviewed promotion follows"}
+    assert finished(dags["streamflow_rollback"].test(run_conf=rollback)).state == "success"
+    # The API's simple auth manager answers as an anonymous admin, as `airflow standalone` can.
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    answered: list[int] = []
+    done = threading.Event()
+
+    def review_as_a_person() -> None:
+        from airflow.api_fastapi.app import create_app
+
+        # The request's message, or the run ending without one (nothing to answer); a run still
+        # waiting after 10 minutes without a message is failed below, or dag.test() would wait forever.
+        deadline = time.monotonic() + 600
+        while not (waiting := mail.wait_for(lambda m: "approval waiting" in m.subject, timeout=1)):
+            if done.is_set():
+                return
+            if time.monotonic() > deadline:
+                break
+        with create_session() as session:
+            run_ids = [r.run_id for r in session.query(DagRun).filter_by(dag_id="streamflow_train", state="running")]
+        try:
+            if waiting and len(run_ids) == 1:
+                response = TestClient(create_app("core")).patch(
+                    f"/api/v2/dags/streamflow_train/dagRuns/{run_ids[0]}/taskInstances/review/-1/hitlDetails",
+                    json={"chosen_options": ["Approve"], "params_input": {"comment": "impact checked"}},
+                )
+                answered.append(response.status_code)
+        finally:
+            if answered != [200]:
+                with create_session() as session:
+                    session.query(DagRun).filter(DagRun.run_id.in_(run_ids)).update({"state": "failed"})
+
+    reviewer = threading.Thread(target=review_as_a_person, daemon=True)
+    reviewer.start()
+    # Every param given: dag.test() keeps the values of the DAG object's previous run for those left out.
+    conf = {
+        "month": "month_001",
+        "seed": 7,
+        "delta": 0.005,
+        "force": False,
+        "approval": "human",
+        "approval_timeout": 168,
+    }
+    run = finished(dags["streamflow_train"].test(run_conf=conf))
+    done.set()
+    reviewer.join(timeout=60)
+
+    assert answered == [200]
+    assert run.tasks["review"] == "success" and run.tasks["promote"] == "success"
+    (event,) = run.events["streamflow_champion"]
+    (request,) = mail.wait_for(lambda m: "approval waiting" in m.subject)
+    assert request.subject == f"[StreamFlow] approval waiting: promote month_001 challenger v{event['version']}?"
+    assert f"vs champion v{weak}" in request.body and "Without an answer by " in request.body
+    assert "What the switch changes in month_001" in request.body, "the request the reviewer sees, in full"
+    assert "/tasks/review/required_actions" in request.body
+    (post,) = posts.wait_for(lambda p: p["event"] == "approval_waiting")
+    assert post["facts"]["version"] == event["version"] and post["facts"]["champion_version"] == weak
+    (promotion,) = mail.wait_for(lambda m: m.subject.startswith(f"[StreamFlow] v{event['version']} (month_001)"))
+    assert f"replacing v{weak}" in promotion.subject
+    assert "Approval: approved by Anonymous at " in promotion.body and ": impact checked" in promotion.body
 
 
 @pytest.mark.parametrize(

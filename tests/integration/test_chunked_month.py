@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL, get_settings
 from streamflow_mlops.features.store import apply_repo
@@ -50,15 +51,15 @@ def test_training_set_and_feature_frames_span_chunks_and_equal_the_whole_month(t
 
     from streamflow_mlops.features.retrieval import iter_feature_frames, iter_training_set
 
-    whole = list(iter_training_set("month_001", settings=use_chunks(monkeypatch, WHOLE)))
-    chunked = list(iter_training_set("month_001", settings=use_chunks(monkeypatch, CHUNK)))
+    whole = list(iter_training_set(Month(1), settings=use_chunks(monkeypatch, WHOLE)))
+    chunked = list(iter_training_set(Month(1), settings=use_chunks(monkeypatch, CHUNK)))
     assert len(whole) == 1 and len(chunked) == -(-USERS // CHUNK)
     assert all(len(c) <= CHUNK for c in chunked)
     pd.testing.assert_frame_equal(pd.concat(chunked, ignore_index=True), whole[0])
     assert whole[0][ENTITY].is_monotonic_increasing and whole[0][ENTITY].is_unique
 
-    frames = pd.concat(list(iter_feature_frames("month_000", settings=get_settings())), ignore_index=True)
-    one = next(iter_feature_frames("month_000", settings=use_chunks(monkeypatch, WHOLE)))
+    frames = pd.concat(list(iter_feature_frames(Month(0), settings=get_settings())), ignore_index=True)
+    one = next(iter_feature_frames(Month(0), settings=use_chunks(monkeypatch, WHOLE)))
     pd.testing.assert_frame_equal(frames, one)
 
 
@@ -68,7 +69,7 @@ def test_the_drift_sample_is_the_same_users_whatever_the_chunks(two_months, monk
     from streamflow_mlops.features.retrieval import iter_feature_frames
 
     def sample(month: str, chunk_rows: int) -> pd.DataFrame:
-        frames = iter_feature_frames(month, settings=use_chunks(monkeypatch, chunk_rows), sample_rows=1000)
+        frames = iter_feature_frames(Month.parse(month), settings=use_chunks(monkeypatch, chunk_rows), sample_rows=1000)
         return pd.concat(list(frames), ignore_index=True)
 
     small, large = sample("month_001", 300), sample("month_001", WHOLE)
@@ -84,7 +85,7 @@ def test_a_sampled_training_set_is_seeded_and_independent_of_the_chunks(two_mont
 
     def split(chunk_rows: int, seed: int):
         splitter = TrainingSplit(seed=seed, max_rows=800)
-        for chunk in iter_training_set("month_000", settings=use_chunks(monkeypatch, chunk_rows)):
+        for chunk in iter_training_set(Month(0), settings=use_chunks(monkeypatch, chunk_rows)):
             splitter.add(chunk)
         train, holdout = splitter.frames()
         return splitter, train, holdout.frame()
@@ -129,8 +130,8 @@ def test_training_scoring_and_realized_performance_in_chunks_equal_the_whole_mon
     assert (np.diff(probabilities) <= 0).all()
 
     pipeline = mlflow.sklearn.load_model(model_uri(whole["version"]))
-    small = score_labelled_rows("month_001", pipeline, FEATURE_SERVICE, use_chunks(monkeypatch, CHUNK))
-    large = score_labelled_rows("month_001", pipeline, FEATURE_SERVICE, use_chunks(monkeypatch, WHOLE))
+    small = score_labelled_rows(Month(1), pipeline, FEATURE_SERVICE, use_chunks(monkeypatch, CHUNK))
+    large = score_labelled_rows(Month(1), pipeline, FEATURE_SERVICE, use_chunks(monkeypatch, WHOLE))
     assert np.array_equal(small.labels, large.labels) and small.scores.tobytes() == large.scores.tobytes()
     assert small.sample.equals(large.sample) and len(small.sample) == USERS
     by_user = dict(zip((r[1] for r in rows_whole), probabilities, strict=True))

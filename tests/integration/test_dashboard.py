@@ -15,7 +15,7 @@ import functools
 import pandas as pd
 import pytest
 
-from streamflow_mlops.config.months import month_as_of, month_as_of_ts, month_name
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.monitoring.dashboard import (
@@ -55,16 +55,16 @@ def fill_workspace(settings) -> dict[str, list[float]]:
     columns = list(FEATURE_NAMES)
     expected: dict[str, list[list[float]]] = {spec["title"]: [[] for _ in spec["values"]] for spec in panel_specs()}
     for month in MONTHS:
-        name, frame = month_name(month), month_frame(month)
-        drift = compute_drift(month_frame(0), frame, timestamp=month_as_of_ts(month), month=name)
+        name, frame = Month(month), month_frame(month)
+        drift = compute_drift(month_frame(0), frame, month=name)
         add_drift_snapshot(name, drift.snapshots["data"], settings)
         probabilities = trained.pipeline.predict_proba(frame[columns])[:, 1]
         rate = float((probabilities >= trained.threshold).mean())
         # A first, wrong count, replaced as a re-run of the month would: the panel keeps one point.
-        add_scores_snapshot(name, month_as_of(month), 1, 0.0, settings)
-        add_scores_snapshot(name, month_as_of(month), len(frame), rate, settings)
+        add_scores_snapshot(name, 1, 0.0, settings)
+        add_scores_snapshot(name, len(frame), rate, settings)
         scored = frame[["user_id", "churn_label"]].assign(churn_probability=probabilities)
-        add_classification_snapshot(name, month_as_of(month), scored, trained.threshold, settings)
+        add_classification_snapshot(name, scored, trained.threshold, settings)
         expected["Drift share"][0].append(drift.drift_share)
         expected["Predicted churn rate"][0].append(rate)
         expected["Scored users"][0].append(float(len(frame)))
@@ -73,13 +73,13 @@ def fill_workspace(settings) -> dict[str, list[float]]:
         expected["Realized AUC"][0].append(float(roc_auc_score(scored["churn_label"], probabilities)))
         # A campaign outcome (issue 28), first a wrong one that a re-measure replaces.
         outcome = {name: 0.01 * month for name in CAMPAIGN_VALUES}
-        add_campaign_snapshot(name, month_as_of(month), outcome | {"treated_churn_rate": 1.0}, settings)
+        add_campaign_snapshot(name, outcome | {"treated_churn_rate": 1.0}, settings)
         outcome |= {"treated_churn_rate": 0.5 - 0.1 * month, "control_churn_rate": 0.6 - 0.05 * month}
-        add_campaign_snapshot(name, month_as_of(month), outcome, settings)
+        add_campaign_snapshot(name, outcome, settings)
         expected["Campaign: churn treated vs control"][0].append(outcome["treated_churn_rate"])
         expected["Campaign: churn treated vs control"][1].append(outcome["control_churn_rate"])
     # Realized performance measured elsewhere (issue 17) replaces the month's classification report.
-    add_performance_snapshot("month_002", month_as_of(2), {"realized_auc": 0.5}, settings)
+    add_performance_snapshot(Month(2), {"realized_auc": 0.5}, settings)
     expected["Realized AUC"][0][-1] = 0.5
     return expected
 
@@ -114,7 +114,7 @@ def test_dashboard_has_its_panels_with_one_point_per_month(monkeypatch, tmp_path
             assert answer.status_code == 201, answer.text
             data = answer.json()
             days = [source["timestamp"][:10] for source in data["sources"]]
-            assert days == [month_as_of(m).isoformat() for m in MONTHS], panel["title"]
+            assert days == [Month(m).as_of.isoformat() for m in MONTHS], panel["title"]
             assert len(data["series"]) == len(expected[panel["title"]]), panel["title"]
             for series, values in zip(data["series"], expected[panel["title"]], strict=True):
                 assert series["values"] == pytest.approx(values, abs=1e-9), panel["title"]

@@ -32,19 +32,26 @@ def register_champion(settings, month: str) -> str:
     return version
 
 
-def log_served_predictions(settings, version: str, month: str, rows: int) -> None:
+def log_served_predictions(settings, version: str, month: str, rows: int, shadow: str) -> tuple:
+    """The champion's predictions as the service logs them, with `shadow`'s beside them; both scorings."""
+    from streamflow_mlops.config.months import Month
     from streamflow_mlops.model.registry import score_version
 
-    frame = feature_frame(month).iloc[:rows]
-    scores = score_version(version, frame)
+    frame = feature_frame(Month.parse(month)).iloc[:rows]
+    scores, shadow_scores = score_version(version, frame), score_version(shadow, frame)
     now = datetime(2024, 3, 1, tzinfo=UTC)
     with psycopg.connect(settings.db_url) as conn:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO streamflow.prediction_log (predicted_at, user_id, features, churn_probability, "
-                "model_name, model_version) VALUES (%s, %s, '{}', %s, %s, %s)",
-                [(now, u, float(s), REGISTERED_MODEL, version) for u, s in zip(frame["user_id"], scores, strict=True)],
+                "model_name, model_version, shadow_version, shadow_probability) "
+                "VALUES (%s, %s, '{}', %s, %s, %s, %s, %s)",
+                [
+                    (now, u, float(s), REGISTERED_MODEL, version, shadow, float(t))
+                    for u, s, t in zip(frame["user_id"], scores, shadow_scores, strict=True)
+                ],
             )
+    return scores, shadow_scores
 
 
 def html_tags(text: str) -> set[str]:
@@ -90,8 +97,14 @@ def test_empty_system_triggers_the_first_training(stack_env, tmp_path):
 def test_drifted_month_retrains_and_undrifted_skips(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0, 1), USERS)
     apply_repo()
+    from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.monitoring.shadow_agreement import shadow_agreement
+    from streamflow_mlops.pipelines.train import train_and_register
+
     version = register_champion(stack_env, "month_000")
-    log_served_predictions(stack_env, version, "month_001", SERVED)
+    # A challenger trained on the drifted month, scored in shadow beside the champion.
+    shadow = train_and_register("month_001", seed=7)["version"]
+    scores, shadow_scores = log_served_predictions(stack_env, version, "month_001", SERVED, shadow)
 
     drifted = run_drift_check("month_001", 0.3)
     assert drifted["decision"] == RETRAIN, drifted["reason"]
@@ -102,6 +115,14 @@ def test_drifted_month_retrains_and_undrifted_skips(stack_env, tmp_path):
     assert prediction["champion_version"] == version
     assert prediction["reference_vs_current"]["drifted"]
     assert prediction["served_rows"] == SERVED and prediction["reference_vs_served"]["rows"] == SERVED
+
+    [agreement] = drifted["shadow_agreement"]
+    registry = configure_mlflow(stack_env)
+    thresholds = [float(registry.get_model_version(REGISTERED_MODEL, v).tags["threshold"]) for v in (version, shadow)]
+    expected = shadow_agreement(scores, shadow_scores, *thresholds)
+    assert agreement == pytest.approx({"champion_version": version, "shadow_version": shadow, **expected})
+    assert agreement["rows"] == SERVED and 0 < agreement["mean_abs_difference"] < 0.5
+    assert 0.5 < agreement["decision_agreement"] <= 1 and agreement["correlation"] > 0.5
 
     report = Path(drifted["report_path"])
     assert report.is_file() and report.is_relative_to(stack_env.reports_dir)
@@ -124,3 +145,5 @@ def test_drifted_month_retrains_and_undrifted_skips(stack_env, tmp_path):
     artifacts = [f.path for f in client.list_artifacts(runs[0].info.run_id, "drift_reports")]
     assert f"drift_reports/{report.name}" in artifacts
     assert runs[0].data.metrics["drift_share"] == pytest.approx(drifted["drift_share"])
+    metric = runs[0].data.metrics[f"shadow_v{shadow}_decision_agreement"]
+    assert metric == pytest.approx(agreement["decision_agreement"])

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from feast import FeatureStore
 
-from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.features.materialize import materialization_window, materialize_month
@@ -58,8 +58,8 @@ def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_pat
     apply_repo()
     assert feature_names() == list(FEATURE_NAMES)
 
-    for month in ("month_000", "month_001"):
-        as_of = month_as_of_ts(month)
+    for month in (Month(0), Month(1)):
+        as_of = month.as_of_ts
         training = build_training_set(month)
         assert list(training.columns) == [ENTITY, TIMESTAMP, *FEATURE_NAMES, LABEL]
         assert len(training) == USERS and (training[TIMESTAMP] == as_of).all()
@@ -68,11 +68,11 @@ def test_training_set_is_point_in_time_with_two_months_loaded(stack_env, tmp_pat
         got = {r[ENTITY]: {n: r[n] for n in FEATURE_NAMES} for r in training.to_dict("records")}
         assert got == expected, f"{month}: training values differ from that month's snapshots"
     # month_001 is drifted, so equal values above prove month_000 did not see month_001's rows.
-    january = build_training_set("month_000").set_index(ENTITY)
-    february = build_training_set("month_001").set_index(ENTITY)
+    january = build_training_set(Month(0)).set_index(ENTITY)
+    february = build_training_set(Month(1)).set_index(ENTITY)
     assert (january["watch_hours_30d"] != february.loc[january.index, "watch_hours_30d"]).mean() > 0.9
 
-    drift_frame = feature_frame("month_001")
+    drift_frame = feature_frame(Month(1))
     assert LABEL not in drift_frame.columns and len(drift_frame) == USERS
 
 
@@ -91,7 +91,7 @@ def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
     # An older month re-run without force leaves the online store on the newest month.
     back = materialize_month("month_000")
     assert "back in time" in back["skipped"] and online_table_digest(stack_env) == digest
-    known = sorted(snapshot_rows(stack_env, month_as_of_ts("month_001")))[:3]
+    known = sorted(snapshot_rows(stack_env, Month(1).as_of_ts))[:3]
     apply_repo()  # the DAG applies on every run: serving must go on in between
     assert set(online_features(known).complete) == set(known)
     again = materialize_month("month_001", workers=2)  # the split path writes the same rows
@@ -100,7 +100,7 @@ def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
     # Feast's stock engine (one proto and one INSERT per value) over the same store: not a byte changes.
     stock = repo_config(stack_env)
     stock.batch_engine_config = "local"
-    start, end = materialization_window(month_as_of_ts("month_001"), timedelta(days=31))
+    start, end = materialization_window(Month(1).as_of_ts, timedelta(days=31))
     FeatureStore(repo_path=str(stack_env.feature_repo), config=stock).materialize(start_date=start, end_date=end)
     assert online_table_digest(stack_env) == digest
 
@@ -113,7 +113,7 @@ def test_materialize_parity_unknown_users_and_idempotence(stack_env, tmp_path):
 
 def test_missing_values_are_reported_and_parity_fails_loudly(stack_env, tmp_path):
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
-    as_of = month_as_of_ts("month_000")
+    as_of = Month(0).as_of_ts
     with psycopg.connect(stack_env.db_url) as conn:
         sample = parity_sample_users(conn, as_of, 2)
         conn.execute("DELETE FROM streamflow.payments_agg_90d_snapshots WHERE user_id = %s", (sample[0],))
@@ -155,7 +155,7 @@ def test_feast_cli_applies_and_materializes_with_the_env_file(stack_env, tmp_pat
     """`feast apply` / `feast materialize` from a shell that sourced .streamflow/env."""
     load_months(stack_env.db_url, tmp_path / "drops", (0,), USERS)
     env_file = write_env_file(stack_env)
-    start, end = materialization_window(month_as_of_ts("month_000"), timedelta(days=31))
+    start, end = materialization_window(Month(0).as_of_ts, timedelta(days=31))
     # Only PATH and HOME from here: everything Feast needs must come from the env file.
     shell_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
     for args in ("apply", f"materialize {start.isoformat()} {end.isoformat()}"):

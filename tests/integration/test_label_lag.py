@@ -12,6 +12,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.data.ingest import load_month, read_labels_as_of, validate_month
 from streamflow_mlops.synthetic.generate import DropSpec, build_drop, default_drift, write_drop
@@ -68,7 +69,7 @@ def test_labels_stored_under_their_as_of_joined_point_in_time_and_scored(stack_e
     assert stored == [(date(2024, 1, 31), USERS), (date(2024, 2, 29), USERS)]
 
     apply_repo()
-    frame = build_training_set("month_002")
+    frame = build_training_set(Month(2))
     assert set(frame[TIMESTAMP].dt.date) == {date(2024, 2, 29)}
     month_001, _ = build_drop(DropSpec(1, users=USERS, seed=SEED, drift=default_drift(1)))
     expected = month_001["labels"].merge(month_001["subscriptions"], on=ENTITY)
@@ -81,6 +82,6 @@ def test_labels_stored_under_their_as_of_joined_point_in_time_and_scored(stack_e
     champion = train_and_register("month_000", seed=1)
     assert champion["labels_as_of"] == "2024-01-31"
     configure_mlflow(stack_env).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, champion["version"])
-    assert measure_realized_performance("month_001", champion["version"], stack_env)["status"] == "skipped"
-    realized = measure_realized_performance("month_002", champion["version"], stack_env)
+    assert measure_realized_performance(Month(1), champion["version"], stack_env)["status"] == "skipped"
+    realized = measure_realized_performance(Month(2), champion["version"], stack_env)
     assert realized["status"] == "measured" and realized["as_of"] == "2024-02-29" and realized["rows"] == USERS

@@ -11,7 +11,7 @@ from datetime import timedelta
 import psycopg
 from feast import FeatureStore
 
-from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES
 from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
 from streamflow_mlops.features import bulk_materialization
@@ -64,7 +64,7 @@ def test_materializing_in_small_chunks_writes_what_one_chunk_and_feast_write(sta
         # month_000 rows.
         conn.execute(
             "DELETE FROM streamflow.payments_agg_90d_snapshots WHERE user_id = ANY(%s) AND as_of = %s",
-            (users[30:45] + users[-3:], month_as_of_ts("month_001")),
+            (users[30:45] + users[-3:], Month(1).as_of_ts),
         )
     caplog.set_level(logging.INFO, logger=bulk_materialization.__name__)
 
@@ -91,7 +91,7 @@ def test_materializing_in_small_chunks_writes_what_one_chunk_and_feast_write(sta
     stock = repo_config(stock_settings)
     stock.batch_engine_config = "local"
     for month in MONTHS:
-        start, end = materialization_window(month_as_of_ts(month), timedelta(days=31))
+        start, end = materialization_window(Month.parse(month).as_of_ts, timedelta(days=31))
         FeatureStore(repo_path=str(stock_settings.feature_repo), config=stock).materialize(
             start_date=start, end_date=end
         )
@@ -117,7 +117,7 @@ def test_only_latest_row_reads_into_sqlite_without_offline_write_stream(stack_en
     apply_repo()
     store = feature_store(stack_env)
     view = store.get_feature_view(FEATURE_GROUPS[0].name)
-    start, end = materialization_window(month_as_of_ts("month_000"), view.ttl)
+    start, end = materialization_window(Month(0).as_of_ts, view.ttl)
     engine = store._get_provider().batch_engine
     task = MaterializationTask(project=store.project, feature_view=view, start_time=start, end_time=end)
     context = engine.get_execution_context(store.registry, task)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from streamflow_mlops.config.holdout import is_eval_holdout
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, FEATURE_SERVICE, REGISTERED_MODEL
 from streamflow_mlops.model.bento_import import bento_model_store
@@ -37,7 +38,7 @@ def month_000() -> pd.DataFrame:
 
 
 def register(trained: TrainedModel) -> dict:
-    return log_challenger(trained, month="month_000", as_of=SPEC.as_of, feature_service=FEATURE_SERVICE)
+    return log_challenger(trained, month=Month(0), feature_service=FEATURE_SERVICE)
 
 
 def champion(client) -> str:

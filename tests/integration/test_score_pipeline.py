@@ -14,12 +14,14 @@ import numpy as np
 import psycopg
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 from streamflow_mlops.features.retrieval import feature_frame
 from streamflow_mlops.features.store import apply_repo
 from streamflow_mlops.monitoring.campaigns import CONTROL, TREATMENT, arms, campaign_outcome
 from streamflow_mlops.pipelines.campaigns import (
     campaign_for_labels,
+    campaign_lines,
     campaign_outcomes,
     measure_campaigns,
     treated_users,
@@ -57,7 +59,7 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
     apply_repo()
     version = train_and_register("month_000", seed=42)["version"]
     configure_mlflow(stack_env).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
-    assert newest_loaded_month(stack_env.db_url) == "month_001"
+    assert newest_loaded_month(stack_env.db_url) == Month(1)
 
     first = score_month("month_001", top_k=TOP_K)
     rows = table(stack_env.db_url)
@@ -68,7 +70,7 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
 
     # Probabilities are the champion's own predict_proba on the FeatureService's point-in-time features.
     _, model = load_champion_model(stack_env)
-    frame = feature_frame("month_001").set_index("user_id")
+    frame = feature_frame(Month(1)).set_index("user_id")
     by_user = {row[1]: row for row in rows}
     expected = model.pipeline.predict_proba(frame[model.columns])[:, 1]
     assert [by_user[u][3] for u in frame.index] == expected.tolist()
@@ -104,7 +106,7 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
     # The targeted users (default rank_by: expected loss) have an arm, the hash's, nobody else.
     targeted = by_loss[:TOP_K]
     assert {r[11] for r in by_loss[TOP_K:]} == {None}
-    assert [r[11] for r in targeted] == arms([r[1] for r in targeted], "month_001", 0.1)
+    assert [r[11] for r in targeted] == arms([r[1] for r in targeted], Month(1), 0.1)
     assert first["control_users"] == sum(r[11] == CONTROL for r in targeted) > 0
     assert first["treatment_users"] + first["control_users"] == TOP_K
 
@@ -157,6 +159,8 @@ def test_a_campaign_is_measured_against_the_next_drops_labels_and_kept_out_of_re
     realized performance leaves out of month_002's labels."""
     from streamflow_mlops.data.warehouse import create_schema, load_drop
     from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.performance import measure_realized_performance
+    from streamflow_mlops.pipelines.score import labelled_scores
     from streamflow_mlops.pipelines.train import train_and_register
     from streamflow_mlops.synthetic.generate import (
         DropSpec,
@@ -211,10 +215,25 @@ def test_a_campaign_is_measured_against_the_next_drops_labels_and_kept_out_of_re
     assert stored["month"] == "month_001" and stored["difference"] == pytest.approx(answer["difference"])
     assert measure_campaigns()[0]["difference"] == answer["difference"], "a re-measure replaces the row"
     assert len(campaign_outcomes(stack_env.db_url)) == 1
+    # The demo summary's lines: the list, then its outcome.
+    listed_line, outcome_line = campaign_lines(stack_env.db_url)
+    assert listed_line.startswith(
+        f"campaign month_001: {answer['treated_users']} to contact, {answer['control_users']} held back "
+        "(top by expected_loss"
+    )
+    assert outcome_line.startswith("  campaign month_001: churn treated") and "control calibration" in outcome_line
 
     # month_002's labels answer month_001's campaign: its treated users are what realized performance leaves out.
-    assert campaign_for_labels(stack_env.db_url, spec.as_of) == "month_001"
-    assert treated_users(stack_env.db_url, "month_001") == frozenset(reached)
+    assert campaign_for_labels(stack_env.db_url, spec.as_of) == Month(1)
+    assert treated_users(stack_env.db_url, Month(1)) == frozenset(reached)
+    # The decay gate's realized AUC and the dashboard's classification report on month_002 leave
+    # them out; the control arm and the untargeted users stay.
+    realized = measure_realized_performance(Month(2), version, stack_env)
+    assert realized["status"] == "measured" and realized["treated_excluded"] == len(reached)
+    assert realized["rows"] == users - len(reached)
+    scored = score_month("month_002", top_k=600, control_share=0.2)
+    kept = labelled_scores(stack_env.db_url, Month(2), scored["scored_users"], 10 * users)
+    assert len(kept) == users - len(reached) and not kept["user_id"].isin(reached).any()
 
     # Re-exporting by probability replaces the month's campaign: the top by rank now, the same hash.
     again = score_month("month_001", top_k=600, control_share=0.2, rank_by="probability")

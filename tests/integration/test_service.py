@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, Settings, get_settings, replace_database
 from streamflow_mlops.data.warehouse import create_schema, load_drop
@@ -32,7 +33,7 @@ from streamflow_mlops.serving.scoring import MAX_BATCH_IDS
 from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 USERS = 500
-MONTH = "month_000"
+MONTH = Month(0)
 pytestmark = pytest.mark.slow
 
 
@@ -51,9 +52,7 @@ def train_register_import(settings: Settings, seed: int, classifier: str) -> str
 
     frame = build_training_set(MONTH)
     trained = train_model(frame, seed, classifier=classifier, features=feature_names())
-    logged = log_trained_model(
-        trained, month=MONTH, as_of=DropSpec(0).as_of, feature_service=FEATURE_SERVICE, settings=settings
-    )
+    logged = log_trained_model(trained, month=MONTH, feature_service=FEATURE_SERVICE, settings=settings)
     return logged["version"]
 
 
@@ -346,6 +345,84 @@ def test_database_down_for_seconds_loses_no_log_row_and_no_request(client, serve
             admin.execute(f'ALTER DATABASE "{served_stack.db_name}" ALLOW_CONNECTIONS true')
     assert wait_for(lambda: logged() >= rows_before + served, timeout_s=30)
     assert logged() == rows_before + served and dropped() == before
+
+
+def metric_line(client, name: str) -> str:
+    return next(x for x in client.get("/metrics").text.splitlines() if x.startswith(name))
+
+
+def shadow_logged(stack: ServedStack, user: str) -> list[tuple]:
+    with psycopg.connect(stack.settings.db_url) as conn:
+        return conn.execute(
+            "SELECT model_version, churn_probability, shadow_version, shadow_probability, features "
+            "FROM streamflow.prediction_log WHERE user_id = %s ORDER BY id",
+            (user,),
+        ).fetchall()
+
+
+def shadow_columns(stack: ServedStack) -> int:
+    with psycopg.connect(stack.settings.db_url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'streamflow' "
+            "AND table_name = 'prediction_log' AND column_name IN ('shadow_version', 'shadow_probability')"
+        ).fetchone()[0]
+
+
+def test_a_challenger_waiting_for_review_is_scored_in_shadow_and_logged_beside_the_champion(client, served_stack):
+    """The review's `shadow` alias (pipelines/review.py) on v2: the answer stays v1's, prediction_log
+    gets both probabilities, even in a warehouse created before the shadow columns."""
+    import pandas as pd
+
+    from streamflow_mlops.model.registry import score_version, shadow_version
+    from streamflow_mlops.model.tracking import configure_mlflow
+    from streamflow_mlops.pipelines.review import shadow_while_waiting
+
+    champion, challenger = served_stack.versions
+    with psycopg.connect(served_stack.settings.db_url) as conn:
+        conn.execute("ALTER TABLE streamflow.prediction_log DROP COLUMN shadow_version, DROP COLUMN shadow_probability")
+    assert shadow_columns(served_stack) == 0
+    registry = configure_mlflow(served_stack.settings)
+    user = served_stack.users[20]
+    shadow_while_waiting(challenger, waiting=True)
+    try:
+        assert str(shadow_version(registry).version) == challenger
+        wait_for(lambda: f'version="{challenger}"' in metric_line(client, "streamflow_shadow_info"))
+        answer = client.post("/predict", json={"user_id": user})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"]["version"] == champion
+        # The log writer adds the columns back when its first shadow row finds them missing.
+        wait_for(lambda: shadow_columns(served_stack) == 2)
+        [row] = wait_for(lambda: shadow_logged(served_stack, user))
+        model_version, probability, shadow, shadow_probability, features = row
+        assert (model_version, shadow) == (champion, challenger)
+        assert probability == pytest.approx(body["churn_probability"]) and features == body["features"]
+        # The challenger's own probability for these features, through the registry as training scores it.
+        [expected] = score_version(challenger, pd.DataFrame([body["features"]]))
+        assert shadow_probability == pytest.approx(float(expected), abs=1e-9)
+        assert shadow_probability != pytest.approx(probability)
+        assert float(metric_line(client, "streamflow_shadow_scored_rows_total").rsplit(" ", 1)[1]) >= 1
+    finally:
+        shadow_while_waiting(challenger, waiting=False)
+    assert shadow_version(registry) is None
+    wait_for(lambda: 'version=""' in metric_line(client, "streamflow_shadow_info"))
+    assert client.post("/predict", json={"user_id": user}).status_code == 200
+    wait_for(lambda: len(shadow_logged(served_stack, user)) == 2)
+    after = shadow_logged(served_stack, user)[1]
+    assert after[0] == champion and after[2:4] == (None, None)
+
+
+def test_the_review_leaves_a_shadow_alias_someone_moved_alone(served_stack):
+    from streamflow_mlops.model.registry import clear_shadow, set_shadow, shadow_version
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    registry = configure_mlflow(served_stack.settings)
+    set_shadow(registry, served_stack.versions[0])
+    try:
+        assert not clear_shadow(registry, served_stack.versions[1])
+        assert str(shadow_version(registry).version) == served_stack.versions[0]
+    finally:
+        assert clear_shadow(registry, served_stack.versions[0])
 
 
 def test_readyz_is_ready_and_metrics_show_the_champion(client, served_stack):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_NAMES, LABEL
 from streamflow_mlops.config.settings import EXPERIMENT, FEATURE_SERVICE, REGISTERED_MODEL
 from streamflow_mlops.model.training import (
@@ -82,9 +83,7 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
 
     frame, truth = month_000()
     trained = train_model(frame, seed=5)
-    challenger = log_challenger(
-        trained, month="month_000", as_of=SPEC.as_of, feature_service=FEATURE_SERVICE, truth=truth
-    )
+    challenger = log_challenger(trained, month=Month(0), feature_service=FEATURE_SERVICE, truth=truth)
     json.dumps(challenger)  # an XCom: must be JSON-serialisable
 
     client = MlflowClient(stack_env.mlflow_tracking_uri)
@@ -119,9 +118,7 @@ def test_log_challenger_records_run_model_dataset_plots_and_version(stack_env):
     np.testing.assert_allclose(probabilities[:, 1], trained.val_scores[:4])
 
     # The same month and seed logged again: the same metrics (all but the wall-clock time).
-    again = log_challenger(
-        train_model(frame, seed=5), month="month_000", as_of=SPEC.as_of, feature_service=FEATURE_SERVICE
-    )
+    again = log_challenger(train_model(frame, seed=5), month=Month(0), feature_service=FEATURE_SERVICE)
     again_metrics = client.get_run(again["run_id"]).data.metrics
     for name, value in run.data.metrics.items():
         if name not in ("train_seconds", "best_achievable_auc", "val_auc_vs_best"):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from streamflow_mlops.config.months import month_as_of, month_of_as_of
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.pipelines.score import copy_text, month_to_score, rank_sql
 
 
@@ -22,19 +22,19 @@ def never() -> str:
 
 def test_a_published_month_is_scored_as_such():
     events = {"streamflow_features": [event("streamflow_features", month="month_002")]}
-    assert month_to_score("", events, never) == "month_002"
+    assert month_to_score("", events, never) == Month(2)
     both = events | {"streamflow_champion": [event("streamflow_champion", month="month_000", version="3")]}
-    assert month_to_score("month_001", both, never) == "month_002"
+    assert month_to_score("month_001", both, never) == Month(2)
 
 
 def test_a_new_champion_rescores_the_newest_month_not_its_training_month():
     events = {"streamflow_champion": [event("streamflow_champion", month="month_000", version="3")]}
-    assert month_to_score("", events, lambda: "month_004") == "month_004"
+    assert month_to_score("", events, lambda: Month(4)) == Month(4)
 
 
 def test_a_manual_run_scores_its_param_or_the_newest_month():
-    assert month_to_score("month_003", None, never) == "month_003"
-    assert month_to_score("", {}, lambda: "month_001") == "month_001"
+    assert month_to_score("month_003", None, never) == Month(3)
+    assert month_to_score("", {}, lambda: Month(1)) == Month(1)
     with pytest.raises(LookupError):
         month_to_score("", None, lambda: None)
 
@@ -68,6 +68,6 @@ def test_the_rank_statement_computes_deciles_as_ceil_of_ten_ranks_over_n():
 
 
 def test_month_of_as_of_inverts_month_as_of():
-    assert [month_of_as_of(month_as_of(m)) for m in range(30)] == list(range(30))
+    assert [Month.of_as_of(Month(m).as_of) for m in range(30)] == [Month(m) for m in range(30)]
     with pytest.raises(ValueError):
-        month_of_as_of(date(2024, 2, 28))
+        Month.of_as_of(date(2024, 2, 28))

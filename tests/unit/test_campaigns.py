@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.monitoring.campaigns import (
     CONTROL,
@@ -33,13 +34,13 @@ def ids(n: int, seed: int = 0) -> list[str]:
 
 def test_the_split_is_stable_and_depends_on_the_user_and_the_month_only():
     users = ids(5000)
-    first = arms(users, "month_003", 0.1)
-    assert arms(users, "month_003", 0.1) == first
+    first = arms(users, Month(3), 0.1)
+    assert arms(users, Month(3), 0.1) == first
     # A user's arm does not depend on who else is on the list (a new champion reorders the list).
     reordered = list(reversed(users[:2000]))
-    assert arms(reordered, "month_003", 0.1) == list(reversed(first[:2000]))
+    assert arms(reordered, Month(3), 0.1) == list(reversed(first[:2000]))
     # The next month draws afresh: nobody is held back every month by construction.
-    following = arms(users, "month_004", 0.1)
+    following = arms(users, Month(4), 0.1)
     overlap = sum(a == b == CONTROL for a, b in zip(first, following, strict=True))
     assert overlap < 0.02 * len(users)
     assert following != first
@@ -47,7 +48,7 @@ def test_the_split_is_stable_and_depends_on_the_user_and_the_month_only():
 
 def test_the_bucket_is_the_first_60_bits_of_the_salted_md5():
     digest = hashlib.md5(f"7590-VHVEG:month_001:{CONTROL_SALT}".encode()).hexdigest()
-    assert control_bucket("7590-VHVEG", "month_001") == int(digest[:15], 16)
+    assert control_bucket("7590-VHVEG", Month(1)) == int(digest[:15], 16)
     assert control_threshold(0.1) == math.floor(0.1 * 2**60)
     with pytest.raises(ValueError):
         control_threshold(1.0)
@@ -56,17 +57,17 @@ def test_the_bucket_is_the_first_60_bits_of_the_salted_md5():
 @pytest.mark.parametrize("share", [0.05, 0.1, 0.25, 0.5])
 def test_the_control_share_is_the_parameter_within_binomial_noise(share):
     n = 40_000
-    control = sum(a == CONTROL for a in arms(ids(n, seed=1), "month_002", share))
+    control = sum(a == CONTROL for a in arms(ids(n, seed=1), Month(2), share))
     sd = math.sqrt(n * share * (1 - share))
     assert abs(control - n * share) < 4 * sd
-    assert arms(ids(100), "month_002", 0.0) == [TREATMENT] * 100
+    assert arms(ids(100), Month(2), 0.0) == [TREATMENT] * 100
 
 
 def test_the_split_is_independent_of_the_evaluation_holdout():
     from streamflow_mlops.config.holdout import is_eval_holdout
 
     users = ids(40_000, seed=2)
-    control = np.array([a == CONTROL for a in arms(users, "month_001", 0.1)])
+    control = np.array([a == CONTROL for a in arms(users, Month(1), 0.1)])
     holdout = is_eval_holdout(users)
     # Independent splits: the control share is the same inside and outside the holdout.
     assert abs(control[holdout].mean() - control[~holdout].mean()) < 0.012
@@ -110,7 +111,7 @@ def simulated_campaign(
     probability = truth0.set_index(ENTITY)["churn_probability"]
     loss = (probability * fee * HORIZON).sort_values(ascending=False, kind="stable")
     targeted = loss.index[:top_k].tolist()
-    arm = np.array(arms(targeted, "month_000", 0.1))
+    arm = np.array(arms(targeted, Month(0), 0.1))
     contact_list = [u for u, a in zip(targeted, arm, strict=True) if a == TREATMENT]
     reached = reached_users(contact_list, reach, seed, 1)
     spec = DropSpec(1, users=users, seed=seed, treatment_effect=effect, label_lag=label_lag)
@@ -143,7 +144,7 @@ def test_the_measurement_recovers_a_known_effect_within_its_interval(label_lag):
     assert outcome["revenue_saved_low"] > 0 and outcome["churners_saved"] > 0
     assert outcome["reach_rate"] == 1.0 and outcome["effect_on_reached"] == outcome["difference"]
     assert len(month1["contacts"]) == outcome["treated_users"]
-    assert "campaign month_000" in describe_outcome("month_000", outcome)
+    assert "campaign month_000" in describe_outcome(Month(0), outcome)
     if label_lag:
         # The labels of the period the scores predict: the untouched control arm shows the model's
         # calibration (here the true probabilities: 400 users, sd of the rate ~0.024).

@@ -10,7 +10,7 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnline
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value
 
-from streamflow_mlops.config.months import month_as_of_ts
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES, TIMESTAMP
 from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
 from streamflow_mlops.features.materialize import materialization_window, split_views
@@ -119,7 +119,7 @@ def test_materialization_window_is_the_point_in_time_window():
 
 
 def test_month_as_of_ts_is_midnight_utc_of_the_last_day():
-    assert month_as_of_ts("month_001") == datetime(2024, 2, 29, tzinfo=UTC)
+    assert Month(1).as_of_ts == datetime(2024, 2, 29, tzinfo=UTC)
 
 
 def test_split_views_balances_weight():

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from streamflow_mlops.__main__ import main
-from streamflow_mlops.config.months import month_as_of, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import RAW_TABLES, USER_ID_REGEX
 from streamflow_mlops.synthetic.generate import BREAKAGES, DropSpec, build_drop, default_drift
 
@@ -36,14 +36,14 @@ def test_drop_layout_and_manifest(tmp_path):
 
 
 def test_as_of_dates():
-    assert [month_as_of(m).isoformat() for m in (0, 1, 2, 11, 12)] == [
+    assert [Month(m).as_of.isoformat() for m in (0, 1, 2, 11, 12)] == [
         "2024-01-31",
         "2024-02-29",
         "2024-03-31",
         "2024-12-31",
         "2025-01-31",
     ]
-    assert parse_month("month_007") == parse_month("7") == 7
+    assert Month.parse("month_007") == Month.parse("7") == Month.parse(Month(7)) == Month(7)
 
 
 @pytest.mark.parametrize("telco", [None, TELCO])
@@ -82,3 +82,31 @@ def test_broken_batches_differ_from_good(kind):
     good, _ = build_drop(DropSpec(0, users=400))
     bad, _ = build_drop(DropSpec(0, users=400, broken=kind))
     assert any(not good[name].equals(bad[name]) for name in good)
+
+
+def test_treatment_effect_from_the_cli_cuts_only_the_reached_users_churn(tmp_path):
+    """`generate --treatment-effect` (issue 28): the users of last month's contact list have their
+    churn cut (a label can only go from churned to stayed), the drop carries contacts.csv, and an
+    effect of 0 changes no label."""
+    import pandas as pd
+
+    def month_002(out: Path, *flags: str) -> Path:
+        main(["generate", "--out", str(out), "--start", "2", "--months", "1", "--users", "2000", *flags])
+        return out / "month_002"
+
+    def labels(folder: Path) -> pd.Series:
+        return pd.read_csv(folder / "labels.csv", dtype={"user_id": str}).set_index("user_id")["churn_label"]
+
+    plain = month_002(tmp_path / "plain")
+    listed = labels(plain).index[:800].tolist()
+    contact_list = tmp_path / "month_001_top800.csv"
+    pd.DataFrame({"rank": range(1, 801), "user_id": listed}).to_csv(contact_list, index=False)
+    treated = month_002(tmp_path / "treated", "--treatment-effect", "0.3", "--contact-list", str(contact_list))
+    before, after = labels(plain), labels(treated)
+    changed = before[before != after]
+    assert len(changed) > 0 and set(changed.index) <= set(listed) and (changed == 1).all()
+    assert pd.read_csv(treated / "contacts.csv", dtype=str)["user_id"].tolist() == listed
+    manifest = json.loads((treated / "manifest.json").read_text())
+    assert manifest["treatment_effect"] == 0.3 and manifest["contacts"] == 800
+    untouched = month_002(tmp_path / "zero", "--treatment-effect", "0", "--contact-list", str(contact_list))
+    assert labels(untouched).equals(before) and (untouched / "contacts.csv").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streamflow_mlops.config.holdout import EVAL_HOLDOUT_SHARE, eval_population, holdout_bucket, is_eval_holdout
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.model.training import (
     best_f1_threshold,
@@ -49,7 +50,7 @@ def test_same_users_every_month_whatever_the_row_order():
 
 
 def test_eval_population_names_share_and_month():
-    assert eval_population("month_001") == "holdout-20%:month_001"
+    assert eval_population(Month(1)) == "holdout-20%:month_001"
 
 
 @pytest.fixture(scope="module")

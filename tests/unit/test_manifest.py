@@ -2,11 +2,12 @@
 
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.data.ingest import manifest_problem
 
 
 def test_a_manifest_agreeing_with_folder_and_calendar_passes():
-    assert manifest_problem({"month": "month_005", "as_of": "2024-06-30"}, "month_005") is None
+    assert manifest_problem({"month": "month_005", "as_of": "2024-06-30"}, Month(5)) is None
 
 
 @pytest.mark.parametrize(
@@ -21,4 +22,4 @@ def test_a_manifest_agreeing_with_folder_and_calendar_passes():
     ],
 )
 def test_a_manifest_disagreeing_with_its_folder_is_refused_with_the_reason(manifest, named):
-    assert named in manifest_problem(manifest, "month_005")
+    assert named in manifest_problem(manifest, Month(5))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.model.promotion import (
     BootstrapGain,
     Comparison,
@@ -152,7 +153,7 @@ def test_beyond_max_rows_the_rescaled_interval_is_the_full_bootstrap_one():
 def comparison(**changes):
     facts = {
         "version": "3",
-        "month": "month_002",
+        "month": Month(2),
         "delta": 0.005,
         "challenger_auc": 0.83,
         "champion_version": "2",
@@ -161,18 +162,18 @@ def comparison(**changes):
         "eval_population": "holdout-20%:month_002",
         "eval_rows": 1400,
     }
-    champion_month = changes.pop("champion_month", "month_001")
+    champion_month = changes.pop("champion_month", Month(1))
     force = changes.pop("force", False)
     return Comparison.decide(champion_month=champion_month, force=force, **{**facts, **changes})
 
 
 def test_a_month_older_than_the_champions_stays_out_unless_forced():
     assert comparison().decision.promote
-    stale = comparison(champion_month="month_005")
+    stale = comparison(champion_month=Month(5))
     assert not stale.decision.promote and "older than the champion's training month month_005" in stale.decision.reason
-    assert comparison(champion_month="month_005", force=True).decision.promote
-    assert month_older_than_champion("month_002", None) is None
-    assert month_older_than_champion("month_002", "month_002") is None
+    assert comparison(champion_month=Month(5), force=True).decision.promote
+    assert month_older_than_champion(Month(2), None) is None
+    assert month_older_than_champion(Month(2), Month(2)) is None
 
 
 def test_tags_and_summary_say_the_same_thing():

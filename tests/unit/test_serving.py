@@ -568,3 +568,23 @@ def test_serving_closure_follows_the_extras_the_project_declares():
     lock = Path(__file__).resolve().parents[2] / "requirements.txt"
     names = {line.split("==")[0].lower() for line in serving_requirements(lock)}
     assert {"redis", "hiredis"} <= names
+
+
+def test_runtime_is_not_ready_while_the_online_store_cannot_answer(tmp_path):
+    """Issue 29.4: the registry (Postgres) answering is not enough: with the online store (Redis in
+    compose) down /readyz is false, and true again once it answers, without a restart."""
+    settings = offline_settings(tmp_path)
+    reader = TableReader(ROWS)
+    runtime = ServiceRuntime(
+        settings,
+        read_champion_version=lambda: "1",
+        reader_factory=lambda _settings: reader,
+        log_writer=PredictionLogWriter(settings.db_url),
+    )
+    runtime.holder.swap(champion("1"))
+    runtime.require_reader()
+    assert runtime.ready()
+    reader.fail = True
+    assert not runtime.ready()
+    reader.fail = False
+    assert runtime.ready()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import LABEL, NET_SERVICES, RAW_TABLES, SUBSCRIPTIONS, USAGE, USERS
 from streamflow_mlops.data.validation import (
     FLOAT_REGEX,
@@ -185,7 +186,7 @@ def test_failure_reasons_name_the_expectation_and_a_few_distinct_offenders():
         "max_value=1000) failed on 9 of 100 rows, e.g. -1, -2, -3, -4, -5"
     )
     assert lines[1] == "labels.csv: expect_table_row_count_to_equal(value=100) failed: observed 97"
-    message = rejection_message("month_004", reasons, Path("/q/month_004-x"))
+    message = rejection_message(Month(4), reasons, Path("/q/month_004-x"))
     assert message.splitlines()[0] == "month_004 rejected: 2 failed expectation(s)"
     assert lines[0] in message and message.endswith("quarantined to /q/month_004-x")
 
@@ -241,5 +242,5 @@ def test_passing_results_give_no_reasons_and_the_report_escapes_values():
             )
         )
     }
-    html = report_html("month_002", failure_reasons(bad, {}), bad)
+    html = report_html(Month(2), failure_reasons(bad, {}), bad)
     assert "<script>" not in html and "&lt;script&gt;" in html and "rejected" in html

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from streamflow_mlops.config.months import Month
+
 # 20%: on the default 7,043 users about 1,400 held-out rows a month (about 370 churners), the
 # size of the validation split the random scheme used, so the paired bootstrap is as tight as
 # before; the models train on the other 80% (with the threshold chosen by cross-validation on
@@ -40,6 +42,6 @@ def is_eval_holdout(user_ids: Iterable[str], share: float = EVAL_HOLDOUT_SHARE) 
     return np.fromiter((holdout_bucket(u) < share for u in user_ids), dtype=bool)
 
 
-def eval_population(month: str, share: float = EVAL_HOLDOUT_SHARE) -> str:
+def eval_population(month: Month, share: float = EVAL_HOLDOUT_SHARE) -> str:
     """The `eval_population` tag: which users and which month's rows decided, e.g. `holdout-20%:month_001`."""
-    return f"holdout-{share:.0%}:{month}"
+    return f"holdout-{share:.0%}:{month.name}"

@@ -98,7 +98,7 @@ SUPPORT = Table(
 LABELS = Table("labels", (Column(LABEL, "int", 0, 1),))
 
 RAW_TABLES: tuple[Table, ...] = (USERS, SUBSCRIPTIONS, USAGE, PAYMENTS, SUPPORT, LABELS)
-# Who the retention team actually reached from the previous month's contact list (issue 28): in a
+# Who the retention team actually reached from the previous month's contact list: in a
 # drop when there is something to report, validated and loaded like the others when it is there;
 # a drop without it (every drop before campaigns) is as valid as ever. Its users need not be in
 # this month's users.csv (a user reached last month may have churned since), nor be all of them.

@@ -16,6 +16,9 @@ MLFLOW_DB = "mlflow"
 WAREHOUSE_SCHEMA = "streamflow"
 REGISTERED_MODEL = "streamflow_churn"
 CHAMPION_ALIAS = "champion"
+# A challenger the service also scores, off the request path, beside the champion (serving/shadow.py):
+# set while a promotion waits for its reviewer (pipelines/review.py), or by hand to watch any version.
+SHADOW_ALIAS = "shadow"
 EXPERIMENT = "streamflow"
 FEATURE_SERVICE = "churn_model_v1"
 WAREHOUSE_CONN_ID = "streamflow_warehouse"
@@ -39,6 +42,8 @@ DEFAULT_DRIFT_SAMPLE_ROWS = 200_000
 # churn targeting (Lemmens & Gupta); the horizon only scales the money figures: every horizon
 # ranks users the same way, so no measured figure could pick it.
 DEFAULT_VALUE_HORIZON_MONTHS = 12.0
+# The sender of StreamFlow's mail notifications when STREAMFLOW_NOTIFY_FROM is unset (pipelines/notifiers.py).
+DEFAULT_NOTIFY_FROM = "streamflow@localhost"
 
 
 def replace_database(url: str, database: str) -> str:
@@ -82,6 +87,13 @@ class Settings:
     value_horizon_months: float = DEFAULT_VALUE_HORIZON_MONTHS
     approval: str = "auto"
     mlflow_ui_override: str | None = None
+    # Notifications (pipelines/notifiers.py), off unless a channel is configured: mail through an
+    # Airflow SMTP connection (AIRFLOW_CONN_<ID>, credentials stay there) to `notify_to`, and/or a
+    # JSON POST to a webhook.
+    notify_smtp_conn: str | None = None
+    notify_to: tuple[str, ...] = ()
+    notify_from: str = DEFAULT_NOTIFY_FROM
+    notify_webhook_url: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -232,7 +244,19 @@ def get_settings() -> Settings:
         value_horizon_months=_positive_number("STREAMFLOW_VALUE_HORIZON_MONTHS", DEFAULT_VALUE_HORIZON_MONTHS),
         approval=_choice("STREAMFLOW_APPROVAL", APPROVAL_MODES, "auto"),
         mlflow_ui_override=os.environ.get("STREAMFLOW_MLFLOW_UI_URL") or None,
+        notify_smtp_conn=os.environ.get("STREAMFLOW_NOTIFY_SMTP_CONN") or None,
+        notify_to=_recipients("STREAMFLOW_NOTIFY_TO", os.environ.get("STREAMFLOW_NOTIFY_SMTP_CONN")),
+        notify_from=os.environ.get("STREAMFLOW_NOTIFY_FROM") or DEFAULT_NOTIFY_FROM,
+        notify_webhook_url=os.environ.get("STREAMFLOW_NOTIFY_WEBHOOK_URL") or None,
     )
+
+
+def _recipients(name: str, smtp_conn: str | None) -> tuple[str, ...]:
+    """Comma-separated addresses; a mail channel without any is half a configuration, refused."""
+    addresses = tuple(a.strip() for a in (os.environ.get(name) or "").split(",") if a.strip())
+    if smtp_conn and not addresses:
+        raise ValueError(f"STREAMFLOW_NOTIFY_SMTP_CONN={smtp_conn!r} needs {name} (comma-separated recipients)")
+    return addresses
 
 
 def _choice(name: str, choices: tuple[str, ...], default: str) -> str:

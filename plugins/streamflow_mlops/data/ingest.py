@@ -20,10 +20,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from streamflow_mlops.config.months import month_as_of, month_name, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, get_settings
 from streamflow_mlops.data.validation import (
     DropValidation,
+    describe_reason,
     drop_tables,
     rejection_message,
     report_html,
@@ -37,13 +38,22 @@ log = logging.getLogger(__name__)
 ConnectionFactory = Callable[[], psycopg.Connection]
 # One load at a time: two concurrent loads of one as_of would both delete, then collide on insert.
 LOAD_LOCK_KEY = 0x5F1_0AD
+# How long a failed load keeps trying to record its failure while the database comes back.
+RECORD_FAILURE_WAIT_S = 30.0
 
 
 class BatchRejected(Exception):
-    """A drop failed validation; the message names every failed expectation."""
+    """A drop failed validation; the message names every failed expectation, and the facts stay
+    attached for whoever is told about it (pipelines/notifiers.py)."""
+
+    def __init__(self, message: str, month: str, reasons: list[str], quarantined_to: str) -> None:
+        super().__init__(message)
+        self.month = month
+        self.reasons = reasons
+        self.quarantined_to = quarantined_to
 
 
-def manifest_problem(manifest: Any, month: str) -> str | None:
+def manifest_problem(manifest: Any, month: Month) -> str | None:
     """Why a drop's manifest can't be trusted for `month`, or None.
 
     The folder decides the month and the calendar decides its as_of: a manifest that names another
@@ -54,19 +64,19 @@ def manifest_problem(manifest: Any, month: str) -> str | None:
         return "manifest.json must be a JSON object with month and as_of"
     if "month" not in manifest:
         return f'manifest.json has no month (expected "month": "{month}")'
-    if manifest["month"] != month:
+    if manifest["month"] != month.name:
         return f"manifest.json is for {manifest['month']}, not {month} (the folder's month)"
     try:
         as_of = date.fromisoformat(str(manifest["as_of"]))
     except (KeyError, ValueError) as exc:
         return f"manifest.json has no valid as_of: {exc!r}"
-    expected = month_as_of(parse_month(month))
+    expected = month.as_of
     if as_of != expected:
         return f"manifest.json says as_of {as_of}, but {month} is as_of {expected}"
     return None
 
 
-def read_manifest(folder: Path, month: str) -> tuple[date | None, str | None]:
+def read_manifest(folder: Path, month: Month) -> tuple[date | None, str | None]:
     """The drop's as_of from `manifest.json`, or why it can't be trusted."""
     path = folder / "manifest.json"
     try:
@@ -120,8 +130,7 @@ def quarantine_drop(
 def record_run(
     conn: psycopg.Connection,
     *,
-    month: str,
-    as_of: date | None,
+    month: Month,
     status: str,
     row_counts: dict[str, int],
     failed: list[dict[str, Any]],
@@ -130,26 +139,36 @@ def record_run(
     digest: str | None = None,
     labels_as_of: date | None = None,
 ) -> int:
-    """Insert one `ingestion_runs` row in the caller's transaction; returns its run_id."""
+    """Insert one `ingestion_runs` row (as_of: the month's) in the caller's transaction; returns its run_id."""
     return conn.execute(
         f"INSERT INTO {WAREHOUSE_SCHEMA}.ingestion_runs "
         "(month, as_of, status, row_counts, failed_expectations, report_path, started_at, drop_digest, labels_as_of) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id",
-        (month, as_of, status, Jsonb(row_counts), Jsonb(failed), report_path, started_at, digest, labels_as_of),
+        (
+            month.name,
+            month.as_of,
+            status,
+            Jsonb(row_counts),
+            Jsonb(failed),
+            report_path,
+            started_at,
+            digest,
+            labels_as_of,
+        ),
     ).fetchone()[0]
 
 
-def last_loaded_digest(conn: psycopg.Connection, month: str) -> str | None:
+def last_loaded_digest(conn: psycopg.Connection, month: Month) -> str | None:
     """The digest of the data the warehouse holds for `month` (its latest successful load)."""
     row = conn.execute(
         f"SELECT drop_digest FROM {WAREHOUSE_SCHEMA}.ingestion_runs WHERE month = %s AND status IN "
         "('success', 'unchanged') ORDER BY run_id DESC LIMIT 1",
-        (month,),
+        (month.name,),
     ).fetchone()
     return row[0] if row else None
 
 
-def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
+def validate_month(month: str | Month, get_conn: ConnectionFactory) -> dict[str, Any]:
     """Validate every CSV of the month before anything is written.
 
     Returns what `load_month` needs (JSON-serialisable, for XCom). A failing batch is
@@ -157,8 +176,8 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
     `ingestion_runs`, and raised as `BatchRejected`.
     """
     settings = get_settings()
-    month = month_name(parse_month(month))
-    folder = settings.drops_dir / month
+    month = Month.parse(month)
+    folder = settings.drops_dir / month.name
     started_at = datetime.now(UTC)
     if not folder.is_dir():
         raise FileNotFoundError(f"no drop folder {folder} (STREAMFLOW_DROPS_DIR={settings.drops_dir})")
@@ -174,10 +193,10 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
         )
     if not validation.success:
         # A rejected run is recorded under the folder's month as the calendar dates it.
-        _reject(month, as_of or month_as_of(parse_month(month)), folder, started_at, validation, get_conn)
+        _reject(month, folder, started_at, validation, get_conn)
     log.info("%s valid (%s rows/table, %.1fs)", month, validation.row_counts, validation.seconds)
     return {
-        "month": month,
+        "month": month.name,
         "as_of": as_of.isoformat(),
         "labels_as_of": labels_as_of.isoformat(),
         "folder": str(folder),
@@ -189,8 +208,7 @@ def validate_month(month: str, get_conn: ConnectionFactory) -> dict[str, Any]:
 
 
 def _reject(
-    month: str,
-    as_of: date | None,
+    month: Month,
     folder: Path,
     started_at: datetime,
     validation: DropValidation,
@@ -198,8 +216,8 @@ def _reject(
 ) -> None:
     settings = get_settings()
     full = {
-        "month": month,
-        "as_of": as_of,
+        "month": month.name,
+        "as_of": month.as_of,
         "folder": str(folder),
         "success": False,
         "reasons": validation.reasons,
@@ -210,7 +228,7 @@ def _reject(
     target = quarantine_drop(
         folder,
         settings.quarantine_dir,
-        month,
+        month.name,
         started_at,
         full,
         report_html(month, validation.reasons, validation.results),
@@ -221,7 +239,6 @@ def _reject(
             record_run(
                 conn,
                 month=month,
-                as_of=as_of,
                 status="rejected",
                 row_counts=validation.row_counts,
                 failed=validation.reasons,
@@ -230,7 +247,7 @@ def _reject(
             )
     message = rejection_message(month, validation.reasons, target)
     log.error(message)
-    raise BatchRejected(message)
+    raise BatchRejected(message, month.name, [describe_reason(r) for r in validation.reasons], str(target))
 
 
 def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bool = False) -> dict[str, Any]:
@@ -243,7 +260,7 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
     as 'failed'.
     """
     folder = Path(validated["folder"])
-    month, as_of = validated["month"], date.fromisoformat(validated["as_of"])
+    month = Month.parse(validated["month"])
     if file_digests(folder) != validated["sha256"]:
         raise RuntimeError(f"{folder} changed since it was validated; run the ingestion again")
     digest = drop_digest(validated["sha256"], (folder / "manifest.json").read_bytes())
@@ -256,11 +273,12 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
                 labels_as_of = date.fromisoformat(validated.get("labels_as_of") or validated["as_of"])
                 changed = force or last_loaded_digest(conn, month) != digest
-                counts = load_drop(conn, folder, as_of, labels_as_of) if changed else dict(validated["row_counts"])
+                counts = (
+                    load_drop(conn, folder, month.as_of, labels_as_of) if changed else dict(validated["row_counts"])
+                )
                 run_id = record_run(
                     conn,
                     month=month,
-                    as_of=as_of,
                     status="success" if changed else "unchanged",
                     row_counts=counts,
                     failed=[],
@@ -270,16 +288,16 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
                     labels_as_of=labels_as_of,
                 )
         except Exception as exc:
-            _record_failure(conn, month, as_of, started_at, exc)
+            _record_failure(get_conn, month, started_at, exc)
             raise
     seconds = time.perf_counter() - begun
     if changed:
-        log.info("%s loaded as_of %s in %.1fs: %s", month, as_of, seconds, counts)
+        log.info("%s loaded as_of %s in %.1fs: %s", month, month.as_of, seconds, counts)
     else:
         log.info("%s is unchanged since its last load (digest %s): nothing loaded or published", month, digest[:12])
     return {
-        "month": month,
-        "as_of": as_of.isoformat(),
+        "month": month.name,
+        "as_of": month.as_of.isoformat(),
         "run_id": run_id,
         "row_counts": counts,
         "changed": changed,
@@ -287,19 +305,27 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
     }
 
 
-def _record_failure(conn: psycopg.Connection, month: str, as_of: date, started_at: datetime, exc: Exception) -> None:
-    """Best effort: a lost connection must not hide the error that failed the load."""
-    try:
-        with conn.transaction():
-            record_run(
-                conn,
-                month=month,
-                as_of=as_of,
-                status="failed",
-                row_counts={},
-                failed=[{"expectation": "load", "detail": f"{type(exc).__name__}: {exc}"}],
-                report_path=None,
-                started_at=started_at,
-            )
-    except psycopg.Error:
-        log.exception("could not record the failed load of %s", month)
+def _record_failure(get_conn: ConnectionFactory, month: Month, started_at: datetime, exc: Exception) -> None:
+    """Best effort, through a new connection: the load's own may have died with the database (a
+    crash, a restart), so the record is tried again while it comes back, for up to
+    RECORD_FAILURE_WAIT_S; a failure that still can't be recorded is logged, never raised over the
+    error that failed the load."""
+    deadline = time.monotonic() + RECORD_FAILURE_WAIT_S
+    while True:
+        try:
+            with closing(get_conn()) as conn, conn.transaction():
+                record_run(
+                    conn,
+                    month=month,
+                    status="failed",
+                    row_counts={},
+                    failed=[{"expectation": "load", "detail": f"{type(exc).__name__}: {exc}"}],
+                    report_path=None,
+                    started_at=started_at,
+                )
+            return
+        except Exception:
+            if time.monotonic() >= deadline:
+                log.exception("could not record the failed load of %s", month)
+                return
+            time.sleep(2)

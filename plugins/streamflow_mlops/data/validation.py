@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import (
     ENTITY,
     LABEL,
@@ -356,7 +357,7 @@ def describe_reason(reason: dict[str, Any]) -> str:
     return f"{head} failed: observed {reason.get('observed_value')!r}"
 
 
-def rejection_message(month: str, reasons: list[dict[str, Any]], quarantined_to: Path | None) -> str:
+def rejection_message(month: Month, reasons: list[dict[str, Any]], quarantined_to: Path | None) -> str:
     """The failure message of a rejected batch: every failed expectation, one per line (pure)."""
     lines = [f"{month} rejected: {len(reasons)} failed expectation(s)"]
     lines += [f"  - {describe_reason(r)}" for r in reasons]
@@ -365,7 +366,7 @@ def rejection_message(month: str, reasons: list[dict[str, Any]], quarantined_to:
     return "\n".join(lines)
 
 
-def report_html(month: str, reasons: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
+def report_html(month: Month, reasons: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
     """A self-contained page for people: what failed first, then every expectation per file (pure)."""
     from html import escape
 
@@ -389,10 +390,10 @@ def report_html(month: str, reasons: list[dict[str, Any]], results: dict[str, di
         )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>StreamFlow {escape(month)}: validation</title><style>"
+        f"<title>StreamFlow {month}: validation</title><style>"
         "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
         ".FAIL{background:#fdd}.pass{color:#555}</style></head><body>"
-        f"<h1>{escape(month)}: {'rejected' if reasons else 'accepted'}</h1>"
+        f"<h1>{month}: {'rejected' if reasons else 'accepted'}</h1>"
         f"<h2>Failed expectations</h2><ul>{rows or '<li>none</li>'}</ul>{''.join(sections)}</body></html>"
     )
 

@@ -51,6 +51,14 @@ def snapshot_table_ddl() -> list[str]:
     return [_partitioned_table_ddl(g.table, g.columns, "TIMESTAMPTZ") for g in FEATURE_GROUPS]
 
 
+# Shadow scoring (serving/shadow.py): the version the service also scored and its probability,
+# beside the champion's. Nullable: rows served without a shadow, and before the columns existed.
+PREDICTION_LOG_SHADOW_DDL = [
+    f"ALTER TABLE {S}.prediction_log ADD COLUMN IF NOT EXISTS shadow_version TEXT",
+    f"ALTER TABLE {S}.prediction_log ADD COLUMN IF NOT EXISTS shadow_probability DOUBLE PRECISION",
+]
+
+
 OPERATIONAL_DDL = [
     f"""CREATE TABLE IF NOT EXISTS {S}.ingestion_runs (
   run_id BIGSERIAL PRIMARY KEY,
@@ -78,6 +86,7 @@ OPERATIONAL_DDL = [
   model_version TEXT NOT NULL
 )""",
     f"CREATE INDEX IF NOT EXISTS prediction_log_time ON {S}.prediction_log (predicted_at)",
+    *PREDICTION_LOG_SHADOW_DDL,
     # The monthly batch scores (pipelines/score.py). One LIST partition per month: a re-run
     # builds the month as a new table and swaps it in, rather than delete a million rows.
     f"""CREATE TABLE IF NOT EXISTS {S}.churn_scores (

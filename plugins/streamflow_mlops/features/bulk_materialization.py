@@ -2,8 +2,7 @@
 
 Feast's local engine turns every materialized row into protobuf objects (an `EntityKey`, a dict of
 `Value`s) and its `SqliteOnlineStore` serializes them again and runs one `INSERT ... ON CONFLICT`
-per feature value: 14M statements and proto round trips for 1M users x 14 features, about 15
-minutes on this machine.
+per feature value (docs/decisions.md has what that costs).
 
 `BulkComputeEngine` is Feast's local compute engine (same source read, TTL filter and latest-row
 dedup; named by class path as `batch_engine` in `feature_store.yaml`) whose last step, when the
@@ -20,7 +19,7 @@ read the rows exactly as if Feast had written them (tests compare the files row 
 
 Streamed, so that memory is bounded by a chunk whatever the month's size: Feast's
 source read fetches a view's whole window as Python tuples, then an Arrow table, and a task's peak
-grew with the month (1.3 GB at 1M users, several times that at 10M). Into the sqlite store
+grew with the month. Into the sqlite store
 `BulkExecutionPlan` instead reads the same rows (the query of Feast's own
 `pull_latest_from_table_or_query` for the window: same TTL window, same latest row per key)
 through a server-side cursor in join-key order, `STREAMFLOW_CHUNK_ROWS` rows at a time, and runs
@@ -73,9 +72,8 @@ log = logging.getLogger(__name__)
 # Page cache of the writing connection (KiB, sqlite's negative-size convention): the B-trees of a
 # multi-GB table do not fit sqlite's 2 MB default, and every miss is a re-read.
 WRITE_CACHE_KIB = 262_144
-# WAL pages between automatic checkpoints of the writing connection (sqlite's default: 1,000, i.e.
-# 4 MB). Each checkpoint fsyncs; at the default a 1M-user materialization checkpoints about 750
-# times, and measured here that doubled its time. 100,000 pages (400 MB of WAL) keeps it to a few.
+# WAL pages between automatic checkpoints of the writing connection: each checkpoint fsyncs, and
+# sqlite's default (1,000) doubled a large materialization's time (docs/decisions.md).
 WAL_CHECKPOINT_PAGES = 100_000
 # Feature types Feast converts one proto per value; lists, maps and timestamps keep Feast's path.
 BULK_FEATURE_TYPES = frozenset(

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from streamflow_mlops.config.months import month_as_of_ts, month_name, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_GROUPS, TIMESTAMP
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store, sqlite_connection
@@ -77,7 +77,7 @@ def older_than_published(as_of: datetime, newest_snapshot: datetime | None, forc
 
 
 def materialize_month(
-    month: str | int, settings: Settings | None = None, workers: int = 1, force: bool = False
+    month: str | Month, settings: Settings | None = None, workers: int = 1, force: bool = False
 ) -> dict[str, Any]:
     """Materialize the window ending at the month's as_of into the online store.
 
@@ -91,17 +91,18 @@ def materialize_month(
     """
     settings = settings or get_settings()
     store = feature_store(settings)
-    as_of = month_as_of_ts(month)
+    month = Month.parse(month)
+    as_of = month.as_of_ts
     with psycopg.connect(settings.db_url) as conn:
         users = _snapshot_users(conn, as_of)
         newer = conn.execute(f"SELECT max({TIMESTAMP}) FROM {WAREHOUSE_SCHEMA}.{FEATURE_GROUPS[0].table}").fetchone()[0]
     empty = sorted(name for name, n in users.items() if n == 0)
     if empty:
-        raise ValueError(f"{month_name(parse_month(month))}: no snapshot rows at {as_of:%Y-%m-%d} for {empty}")
+        raise ValueError(f"{month}: no snapshot rows at {as_of:%Y-%m-%d} for {empty}")
     backwards = older_than_published(as_of, newer, force)
     if backwards:
-        log.warning("%s not materialized: %s", month_name(parse_month(month)), backwards)
-        return {"month": month_name(parse_month(month)), "as_of": as_of.date().isoformat(), "skipped": backwards}
+        log.warning("%s not materialized: %s", month, backwards)
+        return {"month": month.name, "as_of": as_of.date().isoformat(), "skipped": backwards}
     if newer is not None and newer > as_of:
         log.warning("materializing %s (force): the online store goes back to %s", month, as_of.date())
 
@@ -127,7 +128,7 @@ def materialize_month(
     seconds = time.perf_counter() - started
     total_users = max(users.values())
     report = {
-        "month": month_name(parse_month(month)),
+        "month": month.name,
         "as_of": as_of.date().isoformat(),
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from streamflow_mlops.config.months import month_as_of_ts, month_name, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, TIMESTAMP
 from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.features.online import OnlineLookup, online_features
@@ -75,7 +75,7 @@ def parity_sample_users(conn: psycopg.Connection, as_of: datetime, size: int) ->
 
 
 def check_parity(
-    month: str | int,
+    month: str | Month,
     sample: int = PARITY_SAMPLE,
     feature_service_name: str = FEATURE_SERVICE,
     settings: Settings | None = None,
@@ -85,11 +85,12 @@ def check_parity(
     import pandas as pd
 
     settings = settings or get_settings()
-    as_of = month_as_of_ts(month)
+    month = Month.parse(month)
+    as_of = month.as_of_ts
     with psycopg.connect(settings.db_url) as conn:
         users = parity_sample_users(conn, as_of, sample)
     if not users:
-        raise FeatureParityError(f"{month_name(parse_month(month))}: no users at {as_of.date()} to check")
+        raise FeatureParityError(f"{month}: no users at {as_of.date()} to check")
     names = feature_names(feature_service_name, settings)
     store = feature_store(settings)
     entity_df = pd.DataFrame({ENTITY: users, EVENT_TIMESTAMP: [as_of] * len(users)})
@@ -100,7 +101,7 @@ def check_parity(
     lookup = online_features(users, feature_service_name, settings)
     problems = parity_mismatches(expected, lookup)
     report = {
-        "month": month_name(parse_month(month)),
+        "month": month.name,
         "as_of": as_of.date().isoformat(),
         "users_checked": len(users),
         "features": len(names),

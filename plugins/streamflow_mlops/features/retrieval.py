@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from datetime import time as dt_time
 from typing import TYPE_CHECKING
 
-from streamflow_mlops.config.months import month_as_of_ts, month_name, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.features.store import feature_names, feature_store
@@ -48,26 +48,25 @@ def iter_historical(
         yield frame
 
 
-def labels_as_of(month: str | int, settings: Settings | None = None) -> datetime:
+def labels_as_of(month: Month, settings: Settings | None = None) -> datetime:
     """The as_of of the labels the month's drop brought (its latest successful ingestion, DESIGN
     "Data"): the previous month's when drops carry a label lag, else (and for months loaded
     without an `ingestion_runs` row) the month's own as_of."""
     import psycopg
 
-    month = month_name(parse_month(month))
     with psycopg.connect((settings or get_settings()).db_url) as conn:
         row = conn.execute(
             f"SELECT labels_as_of FROM {WAREHOUSE_SCHEMA}.ingestion_runs WHERE month = %s AND status = 'success' "
             "ORDER BY run_id DESC LIMIT 1",
-            (month,),
+            (month.name,),
         ).fetchone()
     if row is None or row[0] is None:
-        return month_as_of_ts(month)
+        return month.as_of_ts
     return datetime.combine(row[0], dt_time.min, tzinfo=UTC)
 
 
 def iter_training_set(
-    month: str | int,
+    month: Month,
     feature_service_name: str = FEATURE_SERVICE,
     settings: Settings | None = None,
     chunk_rows: int | None = None,
@@ -83,11 +82,11 @@ def iter_training_set(
         empty = False
         yield frame[[ENTITY, TIMESTAMP, *names, LABEL]]
     if empty:
-        raise ValueError(f"{month_name(parse_month(month))}: no labelled users at {as_of.date()}")
+        raise ValueError(f"{month}: no labelled users at {as_of.date()}")
 
 
 def iter_feature_frames(
-    month: str | int,
+    month: Month,
     feature_service_name: str = FEATURE_SERVICE,
     settings: Settings | None = None,
     chunk_rows: int | None = None,
@@ -96,7 +95,7 @@ def iter_feature_frames(
     """The month's users (from `users`) with their point-in-time features at as_of, a chunk at a
     time in user_id order; no labels needed. With `sample_rows`, only the users of the month's
     seeded hash sample of about that size (`sample_condition`)."""
-    as_of = month_as_of_ts(month)
+    as_of = month.as_of_ts
     where = sample_condition(month_users(month, settings), sample_rows) if sample_rows else ""
     names = feature_names(feature_service_name, settings)
     entity_sql = _entity_query("users", as_of, where=where)
@@ -105,7 +104,7 @@ def iter_feature_frames(
 
 
 def build_training_set(
-    month: str | int, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
+    month: Month, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:
     """The whole point-in-time training set as one frame (`iter_training_set`; for months that fit)."""
     import pandas as pd
@@ -114,7 +113,7 @@ def build_training_set(
 
 
 def feature_frame(
-    month: str | int, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
+    month: Month, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:
     """The month's users with their features as one frame (`iter_feature_frames`; for months that fit)."""
     import pandas as pd
@@ -126,14 +125,14 @@ def feature_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def month_users(month: str | int, settings: Settings | None = None) -> int:
+def month_users(month: Month, settings: Settings | None = None) -> int:
     """How many users the month's `users` partition holds."""
     import psycopg
 
     with psycopg.connect((settings or get_settings()).db_url) as conn:
         (count,) = conn.execute(
             f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.users WHERE {TIMESTAMP} = %s",
-            (month_as_of_ts(month).date(),),
+            (month.as_of,),
         ).fetchone()
     return int(count)
 

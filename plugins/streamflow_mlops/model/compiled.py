@@ -33,8 +33,8 @@ class PipelineModel:
     def __init__(self, pipeline: Any, columns: Sequence[str]) -> None:
         self.pipeline = pipeline
         self.columns = list(columns)
-        # Thread pools inside one request cost more than they give on a single row (57 ms vs 29 ms
-        # for a 300-tree forest), and the service already runs requests side by side.
+        # Thread pools inside one request cost more than they give on a single row
+        # (docs/decisions.md), and the service already runs requests side by side.
         single_threaded = {name: 1 for name in pipeline.get_params(deep=True) if name.endswith("n_jobs")}
         if single_threaded:
             pipeline.set_params(**single_threaded)
@@ -111,9 +111,9 @@ class ArrayBranch:
 class ArrayPipeline:
     """A fitted `Pipeline(ColumnTransformer, ..., classifier)` scored from dict rows with numpy only.
 
-    sklearn's ColumnTransformer costs about 2 ms on a one-row DataFrame (DataFrame build, column
-    selection, validation and joblib dispatch per branch); the same encoding as arrays costs tens
-    of microseconds. Imputer, scaler and one-hot steps are rewritten with the same float
+    sklearn's ColumnTransformer pays a DataFrame build, column selection, validation and joblib
+    dispatch per branch on every one-row call; the same encoding as arrays skips all of it
+    (docs/decisions.md has the figures). Imputer, scaler and one-hot steps are rewritten with the same float
     operations, any other step's own fitted `transform` runs on the array, and the fitted
     classifier scores the result, so the probabilities are the pipeline's own.
     """

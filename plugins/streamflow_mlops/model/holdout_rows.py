@@ -1,7 +1,7 @@
 """A month's evaluation rows, in memory or in a local Parquet file, read a batch at a time.
 
-The evaluation holdout is a fifth of the month: two million rows of a 10M-user month, ~1 GB as a
-pandas frame and several times that once copied for scoring, logging and comparing. Streamed from
+The evaluation holdout is a fifth of the month, too large for a task to hold whole once copied for
+scoring, logging and comparing (docs/decisions.md, "Scale on one machine"). Streamed from
 Feast it goes to a Parquet file a chunk at a time (`HoldoutWriter`), and everything that needs it
 (scoring either model, the validation artifact, the ceiling, the model card) reads it back in
 batches of `STREAMFLOW_CHUNK_ROWS` or one column at a time, so a task holds one batch of rows and

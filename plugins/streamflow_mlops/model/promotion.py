@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from streamflow_mlops.config.months import month_name, parse_month
+from streamflow_mlops.config.months import Month
 
 # One-sided 95%: the gain counts as real when its 5th bootstrap percentile is above zero.
 DEFAULT_CONFIDENCE = 0.90
@@ -171,15 +171,12 @@ def should_promote(
     )
 
 
-def month_older_than_champion(month: str, champion_month: str | None) -> str | None:
+def month_older_than_champion(month: Month, champion_month: Month | None) -> str | None:
     """Why `month` can't retrain the champion, or None: a month older than the one the champion
     was trained on (a re-delivery, a re-run) never retrains or promotes automatically."""
-    if not champion_month or parse_month(month) >= parse_month(champion_month):
+    if champion_month is None or month >= champion_month:
         return None
-    return (
-        f"{month_name(parse_month(month))} is older than the champion's training month "
-        f"{month_name(parse_month(champion_month))}: no automatic retrain"
-    )
+    return f"{month} is older than the champion's training month {champion_month}: no automatic retrain"
 
 
 def score_gain(
@@ -205,7 +202,7 @@ class Comparison:
     """A challenger compared with the champion on the evaluation rows, and the decision."""
 
     version: str
-    month: str
+    month: Month
     delta: float
     challenger_auc: float
     champion_version: str | None
@@ -216,7 +213,7 @@ class Comparison:
     decision: Decision
 
     @classmethod
-    def decide(cls, *, champion_month: str | None, force: bool = False, **facts: Any) -> Comparison:
+    def decide(cls, *, champion_month: Month | None, force: bool = False, **facts: Any) -> Comparison:
         """Apply every rule: a month older than the champion's stays out unless `force`, else `should_promote`."""
         decision = should_promote(facts["challenger_auc"], facts["champion_auc"], facts["delta"], facts["bootstrap"])
         stale = month_older_than_champion(facts["month"], champion_month) if facts["champion_version"] else None

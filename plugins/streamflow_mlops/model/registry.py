@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL, SHADOW_ALIAS
 from streamflow_mlops.model.holdout_rows import HoldoutRows
 from streamflow_mlops.model.tracking import VALIDATION_ARTIFACT
 
@@ -56,16 +56,41 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def champion_version(client: MlflowClient) -> ModelVersion | None:
-    """The version the `champion` alias points at, or None before the first promotion."""
+def aliased_version(client: MlflowClient, alias: str) -> ModelVersion | None:
+    """The version `alias` points at, or None when the alias (or the registered model) is absent."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+        return client.get_model_version_by_alias(REGISTERED_MODEL, alias)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def champion_version(client: MlflowClient) -> ModelVersion | None:
+    """The version the `champion` alias points at, or None before the first promotion."""
+    return aliased_version(client, CHAMPION_ALIAS)
+
+
+def shadow_version(client: MlflowClient) -> ModelVersion | None:
+    """The version the `shadow` alias points at (scored beside the champion by the service), if any."""
+    return aliased_version(client, SHADOW_ALIAS)
+
+
+def set_shadow(client: MlflowClient, version: str) -> None:
+    """Point the `shadow` alias at `version`: the service scores it beside the champion from its next poll."""
+    client.set_registered_model_alias(REGISTERED_MODEL, SHADOW_ALIAS, str(version))
+
+
+def clear_shadow(client: MlflowClient, version: str) -> bool:
+    """Remove the `shadow` alias if it still points at `version` (a later review or a person may
+    have moved it since: theirs stays); True when it was removed."""
+    current = shadow_version(client)
+    if current is None or str(current.version) != str(version):
+        return False
+    client.delete_registered_model_alias(REGISTERED_MODEL, SHADOW_ALIAS)
+    return True
 
 
 @contextmanager

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, LABEL, feature_column
 from streamflow_mlops.config.settings import EXPERIMENT, REGISTERED_MODEL, Settings, get_settings
 from streamflow_mlops.model.holdout_rows import HoldoutRows
@@ -107,7 +107,7 @@ def feature_schema(features: list[str]) -> dict[str, Any]:
     }
 
 
-def _training_source(feature_service: str, month: str, as_of: date) -> Any:
+def _training_source(feature_service: str, month: Month) -> Any:
     from mlflow.data.dataset_source import DatasetSource
 
     class FeatureServiceSource(DatasetSource):
@@ -124,7 +124,7 @@ def _training_source(feature_service: str, month: str, as_of: date) -> Any:
         def load(self) -> pd.DataFrame:
             from streamflow_mlops.features.retrieval import build_training_set
 
-            return build_training_set(self.spec["month"], self.spec["feature_service"])
+            return build_training_set(Month.parse(self.spec["month"]), self.spec["feature_service"])
 
         @staticmethod
         def _can_resolve(raw_source: Any) -> bool:
@@ -144,8 +144,8 @@ def _training_source(feature_service: str, month: str, as_of: date) -> Any:
     return FeatureServiceSource(
         {
             "feature_service": feature_service,
-            "month": month,
-            "as_of": as_of.isoformat(),
+            "month": month.name,
+            "as_of": month.as_of.isoformat(),
             "snapshot_tables": [group.table for group in FEATURE_GROUPS],
             "labels_table": "labels",
         }
@@ -196,8 +196,7 @@ def _log_plots(trained: TrainedModel) -> None:
 def log_trained_model(
     trained: TrainedModel,
     *,
-    month: str,
-    as_of: date,
+    month: Month,
     feature_service: str,
     extra_metrics: dict[str, float] | None = None,
     settings: Settings | None = None,
@@ -214,7 +213,7 @@ def log_trained_model(
     metrics = {**trained.metrics, **(extra_metrics or {})}
     features = trained.features
     example = trained.val.head(5)[features]
-    identity = {"month": month, "as_of": as_of.isoformat(), "feature_service": feature_service}
+    identity = {"month": month.name, "as_of": month.as_of.isoformat(), "feature_service": feature_service}
 
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"{month}-{trained.classifier}-seed{trained.seed}"
@@ -222,7 +221,7 @@ def log_trained_model(
         mlflow.set_tags(identity)
         mlflow.log_params({**trained.params, **identity})
         mlflow.log_metrics(metrics)
-        source = _training_source(feature_service, month, as_of)
+        source = _training_source(feature_service, month)
         for context, rows in (("training", HoldoutRows.of(trained.train)), ("validation", trained.val)):
             mlflow.log_input(_dataset(rows, source, f"{month}-{context}"), context=context)
         mlflow.log_dict(feature_schema(features), "feature_schema.json")

@@ -46,10 +46,7 @@ from streamflow_mlops.model.holdout_rows import HoldoutRows
 log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("hgb", "rf", "logreg", "spline_logreg")
-# Chosen by bench/bench_models.py on month_000 (mean of three seeds, README "Model choice"):
-# logistic regression over spline-expanded numerics has the best validation AUC (0.8743 vs 0.870
-# for HGB and plain logistic regression, 0.867 for RF300, ceiling 0.887), fits in well under a
-# second and costs microseconds per row once encoded; RF300 is the slowest to serve by far.
+# The best validation AUC of bench/bench_models.py, cheap to fit and to serve (docs/decisions.md).
 DEFAULT_CLASSIFIER = "spline_logreg"
 VALIDATION_FRACTION = 0.2
 # Out-of-fold scores over 5 folds cover every training row once; each fold model sees 80% of

@@ -1,4 +1,4 @@
-"""Retention campaigns (issue 28): the control arm, and whether contacting people changed anything.
+"""Retention campaigns: the control arm, and whether contacting people changed anything.
 
 Pure rules, no I/O (the edge that writes `retention_campaigns` and `campaign_outcomes` is
 `pipelines/campaigns.py`):
@@ -28,6 +28,8 @@ import math
 from collections.abc import Iterable
 from statistics import NormalDist
 from typing import TYPE_CHECKING
+
+from streamflow_mlops.config.months import Month
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,13 +65,13 @@ def control_threshold(share: float) -> int:
     return math.floor(share * 2**HASH_BITS)
 
 
-def control_bucket(user_id: str, month: str) -> int:
-    """The first 60 bits of `md5("<user_id>:<month>:<CONTROL_SALT>")`, as a non-negative int."""
-    digest = hashlib.md5(f"{user_id}:{month}:{CONTROL_SALT}".encode()).hexdigest()
+def control_bucket(user_id: str, month: Month) -> int:
+    """The first 60 bits of `md5("<user_id>:<month name>:<CONTROL_SALT>")`, as a non-negative int."""
+    digest = hashlib.md5(f"{user_id}:{month.name}:{CONTROL_SALT}".encode()).hexdigest()
     return int(digest[: HASH_BITS // 4], 16)
 
 
-def arms(user_ids: Iterable[str], month: str, share: float = DEFAULT_CONTROL_SHARE) -> list[str]:
+def arms(user_ids: Iterable[str], month: Month, share: float = DEFAULT_CONTROL_SHARE) -> list[str]:
     """The arm of each targeted user: `control` when the bucket is below the threshold."""
     threshold = control_threshold(share)
     return [CONTROL if control_bucket(u, month) < threshold else TREATMENT for u in user_ids]
@@ -169,7 +171,7 @@ def campaign_outcome(
     return outcome
 
 
-def describe_outcome(month: str, outcome: dict) -> str:
+def describe_outcome(month: Month, outcome: dict) -> str:
     """One line for logs and the demo summary."""
     reduction = outcome.get("relative_reduction")
     relative = "" if reduction is None else f", {reduction:+.0%} of the control's churn avoided"

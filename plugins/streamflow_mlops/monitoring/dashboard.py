@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -54,13 +54,6 @@ CAMPAIGN_VALUES = (
 
 def workspace_dir(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).evidently_workspace
-
-
-def snapshot_time(as_of: date | datetime) -> datetime:
-    """The dashboard's time axis: the month's as_of, midnight UTC."""
-    if isinstance(as_of, datetime):
-        return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
-    return datetime.combine(as_of, time.min, tzinfo=UTC)
 
 
 def panel_specs() -> list[dict[str, Any]]:
@@ -109,20 +102,20 @@ def open_project(directory: Path) -> tuple[Workspace, Any]:
     return workspace, project
 
 
-def replace_month_snapshot(directory: Path, snapshot: Any, month: str, kind: str) -> str:
+def replace_month_snapshot(directory: Path, snapshot: Any, month: Month, kind: str) -> str:
     """Add a snapshot (an Evidently `Report.run` result tagged `kind`, metadata month) to the
     project, first removing the month's earlier snapshot of that kind; returns its id."""
     workspace, project = open_project(directory)
     for snapshot_id in workspace.list_runs(project.id):
         stored = workspace.get_run(project.id, snapshot_id)
-        if stored is not None and stored.metadata.get("month") == month and kind in stored.tags:
+        if stored is not None and stored.metadata.get("month") == month.name and kind in stored.tags:
             workspace.delete_run(project.id, snapshot_id)
     ref = workspace.add_run(project.id, snapshot, include_data=False)
     log.info("dashboard: %s snapshot of %s added (%s)", kind, month, ref.id)
     return str(ref.id)
 
 
-def scalar_report(values: Mapping[str, float], month: str, as_of: date | datetime, kind: str) -> Any:
+def scalar_report(values: Mapping[str, float], month: Month, kind: str) -> Any:
     """A one-row `MeanValue` report per value (the mean of one value is that value)."""
     import pandas as pd
     from evidently import DataDefinition, Dataset, Report
@@ -131,45 +124,41 @@ def scalar_report(values: Mapping[str, float], month: str, as_of: date | datetim
     row = pd.DataFrame({name: [float(value)] for name, value in values.items()})
     dataset = Dataset.from_pandas(row, data_definition=DataDefinition(numerical_columns=list(row.columns)))
     return Report([MeanValue(column=name) for name in row.columns], include_tests=False).run(
-        dataset, None, timestamp=snapshot_time(as_of), tags=[kind], metadata={"month": month}, name=f"{kind} {month}"
+        dataset, None, timestamp=month.as_of_ts, tags=[kind], metadata={"month": month.name}, name=f"{kind} {month}"
     )
 
 
-def add_drift_snapshot(month: str, snapshot: Any, settings: Settings | None = None) -> str:
+def add_drift_snapshot(month: Month, snapshot: Any, settings: Settings | None = None) -> str:
     """The drift check's Evidently snapshot (run with the month's as_of as timestamp, tag `drift`)."""
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, DRIFT)
 
 
-def add_performance_snapshot(
-    month: str, as_of: date | datetime, metrics: Mapping[str, float], settings: Settings | None = None
-) -> str:
+def add_performance_snapshot(month: Month, metrics: Mapping[str, float], settings: Settings | None = None) -> str:
     """Realized performance of a month, measured elsewhere (`model_performance`):
     `metrics` like `{"realized_auc": 0.84, "realized_pr_auc": 0.61, "brier": 0.16}`; the
     "Realized AUC" panel reads `realized_auc`."""
-    snapshot = scalar_report(metrics, month, as_of, PERFORMANCE)
+    snapshot = scalar_report(metrics, month, PERFORMANCE)
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, PERFORMANCE)
 
 
 def add_scores_snapshot(
-    month: str, as_of: date | datetime, scored_users: int, predicted_churn_rate: float, settings: Settings | None = None
+    month: Month, scored_users: int, predicted_churn_rate: float, settings: Settings | None = None
 ) -> str:
     """The month's batch scores: how many users were scored and the share predicted to churn."""
     values = {"scored_users": float(scored_users), "predicted_churn_rate": float(predicted_churn_rate)}
-    snapshot = scalar_report(values, month, as_of, SCORES)
+    snapshot = scalar_report(values, month, SCORES)
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, SCORES)
 
 
-def add_campaign_snapshot(
-    month: str, as_of: date | datetime, outcome: Mapping[str, Any], settings: Settings | None = None
-) -> str:
+def add_campaign_snapshot(month: Month, outcome: Mapping[str, Any], settings: Settings | None = None) -> str:
     """A campaign month's outcome (a `campaign_outcomes` row): the treated and control churn rates
     the panel draws, and the difference, its interval, revenue saved and the control's mean score."""
     values = {name: float(outcome[name]) for name in CAMPAIGN_VALUES}
-    snapshot = scalar_report(values, month, as_of, CAMPAIGN)
+    snapshot = scalar_report(values, month, CAMPAIGN)
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, CAMPAIGN)
 
 
-def classification_report(scored: pd.DataFrame, threshold: float, month: str, as_of: date | datetime) -> Any:
+def classification_report(scored: pd.DataFrame, threshold: float, month: Month) -> Any:
     """Evidently's classification report (ROC AUC, confusion matrix, PR curve ...) on `scored`
     (user_id, churn_label, churn_probability) plus the AUC as `realized_auc` for the panel."""
     import pandas as pd
@@ -194,17 +183,17 @@ def classification_report(scored: pd.DataFrame, threshold: float, month: str, as
     return Report([ClassificationPreset(), MeanValue(column="realized_auc")], include_tests=False).run(
         Dataset.from_pandas(pd.DataFrame(frame), data_definition=definition),
         None,
-        timestamp=snapshot_time(as_of),
+        timestamp=month.as_of_ts,
         tags=[PERFORMANCE],
-        metadata={"month": month},
+        metadata={"month": month.name},
         name=f"{PERFORMANCE} {month}",
     )
 
 
 def add_classification_snapshot(
-    month: str, as_of: date | datetime, scored: pd.DataFrame, threshold: float, settings: Settings | None = None
+    month: Month, scored: pd.DataFrame, threshold: float, settings: Settings | None = None
 ) -> str:
     """Realized performance from scores and labels: Evidently's classification report as the
     month's `performance` snapshot (replacing one added by `add_performance_snapshot`)."""
-    snapshot = classification_report(scored, threshold, month, as_of)
+    snapshot = classification_report(scored, threshold, month)
     return replace_month_snapshot(workspace_dir(settings), snapshot, month, PERFORMANCE)

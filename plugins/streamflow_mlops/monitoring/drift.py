@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_NAMES, feature_column
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     import numpy as np
     import pandas as pd
     from evidently import DataDefinition
@@ -130,12 +129,11 @@ def compute_drift(
     current_scores: np.ndarray | None = None,
     served_scores: np.ndarray | None = None,
     feature_names: Sequence[str] = FEATURE_NAMES,
-    timestamp: datetime | None = None,
-    month: str | None = None,
+    month: Month | None = None,
 ) -> DriftResult:
     """Evidently `DataDriftPreset` over the feature columns (current first, as Evidently takes it),
     plus the drift of the champion's scores: reference vs current month, and reference vs served.
-    `timestamp` and `month` stamp the data snapshot for the dashboard (monitoring/dashboard.py)."""
+    `month` stamps the data snapshot for the dashboard (monitoring/dashboard.py): its as_of, its name."""
     import numpy as np
     from evidently import Dataset, Report
     from evidently.metrics import ValueDrift
@@ -152,9 +150,9 @@ def compute_drift(
         ref[SCORE_COLUMN] = np.asarray(reference_scores, dtype=float)
         cur[SCORE_COLUMN] = np.asarray(current_scores, dtype=float)
         metrics.append(ValueDrift(column=SCORE_COLUMN))
-    stamp: dict[str, Any] = {"tags": ["drift"], "metadata": {"month": month} if month else {}}
-    if timestamp is not None:
-        stamp["timestamp"] = timestamp
+    stamp: dict[str, Any] = {"tags": ["drift"], "metadata": {}}
+    if month is not None:
+        stamp.update(metadata={"month": month.name}, timestamp=month.as_of_ts)
     snapshot = Report(metrics, include_tests=True).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),

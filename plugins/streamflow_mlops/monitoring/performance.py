@@ -23,14 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Measured with bench/bench_honest.py (7,043 users, generator seeds 1-5, spline logistic
-# champion trained on month_000): on undrifted months 2-4 the loss (validation AUC minus realized
-# AUC) is +0.005 on average, sd 0.016, worst +0.030 (+0.034 on held-out users only). It is mostly
-# the noise of the validation AUC itself, measured on ~1,400 held-out rows (0.853-0.886 across
-# seeds while the realized AUC on 7,043 rows stays at 0.856-0.873). 0.04 sits above every
-# undrifted loss measured, so an undrifted month does not retrain; the default drifted month_001
-# loses -0.003 to +0.070 (over 0.04 on 2 of 5 seeds; the drift gate catches it on every seed),
-# a fee rise alone -0.014 to +0.038 (never over 0.04).
+# Above every loss of an undrifted month that bench/bench_honest.py measured, so noise in the
+# validation AUC never retrains (docs/decisions.md, "Honest models", has the figures).
 DEFAULT_DECAY_THRESHOLD = 0.04
 LIFT_SHARE = 0.10
 RELIABILITY_BINS = 10

@@ -31,6 +31,13 @@ class LogRow:
     churn_probability: float
     model_name: str
     model_version: str
+    # The version scored in shadow beside the champion (serving/shadow.py) and its probability.
+    shadow_version: str | None = None
+    shadow_probability: float | None = None
+
+
+COLUMNS = ("predicted_at", "user_id", "features", "churn_probability", "model_name", "model_version")
+SHADOW_COLUMNS = ("shadow_version", "shadow_probability")
 
 
 class PredictionLogWriter:
@@ -98,7 +105,22 @@ class PredictionLogWriter:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.db_url, connect_timeout=3, autocommit=False)
         conn = self._conn
-        columns = "predicted_at, user_id, features, churn_probability, model_name, model_version"
+        # The shadow columns only when the batch has shadow scores: a warehouse created before them
+        # takes the champion's rows as it always did.
+        shadowed = any(row.shadow_version is not None for row in batch)
+        try:
+            self._copy(conn, batch, shadowed)
+        except psycopg.errors.UndefinedColumn:
+            if not shadowed:
+                raise
+            conn.rollback()
+            add_shadow_columns(conn)
+            self._copy(conn, batch, shadowed)
+        conn.commit()
+
+    @staticmethod
+    def _copy(conn: Any, batch: Sequence[LogRow], shadowed: bool) -> None:
+        columns = ", ".join(COLUMNS + SHADOW_COLUMNS if shadowed else COLUMNS)
         with conn.cursor() as cur:
             with cur.copy(f"COPY {WAREHOUSE_SCHEMA}.prediction_log ({columns}) FROM STDIN") as copy:
                 for n, row in enumerate(batch, 1):
@@ -106,17 +128,15 @@ class PredictionLogWriter:
                         # Hand the GIL to the request threads now and then: ~12 us of Python per
                         # row would otherwise hold it for a whole 5 ms switch interval at a time.
                         time.sleep(YIELD_PAUSE_S)
-                    copy.write_row(
-                        (
-                            row.predicted_at,
-                            row.user_id,
-                            json.dumps(row.features, default=str),
-                            row.churn_probability,
-                            row.model_name,
-                            row.model_version,
-                        )
+                    values = (
+                        row.predicted_at,
+                        row.user_id,
+                        json.dumps(row.features, default=str),
+                        row.churn_probability,
+                        row.model_name,
+                        row.model_version,
                     )
-        conn.commit()
+                    copy.write_row(values + (row.shadow_version, row.shadow_probability) if shadowed else values)
 
     def flush(self, batch: Sequence[LogRow]) -> bool:
         """Write one batch; on failure forget the connection and return False (the caller keeps it)."""
@@ -191,3 +211,14 @@ class PredictionLogWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def add_shadow_columns(conn: Any) -> None:
+    """Add the shadow columns to a `prediction_log` created before them (the warehouse's own DDL,
+    which ingestion also runs): a service in front of an older warehouse logs its shadow anyway."""
+    from streamflow_mlops.data.warehouse import PREDICTION_LOG_SHADOW_DDL
+
+    logger.info("prediction log: adding the shadow columns to %s.prediction_log", WAREHOUSE_SCHEMA)
+    with conn.transaction():
+        for statement in PREDICTION_LOG_SHADOW_DDL:
+            conn.execute(statement)

@@ -1,4 +1,4 @@
-"""Retention campaigns at the warehouse's edge (issue 28): `retention_campaigns` written with each
+"""Retention campaigns at the warehouse's edge: `retention_campaigns` written with each
 exported list, `campaign_outcomes` measured once the next drop's labels are in, and which treated
 users realized performance must leave out.
 
@@ -17,7 +17,7 @@ import logging
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from streamflow_mlops.config.months import month_as_of, month_name, month_of_as_of, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.monitoring.campaigns import RANK_COLUMN, TREATMENT, campaign_outcome, describe_outcome
@@ -37,23 +37,23 @@ OUTCOME_COLUMNS = (
 )  # fmt: skip
 
 
-def record_campaign(conn: psycopg.Connection, month: str, rank_by: str, control_share: float) -> int:
+def record_campaign(conn: psycopg.Connection, month: Month, rank_by: str, control_share: float) -> int:
     """Replace the month's `retention_campaigns` rows with its targeted users (those with an arm in
     `churn_scores`), in the caller's transaction; returns the rows written. `contacted` says the
     user is on the exported contact list (the treatment arm); who was actually reached comes with
     the next drop's `contacts.csv`."""
-    conn.execute(f"DELETE FROM {S}.retention_campaigns WHERE month = %s", (month,))
+    conn.execute(f"DELETE FROM {S}.retention_campaigns WHERE month = %s", (month.name,))
     cur = conn.execute(
         f"INSERT INTO {S}.retention_campaigns (month, user_id, as_of, arm, contacted, rank, rank_by, "
         "churn_probability, monthly_fee, expected_loss, control_share, model_version) "
         f"SELECT month, user_id, as_of, arm, arm = '{TREATMENT}', {RANK_COLUMN[rank_by]}, %s, churn_probability, "
         f"monthly_fee, expected_loss, %s, model_version FROM {S}.churn_scores WHERE month = %s AND arm IS NOT NULL",
-        (rank_by, control_share, month),
+        (rank_by, control_share, month.name),
     )
     return cur.rowcount
 
 
-def campaign_for_labels(db_url: str, labels_as_of: date) -> str | None:
+def campaign_for_labels(db_url: str, labels_as_of: date) -> Month | None:
     """The campaign month whose outcomes the labels stored at `labels_as_of` are: the month before
     the drop that brought them (its latest successful ingestion; a month loaded without one brought
     its own as_of's labels), None before the first month."""
@@ -65,11 +65,11 @@ def campaign_for_labels(db_url: str, labels_as_of: date) -> str | None:
             "ORDER BY run_id DESC LIMIT 1",
             (labels_as_of,),
         ).fetchone()
-    drop = parse_month(row[0]) if row else month_of_as_of(labels_as_of)
-    return month_name(drop - 1) if drop > 0 else None
+    drop = Month.parse(row[0]) if row else Month.of_as_of(labels_as_of)
+    return drop.previous()
 
 
-def treated_users(db_url: str, campaign_month: str | None) -> frozenset[str]:
+def treated_users(db_url: str, campaign_month: Month | None) -> frozenset[str]:
     """The treatment arm of a campaign month (empty when there was none): users whose next outcome
     the campaign may have changed. A few hundred ids a month (the list's length, not the month's)."""
     if campaign_month is None:
@@ -78,12 +78,13 @@ def treated_users(db_url: str, campaign_month: str | None) -> frozenset[str]:
 
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            f"SELECT user_id FROM {S}.retention_campaigns WHERE month = %s AND arm = %s", (campaign_month, TREATMENT)
+            f"SELECT user_id FROM {S}.retention_campaigns WHERE month = %s AND arm = %s",
+            (campaign_month.name, TREATMENT),
         ).fetchall()
     return frozenset(r[0] for r in rows)
 
 
-def campaign_rows(conn: psycopg.Connection, month: str, labels_as_of: date, drop_as_of: date) -> Any:
+def campaign_rows(conn: psycopg.Connection, month: Month, labels_as_of: date, drop_as_of: date) -> Any:
     """The campaign's targeted users with their outcome (the labels at `labels_as_of`) and whether
     the next drop's contacts say they were reached (null when that drop has no contacts.csv)."""
     import pandas as pd
@@ -92,7 +93,7 @@ def campaign_rows(conn: psycopg.Connection, month: str, labels_as_of: date, drop
         f"SELECT c.user_id, c.arm, l.{LABEL}, c.churn_probability, c.monthly_fee, k.user_id IS NOT NULL "
         f"FROM {S}.retention_campaigns c JOIN {S}.labels l ON l.user_id = c.user_id AND l.as_of = %s "
         f"LEFT JOIN {S}.contacts k ON k.user_id = c.user_id AND k.as_of = %s WHERE c.month = %s",
-        (labels_as_of, drop_as_of, month),
+        (labels_as_of, drop_as_of, month.name),
     ).fetchall()
     frame = pd.DataFrame(rows, columns=[ENTITY, "arm", LABEL, "churn_probability", "monthly_fee", "reached"])
     (has_contacts,) = conn.execute(
@@ -112,7 +113,7 @@ def record_outcome(conn: psycopg.Connection, row: dict[str, Any]) -> None:
     )
 
 
-def measure_campaign(month: str, settings: Settings | None = None) -> dict[str, Any]:
+def measure_campaign(month: Month, settings: Settings | None = None) -> dict[str, Any]:
     """Measure one campaign month against the next drop's labels; records and returns
     `{"status": "measured", ...the campaign_outcomes row}` or `{"status": "pending" | "skipped", "reason"}`."""
     import psycopg
@@ -120,31 +121,29 @@ def measure_campaign(month: str, settings: Settings | None = None) -> dict[str, 
     from streamflow_mlops.features.retrieval import labels_as_of
 
     settings = settings or get_settings()
-    month = month_name(parse_month(month))
-    outcome_month = month_name(parse_month(month) + 1)
+    outcome_month = month.next()
     outcome_as_of = labels_as_of(outcome_month, settings).date()
-    drop_as_of = month_as_of(parse_month(outcome_month))
     with psycopg.connect(settings.db_url) as conn:
         campaign = conn.execute(
             f"SELECT min(rank_by), min(control_share), count(*) FROM {S}.retention_campaigns WHERE month = %s",
-            (month,),
+            (month.name,),
         ).fetchone()
         if not campaign[2]:
-            return {"status": "skipped", "month": month, "reason": f"no retention list was exported for {month}"}
-        frame, has_contacts = campaign_rows(conn, month, outcome_as_of, drop_as_of)
+            return {"status": "skipped", "month": month.name, "reason": f"no retention list was exported for {month}"}
+        frame, has_contacts = campaign_rows(conn, month, outcome_as_of, outcome_month.as_of)
         arms = set(frame["arm"])
         if len(frame) == 0:
-            return {"status": "pending", "month": month, "reason": f"{outcome_month}'s labels are not loaded yet"}
+            return {"status": "pending", "month": month.name, "reason": f"{outcome_month}'s labels are not loaded yet"}
         if arms != {"treatment", "control"}:
-            return {"status": "skipped", "month": month, "reason": f"only the {sorted(arms)} arm has outcomes"}
+            return {"status": "skipped", "month": month.name, "reason": f"only the {sorted(arms)} arm has outcomes"}
         horizon = settings.value_horizon_months
         outcome = campaign_outcome(
             frame["arm"].to_numpy(), frame[LABEL].to_numpy(), frame["churn_probability"].to_numpy(),
             frame["monthly_fee"].to_numpy(), horizon, frame["reached"].to_numpy() if has_contacts else None,
         )  # fmt: skip
         row = {
-            "month": month,
-            "outcome_month": outcome_month,
+            "month": month.name,
+            "outcome_month": outcome_month.name,
             "outcome_as_of": outcome_as_of,
             "rank_by": campaign[0],
             "control_share": float(campaign[1]),
@@ -169,12 +168,13 @@ def measure_campaigns(settings: Settings | None = None) -> list[dict[str, Any]]:
     settings = settings or get_settings()
     with psycopg.connect(settings.db_url) as conn:
         create_schema(conn)
-        months = [m for (m,) in conn.execute(f"SELECT DISTINCT month FROM {S}.retention_campaigns ORDER BY month")]
+        rows = conn.execute(f"SELECT DISTINCT month FROM {S}.retention_campaigns ORDER BY month").fetchall()
+    months = [Month.parse(m) for (m,) in rows]
     answers = []
     for month in months:
         answer = measure_campaign(month, settings)
         if answer["status"] == "measured":
-            add_campaign_snapshot(month, month_as_of(parse_month(month)), answer, settings)
+            add_campaign_snapshot(month, answer, settings)
         answers.append(answer)
     return answers
 
@@ -200,15 +200,16 @@ def campaign_lines(db_url: str) -> list[str]:
         ).fetchall()
     measured = {row["month"]: row for row in campaign_outcomes(db_url)}
     lines = []
-    for month, rank_by, treated, control, loss in lists:
+    for name, rank_by, treated, control, loss in lists:
+        month = Month.parse(name)
         lines.append(
             f"campaign {month}: {treated} to contact, {control} held back (top by {rank_by}, "
             f"expected loss {loss:,.0f} over the horizon)"
         )
-        outcome = measured.get(month)
+        outcome = measured.get(month.name)
         lines.append(
             f"  {describe_outcome(month, outcome)}"
             if outcome
-            else f"  outcome pending: {month_name(parse_month(month) + 1)}'s labels are not in yet"
+            else f"  outcome pending: {month.next()}'s labels are not in yet"
         )
     return lines

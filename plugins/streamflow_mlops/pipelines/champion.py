@@ -119,14 +119,16 @@ def rollback_target(current: ModelVersion | None, version: str | None, existing:
 
 def rollback_champion(version: str | int | None, by: str, reason: str, request: str = "") -> dict[str, Any]:
     """Point the alias at `version`, or at the version the current champion replaced, and
-    re-import it; who and why become tags on it. `request` (the Airflow run id) makes a retry of
-    the same request a no-op instead of a second step back."""
+    re-import it; who and why become tags on it, and are in the summary returned (`by`, `reason`).
+    `request` (the Airflow run id) makes a retry of the same request a no-op instead of a second step back."""
     client = configure_mlflow()
     current = champion_version(client)
     if request and current is not None and current.tags.get("rollback_request") == request:
         log.info("rollback %s already moved the champion to %s: nothing to do", request, current.version)
         return _summary(client, str(current.version), import_to_bentoml(client, str(current.version)), None) | {
-            "previous_version": current.tags.get("rolled_back_from") or None
+            "previous_version": current.tags.get("rolled_back_from") or None,
+            "by": by,
+            "reason": reason,
         }
     target = rollback_target(current, None if version is None else str(version), existing_versions(client))
     champion = set_champion(
@@ -149,4 +151,4 @@ def rollback_champion(version: str | int | None, by: str, reason: str, request: 
         by,
         reason,
     )
-    return champion
+    return champion | {"by": by, "reason": reason}

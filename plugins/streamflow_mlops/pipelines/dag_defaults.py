@@ -89,9 +89,9 @@ def finite_number(params: Mapping[str, Any], name: str) -> float:
 
 
 def run_month(params: Mapping[str, Any], triggering_asset_events: Mapping[Any, Any] | None) -> str:
-    """The run's month: from the asset event that triggered it, else the `month` param; a
-    malformed month fails the task at once."""
+    """The run's month name (`pipelines/runs.month_for_run`, a string because it travels in XCom);
+    a malformed month fails the task at once."""
     from streamflow_mlops.pipelines.runs import month_for_run
 
     with fail_at_once(KeyError, ValueError):
-        return month_for_run(params, triggering_asset_events)
+        return month_for_run(params, triggering_asset_events).name

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_NAMES
 from streamflow_mlops.config.settings import REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.model.promotion import month_older_than_champion
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ChampionRef:
     version: str
-    month: str
+    month: Month
     feature_service: str | None
 
 
@@ -55,10 +56,10 @@ def find_champion(settings: Settings) -> ChampionRef | None:
     month = version.tags.get("month")
     if not month:
         raise ValueError(f"{REGISTERED_MODEL} v{version.version} (champion) has no `month` tag")
-    return ChampionRef(str(version.version), month, version.tags.get("feature_service"))
+    return ChampionRef(str(version.version), Month.parse(month), version.tags.get("feature_service"))
 
 
-def sampled_feature_frame(month: str, feature_service: str, settings: Settings) -> pd.DataFrame:
+def sampled_feature_frame(month: Month, feature_service: str, settings: Settings) -> pd.DataFrame:
     """The month's features for Evidently: every user up to `drift_sample_rows` users, beyond that
     the md5 sample of about that many (the same users every month; README "Scale" shows the drift
     shares and the gate's decision are those of the whole month within noise)."""
@@ -84,6 +85,49 @@ def served_scores(db_url: str, model_version: str) -> np.ndarray:
             (REGISTERED_MODEL, model_version, MAX_SERVED_ROWS),
         ).fetchall()
     return np.array([r[0] for r in rows], dtype=float)
+
+
+def served_shadow_scores(db_url: str, champion_version: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(champion, shadow) probabilities of the predictions this champion served with a shadow
+    beside it, by shadow version (the newest MAX_SERVED_ROWS of them)."""
+    import numpy as np
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            f"SELECT shadow_version, churn_probability, shadow_probability FROM {WAREHOUSE_SCHEMA}.prediction_log "
+            "WHERE model_name = %s AND model_version = %s AND shadow_version IS NOT NULL "
+            "AND shadow_probability IS NOT NULL ORDER BY predicted_at DESC LIMIT %s",
+            (REGISTERED_MODEL, champion_version, MAX_SERVED_ROWS),
+        ).fetchall()
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
+    for version, champion, shadow in rows:
+        scores = pairs.setdefault(version, ([], []))
+        scores[0].append(champion)
+        scores[1].append(shadow)
+    return {v: (np.array(c, dtype=float), np.array(s, dtype=float)) for v, (c, s) in sorted(pairs.items())}
+
+
+def measure_shadow_agreement(settings: Settings, champion_version: str) -> list[dict[str, Any]]:
+    """How each shadow version agreed with the champion on served traffic (monitoring/shadow_agreement.py),
+    each model's churn decision taken at its own threshold (the `threshold` tag of its version)."""
+    from streamflow_mlops.model.registry import mlflow_client
+    from streamflow_mlops.monitoring.shadow_agreement import shadow_agreement
+
+    pairs = served_shadow_scores(settings.db_url, champion_version)
+    if not pairs:
+        return []
+    client = mlflow_client(settings.mlflow_tracking_uri)
+
+    def threshold(version: str) -> float:
+        return float(client.get_model_version(REGISTERED_MODEL, version).tags.get("threshold", 0.5))
+
+    champion_threshold = threshold(champion_version)
+    return [
+        {"champion_version": champion_version, "shadow_version": version}
+        | shadow_agreement(champion, shadow, champion_threshold, threshold(version))
+        for version, (champion, shadow) in pairs.items()
+    ]
 
 
 def record_drift_report(db_url: str, row: dict[str, Any]) -> None:
@@ -128,6 +172,10 @@ def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: fl
     for key, summary in result["prediction_drift"].items():
         if isinstance(summary, dict):
             client.log_metric(run_id, f"prediction_drift_{key}", summary["score"])
+    for agreement in result.get("shadow_agreement", []):
+        for key, value in agreement.items():
+            if key not in ("champion_version", "shadow_version") and value is not None:
+                client.log_metric(run_id, f"shadow_v{agreement['shadow_version']}_{key}", value)
     for path in reports:
         client.log_artifact(run_id, str(path), artifact_path="drift_reports")
     performance = result.get("performance", {})
@@ -140,7 +188,7 @@ def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: fl
 
 
 def run_drift_check(
-    month: str,
+    month: str | Month,
     threshold: float = DEFAULT_DRIFT_THRESHOLD,
     settings: Settings | None = None,
     decay_threshold: float = DEFAULT_DECAY_THRESHOLD,
@@ -148,22 +196,25 @@ def run_drift_check(
     """Compare `month` with the champion's training month, measure the champion's realized
     performance on the month's labels, decide (drift or decay retrains), keep the reports; returns
     the decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
-    prediction_drift, performance, decision, reason, report_path, mlflow_run_id)."""
+    prediction_drift, shadow_agreement, performance, decision, reason, report_path, mlflow_run_id).
+    `shadow_agreement`: one entry per version the service scored in shadow beside the champion."""
     settings = settings or get_settings()
+    month = Month.parse(month)
     champion = find_champion(settings)
     result: dict[str, Any] = {
-        "month": month,
+        "month": month.name,
         "reference_month": None,
         "drift_share": None,
         "drifted_columns": [],
         "prediction_drift": {},
+        "shadow_agreement": [],
         "report_path": None,
     }
     reports: list[Path] = []
     stale = month_older_than_champion(month, champion.month if champion else None)
     if stale is not None:
         # An older month re-delivered or re-run: never a reason to retrain (nor a report to keep).
-        result.update(reference_month=champion.month, decision=SKIP, reason=stale)
+        result.update(reference_month=champion.month.name, decision=SKIP, reason=stale)
         result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
         record_drift_report(settings.db_url, result)
         log.info("%s: %s", month, stale)
@@ -171,7 +222,6 @@ def run_drift_check(
     if champion is not None:
         import mlflow.sklearn
 
-        from streamflow_mlops.config.months import month_as_of_ts
         from streamflow_mlops.config.settings import FEATURE_SERVICE
         from streamflow_mlops.model.registry import model_uri
         from streamflow_mlops.model.training import predict_scores
@@ -188,19 +238,21 @@ def run_drift_check(
             current_scores=predict_scores(pipeline, current),
             served_scores=served_scores(settings.db_url, champion.version),
             feature_names=names,
-            timestamp=month_as_of_ts(month),
             month=month,
         )
         stem = f"drift_{month}_vs_{champion.month}_v{champion.version}"
         paths = save_reports(drift, settings.reports_dir / "drift", stem)
         reports = list(paths.values())
         result.update(
-            reference_month=champion.month,
+            reference_month=champion.month.name,
             drift_share=drift.drift_share,
             drifted_columns=drift.drifted_columns,
             prediction_drift={"champion_version": champion.version, **drift.prediction_drift},
+            shadow_agreement=measure_shadow_agreement(settings, champion.version),
             report_path=str(paths["data"]),
         )
+        for agreement in result["shadow_agreement"]:
+            log.info("served traffic, champion vs shadow: %s", agreement)
     decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
     # Realized performance on labels the champion never saw; decay retrains like drift.
     performance = measure_realized_performance(month, champion.version if champion else None, settings)
@@ -210,13 +262,12 @@ def run_drift_check(
     result.update(decision=decision, reason=reason, performance=performance)
     result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
     if champion is not None:
-        from streamflow_mlops.config.months import month_as_of_ts
         from streamflow_mlops.monitoring.dashboard import add_drift_snapshot, add_performance_snapshot
 
         result["dashboard_snapshot"] = add_drift_snapshot(month, drift.snapshots["data"], settings)
         if performance.get("status") == "measured":
             realized = {"realized_auc": performance["auc"], "realized_pr_auc": performance["pr_auc"]}
-            add_performance_snapshot(month, month_as_of_ts(month), realized | {"brier": performance["brier"]}, settings)
+            add_performance_snapshot(month, realized | {"brier": performance["brier"]}, settings)
     record_drift_report(settings.db_url, result)
     log.info(
         "%s vs %s: drift share %s, drifted %s -> %s (%s)",

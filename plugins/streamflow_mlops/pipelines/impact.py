@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
 from streamflow_mlops.model.impact import ImpactTally, impact_metrics
@@ -28,13 +29,14 @@ SUMMARY_KEYS = ("month", "rank_by", "users", "top_k", "top_k_leaving", "top_k_en
 
 
 def measure_impact(
+    month: Month,
     challenger: Mapping[str, Any],
     champion: ModelVersion,
     evaluation: tuple[np.ndarray, np.ndarray, np.ndarray],
     settings: Settings | None = None,
     top_k: int = DEFAULT_TOP_K,
 ) -> dict[str, Any]:
-    """Score the challenger's month with both models, log the report on the challenger's run and
+    """Score the challenger's month (`month`) with both models, log the report on the challenger's run and
     return its summary. `evaluation`: (labels, challenger scores, champion scores) of the
     evaluation rows, for the calibration of both."""
     import mlflow.sklearn
@@ -45,7 +47,6 @@ def measure_impact(
     from streamflow_mlops.model.training import predict_scores
 
     settings = settings or get_settings()
-    month = challenger["month"]
     old = mlflow.sklearn.load_model(model_uri(champion.version))
     new = mlflow.sklearn.load_model(model_uri(challenger["version"]))
     tally = ImpactTally(top_k, float(champion.tags.get("threshold", 0.5)), float(challenger["threshold"]))
@@ -53,7 +54,8 @@ def measure_impact(
         weight = frame[FEE].to_numpy(dtype=float) if DEFAULT_RANK_BY == "expected_loss" else np.ones(len(frame))
         tally.add(frame[ENTITY].to_numpy(), predict_scores(old, frame), predict_scores(new, frame), weight)
     labels, challenger_scores, champion_scores = evaluation
-    report = {"month": month, "rank_by": DEFAULT_RANK_BY, **tally.report(labels, champion_scores, challenger_scores)}
+    tallied = tally.report(labels, champion_scores, challenger_scores)
+    report = {"month": month.name, "rank_by": DEFAULT_RANK_BY, **tallied}
     client = configure_mlflow(settings)
     client.log_dict(challenger["run_id"], report, IMPACT_ARTIFACT)
     for key, value in impact_metrics(report).items():

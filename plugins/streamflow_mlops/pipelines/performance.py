@@ -5,7 +5,7 @@ as_of, so a champion trained on an earlier month meets them for the first time: 
 those rows (features point-in-time at the labels' as_of, through the FeatureService) against the
 labels are its realized performance. A champion trained on the same labels is not scored (that
 would be its training set). The users the previous month's retention campaign treated are left
-out (issue 28): the campaign may have changed their outcome, which is not the model's error; the
+out: the campaign may have changed their outcome, which is not the model's error; the
 control arm and every untargeted user stay (pipelines/campaigns.py says which campaign a drop's
 labels answer). Each evaluation is one `model_performance` row, keyed by (month, model version),
 an Evidently classification report and a reliability table next to the drift report, and metrics
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
 from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
 from streamflow_mlops.monitoring.drift import SCORE_COLUMN
@@ -62,7 +63,7 @@ def record_performance(db_url: str, row: dict[str, Any]) -> None:
 
 def realized_performance(db_url: str, month: str | None = None) -> list[dict[str, Any]]:
     """Every `model_performance` row (of one month when given), oldest month first: what a
-    dashboard or a report reads (`add_performance_snapshot(row["month"], row["as_of"], row)`)."""
+    dashboard or a report reads (`add_performance_snapshot(Month.parse(row["month"]), row)`)."""
     import psycopg
     from psycopg.rows import dict_row
 
@@ -99,7 +100,7 @@ class LabelledScores:
 
 
 def score_labelled_rows(
-    month: str, pipeline: Any, feature_service: str, settings: Settings, exclude: frozenset[str] = frozenset()
+    month: Month, pipeline: Any, feature_service: str, settings: Settings, exclude: frozenset[str] = frozenset()
 ) -> LabelledScores:
     """Score `pipeline` on the month's labelled rows a chunk at a time. Every label and score is
     kept (9 bytes a row: the metrics use them all); Evidently's report, which would hold the
@@ -125,7 +126,7 @@ def score_labelled_rows(
     return LabelledScores(np.concatenate(labels), np.concatenate(scores), sample.frame(), excluded)
 
 
-def measure_realized_performance(month: str, champion_version: str | None, settings: Settings) -> dict[str, Any]:
+def measure_realized_performance(month: Month, champion_version: str | None, settings: Settings) -> dict[str, Any]:
     """Score the champion on the month's labelled rows when it did not train on them, record and
     report it; returns `{"status": "measured" | "skipped", "reason", ...metrics}` (JSON-able)."""
     if champion_version is None:
@@ -163,7 +164,7 @@ def measure_realized_performance(month: str, champion_version: str | None, setti
         settings.reports_dir / "performance", stem,
     )  # fmt: skip
     row = {
-        "month": month,
+        "month": month.name,
         "as_of": labels_as_of,
         "model_name": REGISTERED_MODEL,
         "model_version": str(champion_version),

@@ -7,6 +7,8 @@ realized performance, links to the version and its model card). Approve promotes
 automatic path does; Reject keeps the champion; no answer within `approval_timeout` hours keeps
 it too (the request has no default answer, so a timeout is never taken for a yes). Who answered,
 when, and their comment become tags on the version either way, and its model card shows them.
+While the request waits, the challenger carries the registry alias `shadow`: the service scores it
+beside the champion on live traffic (serving/shadow.py); the answer, or the timeout, removes it.
 
 DAG files import this module at parse time: only the Airflow SDK, the standard provider and the
 standard library at the top.
@@ -197,9 +199,13 @@ class PromotionReview(HITLOperator):
         self.subject = f"Promote {decision['month']} challenger v{decision['version']}?"
         self.body = review_request(decision)
         self.response_timeout = timedelta(hours=float(params.get("approval_timeout") or DEFAULT_APPROVAL_TIMEOUT_HOURS))
+        shadow_while_waiting(str(decision["version"]), waiting=True)
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        decision = context["ti"].xcom_pull(task_ids=self.decision_task) or {}
+        if decision.get("version") is not None:
+            shadow_while_waiting(str(decision["version"]), waiting=False)
         if event.get("error_type") == "timeout":
             return {"chosen_options": [], "comment": "", "by": "", "at": _utc_now(), "timed_out": True}
         answer = super().execute_complete(context=context, event=event)
@@ -211,6 +217,24 @@ class PromotionReview(HITLOperator):
             "at": _iso(answer.get("responded_at")),
             "timed_out": False,
         }
+
+
+def shadow_while_waiting(version: str, waiting: bool) -> None:
+    """Point the `shadow` alias at the waiting challenger, or take it off once the request is answered
+    (only if it still points there). Shadow scores inform the reviewer and never decide anything:
+    MLflow failing here is logged and the review goes on."""
+    from streamflow_mlops.model.registry import clear_shadow, set_shadow
+    from streamflow_mlops.model.tracking import configure_mlflow
+
+    try:
+        client = configure_mlflow()
+        if waiting:
+            set_shadow(client, version)
+            log.info("version %s is scored in shadow by the service while it waits for a reviewer", version)
+        elif clear_shadow(client, version):
+            log.info("version %s: review over, shadow scoring stops", version)
+    except Exception:
+        log.warning("shadow alias (%s) failed on v%s", "set" if waiting else "clear", version, exc_info=True)
 
 
 def review_request(decision: Mapping[str, Any]) -> str:

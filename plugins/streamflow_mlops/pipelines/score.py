@@ -8,7 +8,7 @@ array, so the probabilities are its `predict_proba`; the reasons come from the s
 (model/reasons.py). Chunks are COPYed into a stage as they are scored and Postgres ranks the month,
 so the task never holds more than a chunk, whatever the month's size.
 
-Retention economics (issue 28): each user's `expected_loss` (probability x monthly fee x
+Retention economics: each user's `expected_loss` (probability x monthly fee x
 `STREAMFLOW_VALUE_HORIZON_MONTHS`) is ranked beside the probability (`rank`, `loss_rank`); the top
 `top_k` by `rank_by` are the month's targeted users, split into a `treatment` and a `control` arm
 (monitoring/campaigns.py) in the same statement. The contact list holds the treatment arm only;
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import date
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamflow_mlops.config.months import month_as_of, month_name, month_of_as_of, parse_month
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.model.reasons import reasons_json, top_reason_indices
@@ -39,6 +38,7 @@ from streamflow_mlops.monitoring.campaigns import (
     control_sql,
     control_threshold,
 )
+from streamflow_mlops.pipelines.runs import month_to_score as month_to_score  # the scoring DAG's import
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 SCORING_EXPERIMENT = "streamflow_scoring"
 DECILES = 10
-FEATURES_ASSET = "streamflow_features"
 FEE = "monthly_fee"
 # The exported lists: `rank` is the position by `rank_by` (the order the team works through).
 RETENTION_COLUMNS = ("rank", ENTITY, "churn_probability", FEE, "expected_loss", "decile", "reasons")
@@ -69,46 +68,13 @@ class NoChampionError(LookupError):
     """Nothing to score with: no version carries the `champion` alias yet."""
 
 
-def asset_name(key: Any, event: Any) -> str:
-    """The name of the asset an event belongs to (Airflow keys events by Asset; events also carry it)."""
-    return getattr(getattr(event, "asset", None), "name", None) or getattr(key, "name", None) or str(key)
-
-
-def month_to_score(
-    param_month: str | None,
-    triggering_events: Mapping[Any, Iterable[Any]] | None,
-    newest_month: Callable[[], str | None],
-) -> str:
-    """The month a scoring run works on.
-
-    A newly published month (an event of the `streamflow_features` asset) is scored as such; a
-    new champion (promotion or rollback) rescores the newest published month, not the month it
-    was trained on (its event's `month`): a January model rolled back to in June must score June.
-    A manual run scores its `month` param, and an empty param the newest published month.
-    """
-    published = [
-        event.extra["month"]
-        for asset, events in (triggering_events or {}).items()
-        for event in events
-        if asset_name(asset, event) == FEATURES_ASSET and getattr(event, "extra", None) and event.extra.get("month")
-    ]
-    if published:
-        return month_name(max(parse_month(m) for m in published))
-    if param_month and not triggering_events:
-        return month_name(parse_month(param_month))
-    newest = newest_month()
-    if newest is None:
-        raise LookupError("no month is loaded in the warehouse yet")
-    return newest
-
-
-def newest_loaded_month(db_url: str) -> str | None:
+def newest_loaded_month(db_url: str) -> Month | None:
     """The newest month with users in the warehouse, or None before the first load."""
     import psycopg
 
     with psycopg.connect(db_url) as conn:
         (as_of,) = conn.execute(f"SELECT max(as_of) FROM {WAREHOUSE_SCHEMA}.users").fetchone()
-    return None if as_of is None else month_name(month_of_as_of(as_of))
+    return None if as_of is None else Month.of_as_of(as_of)
 
 
 def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -192,8 +158,7 @@ def rank_sql(users: int, rank_by: str = DEFAULT_RANK_BY) -> str:
 
 def write_scores(
     conn: psycopg.Connection,
-    month: str,
-    as_of: date,
+    month: Month,
     chunks: Iterable[pd.DataFrame],
     model_version: str,
     *,
@@ -218,14 +183,14 @@ def write_scores(
 
     check_rank_by(rank_by)
     parameters = {
-        "month": month,
-        "as_of": as_of,
+        "month": month.name,
+        "as_of": month.as_of,
         "model_version": model_version,
         "horizon_months": float(horizon_months if horizon_months is not None else get_settings().value_horizon_months),
         "top_k": int(top_k),
         "control_threshold": control_threshold(control_share),
     }
-    part = Partition("churn_scores", f"churn_scores_{month}", sql.Literal(month), key="month")
+    part = Partition("churn_scores", f"churn_scores_{month.name}", sql.Literal(month.name), key="month")
     stage = sql.Identifier("churn_scores_stage")
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
@@ -243,7 +208,7 @@ def write_scores(
                 copy.write(copy_text(scores))
                 users += len(scores)
         if users == 0:
-            raise LookupError(f"{month}: no users at {as_of} in the feature store")
+            raise LookupError(f"{month}: no users at {month.as_of} in the feature store")
         create_loading_table(conn, part)
         cur.execute(sql.SQL(rank_sql(users, rank_by)).format(loading=part.ident(part.loading), stage=stage), parameters)
         written = cur.rowcount
@@ -252,9 +217,9 @@ def write_scores(
     return written
 
 
-def month_summary(conn: psycopg.Connection, month: str, threshold: float, top_k: int) -> dict[str, float]:
+def month_summary(conn: psycopg.Connection, month: Month, threshold: float, top_k: int) -> dict[str, float]:
     """What the month's scores say, computed where they are: rates, the targeted users by arm, and
-    the expected loss the top `top_k` covers under each ranking (issue 28's comparison, every month)."""
+    the expected loss the top `top_k` covers under each ranking (by probability and by expected loss, every month)."""
     row = conn.execute(
         f"SELECT count(*), avg((churn_probability >= %(threshold)s)::int), avg(churn_probability), "
         "min(churn_probability) FILTER (WHERE arm IS NOT NULL), "
@@ -262,7 +227,7 @@ def month_summary(conn: psycopg.Connection, month: str, threshold: float, top_k:
         "coalesce(sum(expected_loss), 0), coalesce(sum(expected_loss) FILTER (WHERE rank <= %(top_k)s), 0), "
         "coalesce(sum(expected_loss) FILTER (WHERE loss_rank <= %(top_k)s), 0) "
         f"FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %(month)s",
-        {"threshold": threshold, "top_k": top_k, "month": month},
+        {"threshold": threshold, "top_k": top_k, "month": month.name},
     ).fetchone()
     scored, churn_rate, mean, top_min, treated, control, total, by_probability, by_loss = row
     return {
@@ -278,7 +243,7 @@ def month_summary(conn: psycopg.Connection, month: str, threshold: float, top_k:
     }
 
 
-def retention_list(conn: psycopg.Connection, month: str, rank_by: str, arm: str) -> pd.DataFrame:
+def retention_list(conn: psycopg.Connection, month: Month, rank_by: str, arm: str) -> pd.DataFrame:
     """One arm of the month's targeted users in `rank_by` order (RETENTION_COLUMNS, `rank` = the
     position by `rank_by`), read where they are: the targeted users are the only ones with an arm."""
     import pandas as pd
@@ -287,7 +252,7 @@ def retention_list(conn: psycopg.Connection, month: str, rank_by: str, arm: str)
     rows = conn.execute(
         f"SELECT {order}, user_id, churn_probability, {FEE}, expected_loss, decile, reasons::text "
         f"FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %s AND arm = %s ORDER BY {order}",
-        (month, arm),
+        (month.name, arm),
     ).fetchall()
     return pd.DataFrame(rows, columns=list(RETENTION_COLUMNS))
 
@@ -348,7 +313,7 @@ def log_scoring_run(settings: Settings, summary: dict[str, Any], lists: Iterable
 
 
 def score_month(
-    month: str,
+    month: str | Month,
     top_k: int = DEFAULT_TOP_K,
     settings: Settings | None = None,
     rank_by: str = DEFAULT_RANK_BY,
@@ -367,8 +332,7 @@ def score_month(
     settings = settings or get_settings()
     check_rank_by(rank_by)
     control_threshold(control_share)
-    month = month_name(parse_month(month))
-    as_of = month_as_of(parse_month(month))
+    month = Month.parse(month)
     horizon = settings.value_horizon_months
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -383,17 +347,17 @@ def score_month(
         # Scores and the campaign move together: a failure leaves the month's old scores and list.
         with conn.transaction():
             written = write_scores(
-                conn, month, as_of, chunks, str(version.version),
+                conn, month, chunks, str(version.version),
                 top_k=top_k, rank_by=rank_by, control_share=control_share, horizon_months=horizon,
             )  # fmt: skip
             record_campaign(conn, month, rank_by, control_share)
         seconds["score_and_write"] = time.perf_counter() - mark
         figures = month_summary(conn, month, threshold, top_k)
         lists = {arm: retention_list(conn, month, rank_by, arm) for arm in (TREATMENT, CONTROL)}
-    paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month)
+    paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month.name)
     summary: dict[str, Any] = {
-        "month": month,
-        "as_of": as_of.isoformat(),
+        "month": month.name,
+        "as_of": month.as_of.isoformat(),
         "model_version": str(version.version),
         "model_month": version.tags.get("month", ""),
         "feature_service": feature_service,
@@ -418,7 +382,7 @@ def score_month(
     return summary
 
 
-def labelled_scores(db_url: str, month: str, scored_users: int, sample_rows: int) -> pd.DataFrame:
+def labelled_scores(db_url: str, month: Month, scored_users: int, sample_rows: int) -> pd.DataFrame:
     """The month's scores joined with the labels stored at the month's as_of (the outcome of the
     period the scores predict), for about `sample_rows` users of the md5 sample
     (features/retrieval.py) when the month has more; empty while those labels have not arrived.
@@ -430,14 +394,14 @@ def labelled_scores(db_url: str, month: str, scored_users: int, sample_rows: int
     from streamflow_mlops.pipelines.campaigns import campaign_for_labels
 
     sample = sample_condition(scored_users, sample_rows, column="s.user_id")
-    campaign = campaign_for_labels(db_url, month_as_of(parse_month(month)))
+    campaign = campaign_for_labels(db_url, month.as_of)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             f"SELECT s.user_id, l.churn_label, s.churn_probability FROM {WAREHOUSE_SCHEMA}.churn_scores s "
             f"JOIN {WAREHOUSE_SCHEMA}.labels l ON l.user_id = s.user_id AND l.as_of = s.as_of WHERE s.month = %s "
             f"AND NOT EXISTS (SELECT 1 FROM {WAREHOUSE_SCHEMA}.retention_campaigns c WHERE c.month = %s "
             f"AND c.arm = '{TREATMENT}' AND c.user_id = s.user_id)" + (f" AND {sample}" if sample else ""),
-            (month, campaign),
+            (month.name, campaign.name if campaign else None),
         ).fetchall()
     return pd.DataFrame(rows, columns=[ENTITY, "churn_label", "churn_probability"])
 
@@ -449,12 +413,12 @@ def add_scores_to_dashboard(summary: dict[str, Any], settings: Settings | None =
     from streamflow_mlops.monitoring.dashboard import add_classification_snapshot, add_scores_snapshot
 
     settings = settings or get_settings()
-    month, as_of = summary["month"], date.fromisoformat(summary["as_of"])
-    add_scores_snapshot(month, as_of, summary["scored_users"], summary["predicted_churn_rate"], settings)
-    if summary.get("model_month") == month:
+    month = Month.parse(summary["month"])
+    add_scores_snapshot(month, summary["scored_users"], summary["predicted_churn_rate"], settings)
+    if summary.get("model_month") == month.name:
         return f"{month}: scores (no realized performance: the champion trained on {month})"
     scored = labelled_scores(settings.db_url, month, summary["scored_users"], settings.drift_sample_rows)
     if len(scored) == 0 or scored["churn_label"].nunique() < 2:
         return f"{month}: scores (labels not there yet)"
-    add_classification_snapshot(month, as_of, scored, float(summary["threshold"]), settings)
+    add_classification_snapshot(month, scored, float(summary["threshold"]), settings)
     return f"{month}: scores and realized performance on {len(scored)} labelled users"

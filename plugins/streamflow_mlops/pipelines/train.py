@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from streamflow_mlops.config.holdout import eval_population, is_eval_holdout
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import Comparison, score_gain
@@ -60,24 +60,26 @@ def evaluate_and_decide(
     challenger_auc, champion_auc, bootstrap = score_gain(
         labels, challenger_scores, champion_scores, seed=int(challenger.get("seed", 0))
     )
+    month = Month.parse(challenger["month"])
+    champion_month = champion.tags.get("month") if champion else None
     comparison = Comparison.decide(
-        champion_month=champion.tags.get("month") if champion else None,
+        champion_month=Month.parse(champion_month) if champion_month else None,
         force=force,
         version=version,
-        month=challenger["month"],
+        month=month,
         delta=delta,
         challenger_auc=challenger_auc,
         champion_version=str(champion.version) if champion else None,
         champion_auc=champion_auc,
         bootstrap=bootstrap,
-        eval_population=eval_population(challenger["month"]),
+        eval_population=eval_population(month),
         eval_rows=eval_rows,
     )
     measured = None
     if impact and comparison.decision.promote and champion is not None:
         from streamflow_mlops.pipelines.impact import measure_impact
 
-        measured = measure_impact(challenger, champion, (labels, challenger_scores, champion_scores))
+        measured = measure_impact(month, challenger, champion, (labels, challenger_scores, champion_scores))
     for key, value in comparison.tags().items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     log.info("version %s vs champion %s: %s", version, comparison.champion_version, comparison.decision.reason)
@@ -106,10 +108,10 @@ def score_evaluation_rows(
         return labels, challenger_scores, champion_scores, rows.rows
 
 
-def read_truth(drops_dir: Path, month: str, chunk_rows: int) -> Iterator[pd.DataFrame] | None:
+def read_truth(drops_dir: Path, month: Month, chunk_rows: int) -> Iterator[pd.DataFrame] | None:
     """The drop's `_truth.csv` (user_id, churn_probability) a chunk at a time when the drop was
     generated here (never present for real data)."""
-    path = drops_dir / month / "_truth.csv"
+    path = drops_dir / month.name / "_truth.csv"
     if not path.exists():
         return None
 
@@ -123,8 +125,7 @@ def read_truth(drops_dir: Path, month: str, chunk_rows: int) -> Iterator[pd.Data
 def log_challenger(
     trained: TrainedModel,
     *,
-    month: str,
-    as_of: date,
+    month: Month,
     feature_service: str,
     truth: Iterable[pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
@@ -136,9 +137,7 @@ def log_challenger(
     if truth is not None:
         ceiling = best_achievable_auc(truth, trained.val)
         extra_metrics = {"best_achievable_auc": ceiling, "val_auc_vs_best": trained.metrics["val_auc"] / ceiling}
-    challenger = log_trained_model(
-        trained, month=month, as_of=as_of, feature_service=feature_service, extra_metrics=extra_metrics
-    )
+    challenger = log_trained_model(trained, month=month, feature_service=feature_service, extra_metrics=extra_metrics)
     # With a label lag the month's training rows are an earlier period's: realized performance
     # compares this date with the labels of later months (pipelines/performance.py).
     labels_as_of = pd.Timestamp(trained.train[TIMESTAMP].max()).date().isoformat()
@@ -146,11 +145,10 @@ def log_challenger(
     return {**challenger, "labels_as_of": labels_as_of}
 
 
-def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
+def train_and_register(month: str | Month, seed: int, classifier: str = DEFAULT_CLASSIFIER) -> dict[str, Any]:
     """The month's point-in-time training set from Feast (the FeatureService), streamed into its
     evaluation rows and a seeded sample of at most `STREAMFLOW_TRAIN_MAX_ROWS` training rows
     (model/sampling.py), trained and registered."""
-    from streamflow_mlops.config.months import month_as_of, month_name, parse_month
     from streamflow_mlops.config.settings import FEATURE_SERVICE, get_settings
     from streamflow_mlops.features.retrieval import iter_training_set
     from streamflow_mlops.features.store import feature_names
@@ -158,7 +156,7 @@ def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFI
     from streamflow_mlops.model.training import fit_challenger
 
     settings = get_settings()
-    month = month_name(parse_month(month))
+    month = Month.parse(month)
     with tempfile.TemporaryDirectory(prefix="streamflow-train-") as tmp:
         split = TrainingSplit(seed=seed, max_rows=settings.train_max_rows, directory=Path(tmp))
         for chunk in iter_training_set(month, FEATURE_SERVICE, settings):
@@ -171,7 +169,6 @@ def train_and_register(month: str, seed: int, classifier: str = DEFAULT_CLASSIFI
         return log_challenger(
             trained,
             month=month,
-            as_of=month_as_of(parse_month(month)),
             feature_service=FEATURE_SERVICE,
             truth=read_truth(settings.drops_dir, month, settings.chunk_rows),
         )

@@ -170,12 +170,12 @@ def sample_prediction(settings: Settings) -> tuple[str, str]:
 
 
 def ensure_drops(settings: Settings) -> None:
-    from streamflow_mlops.config.months import parse_month
+    from streamflow_mlops.config.months import Month
     from streamflow_mlops.synthetic.generate import DropSpec, default_drift, write_drop
 
     for month in DEMO_MONTHS:
         if not (settings.drops_dir / month / "manifest.json").exists():
-            m = parse_month(month)
+            m = Month.parse(month).number
             write_drop(DropSpec(m, drift=default_drift(m)), settings.drops_dir)
             say(f"generated {settings.drops_dir / month}")
 

@@ -47,23 +47,30 @@ def champion_labels(labels: Mapping[str, str], metadata: Mapping[str, Any]) -> t
     return version, threshold, str(merged.get("feature_service") or FEATURE_SERVICE)
 
 
-def load_champion(tag: str) -> Champion:
-    """Load an imported champion from the BentoML model store, as its raw sklearn pipeline when it is one."""
-    import bentoml
+def pipeline_model(path: str, source: str) -> PipelineModel:
+    """The sklearn pipeline of a local MLflow model folder, scored on dict rows (its fast path kept
+    only if it matches the pipeline on the logged input example)."""
     import mlflow.pyfunc
     import mlflow.sklearn
 
-    bento_model = bentoml.models.get(tag)
-    version, threshold, feature_service = champion_labels(bento_model.info.labels, bento_model.info.metadata)
-    path = bento_model.path_of("mlflow_model")
     pyfunc = mlflow.pyfunc.load_model(path)
     schema = pyfunc.metadata.get_input_schema()
     if "sklearn" not in pyfunc.metadata.flavors or schema is None:
-        raise ValueError(f"{tag} is not an sklearn model with an input schema")
+        raise ValueError(f"{source} is not an sklearn model with an input schema")
     model = PipelineModel(mlflow.sklearn.load_model(path), schema.input_names())
     example = pyfunc.metadata.load_input_example(path)
     if model.fast is not None and example is not None:
         model.verify(example[model.columns].to_dict("records"))
+    return model
+
+
+def load_champion(tag: str) -> Champion:
+    """Load an imported champion from the BentoML model store, as its raw sklearn pipeline when it is one."""
+    import bentoml
+
+    bento_model = bentoml.models.get(tag)
+    version, threshold, feature_service = champion_labels(bento_model.info.labels, bento_model.info.metadata)
+    model = pipeline_model(bento_model.path_of("mlflow_model"), tag)
     return Champion(
         name=REGISTERED_MODEL,
         version=version,

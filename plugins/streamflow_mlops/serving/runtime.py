@@ -18,6 +18,7 @@ from streamflow_mlops.serving.champion import POLL_INTERVAL_S, ChampionWatcher, 
 from streamflow_mlops.serving.errors import Unavailable
 from streamflow_mlops.serving.feature_reader import FeatureRef, FeatureRows, OnlineFeatureReader, build_reader
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
+from streamflow_mlops.serving.shadow import ShadowScorer, ShadowWatcher, mlflow_shadow_watcher
 
 
 def worker_count() -> int:
@@ -31,11 +32,17 @@ def worker_count() -> int:
 logger = logging.getLogger(__name__)
 
 
+# Read by every /readyz; no user has it (user ids look like 7590-VHVEG).
+READINESS_PROBE_ID = "readiness-probe"
+
+
 class ServiceRuntime:
     """What one service worker runs: the champion holder, the reader, the scorer and their threads.
 
     A background thread builds the feature reader (retrying while the registry is down) and polls
-    the champion every `poll_interval_s`; requests only read what it prepared.
+    the champion (and the `shadow` alias, serving/shadow.py) every `poll_interval_s`; requests only
+    read what it prepared. A runtime given its own `read_champion_version` follows a shadow only
+    through a `shadow_watcher` of its own.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class ServiceRuntime:
         reader_factory: Callable[[Settings], OnlineFeatureReader] = build_reader,
         log_writer: PredictionLogWriter | None = None,
         after_swap: Callable[[], object] | None = None,
+        shadow_watcher: ShadowWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.poll_interval_s = poll_interval_s
@@ -56,8 +64,12 @@ class ServiceRuntime:
         self.holder = ModelHolder()
         self.watcher = ChampionWatcher(self.holder, read_champion_version or mlflow_champion_version(settings))
         self.log = log_writer if log_writer is not None else PredictionLogWriter(settings.db_url)
+        if shadow_watcher is None and read_champion_version is None:
+            shadow_watcher = mlflow_shadow_watcher(settings)
+        self.shadow_watcher = shadow_watcher
+        self.shadow = ShadowScorer(self.log, lambda: shadow_watcher.shadow if shadow_watcher else None)
         self.reader: OnlineFeatureReader | None = None
-        self.scorer = ChurnScorer(self.holder, _RuntimeReader(self), self.log)
+        self.scorer = ChurnScorer(self.holder, _RuntimeReader(self), self.shadow)
         self.batcher = MicroBatcher(self.scorer.score)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +90,10 @@ class ServiceRuntime:
             logger.warning("%s", exc)
             return
         swapped = self.watcher.poll_once()
+        shadow_moved = False
+        if self.shadow_watcher is not None:
+            champion = self.holder.champion
+            shadow_moved = self.shadow_watcher.poll_once(champion.version if champion else None)
         try:
             if swapped:
                 reader.forget_refs()
@@ -88,18 +104,23 @@ class ServiceRuntime:
                 except Unavailable as exc:
                     logger.warning("%s", exc)
         finally:
-            if swapped and self.after_swap is not None:
+            # A newly loaded shadow's objects are frozen out of the collector's scans like a champion's.
+            if (swapped or shadow_moved) and self.after_swap is not None:
                 self.after_swap()
 
     def ready(self) -> bool:
-        """A champion is loaded and the store knows its FeatureService."""
+        """A champion is loaded, the store knows its FeatureService and its online store answers."""
         champion = self.holder.champion
         if champion is None or self.reader is None:
             return False
         try:
-            return bool(self.reader.feature_refs(champion.feature_service))
+            refs = self.reader.feature_refs(champion.feature_service)
+            # The registry lives in Postgres, the online values elsewhere (Redis in compose): a
+            # lookup of an id no user has answers only while the online store does.
+            self.reader.read([READINESS_PROBE_ID], champion.feature_service)
         except Unavailable:
             return False
+        return bool(refs)
 
     def _poll_safely(self) -> None:
         # The watcher thread must outlive any one failed poll (MLflow down, a store that raises on
@@ -119,6 +140,7 @@ class ServiceRuntime:
 
     def start(self) -> None:
         self.log.start()
+        self.shadow.start()
         self.holder.loading()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
         self._thread.start()
@@ -128,6 +150,7 @@ class ServiceRuntime:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.batcher.close()
+        self.shadow.stop()
         self.log.stop()
 
 

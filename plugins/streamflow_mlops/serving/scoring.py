@@ -9,12 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from streamflow_mlops.config.settings import FEATURE_SERVICE
 from streamflow_mlops.model.compiled import ProbabilityModel
 from streamflow_mlops.model.reasons import reasons_for, top_reason_indices
-from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
+from streamflow_mlops.monitoring.prediction_log import LogRow
 from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ModelHolder
 from streamflow_mlops.serving.errors import ServingError, Unavailable
 from streamflow_mlops.serving.feature_reader import OnlineFeatureReader, split_lookup
@@ -74,13 +74,19 @@ def scored_reasons(
     ]
 
 
+class LogSink(Protocol):
+    """Where scored rows go: the prediction log, or the shadow scorer in front of it (serving/shadow.py)."""
+
+    def submit(self, rows: Sequence[LogRow]) -> None: ...
+
+
 @dataclass
 class ChurnScorer:
     """Scores a batch of user ids against the current champion: one feature read, one model call."""
 
     holder: ModelHolder
     reader: OnlineFeatureReader
-    log: PredictionLogWriter | None = None
+    log: LogSink | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def require_champion(self) -> Champion:

@@ -11,7 +11,7 @@ the manifest says `labels_as_of`, and `_truth.csv` holds the probabilities of th
 first `label_lag` months have no earlier period: they carry their own period's labels, the
 labelled history a platform starts from. With lag 0 the drops are byte for byte as before.
 
-Treatment effect (`generate --treatment-effect 0.3`, issue 28): the previous month's exported
+Treatment effect (`generate --treatment-effect 0.3`): the previous month's exported
 contact list was worked, `contacts.csv` says who was reached (all of the list, or a seeded
 `--reach` share of it), and each reached user's churn probability for the period this drop's labels
 describe is multiplied by `1 - effect` (the labels the next drop brings are the campaign's outcomes,
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streamflow_mlops.config.months import month_as_of, month_name
+from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import CONTACTS, ENTITY, LABEL, NET_SERVICES, RAW_TABLES
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,16 @@ class DropSpec:
     label_lag: int = 0
     # The drift of the month whose outcomes `labels.csv` holds (with a label lag, an earlier one).
     labelled_drift: Drift = field(default_factory=Drift)
-    # Relative churn reduction of a reached user (issue 28): 0.3 multiplies their probability by 0.7.
+    # Relative churn reduction of a reached user: 0.3 multiplies their probability by 0.7.
     treatment_effect: float = 0.0
 
     @property
     def name(self) -> str:
-        return month_name(self.month)
+        return Month(self.month).name
 
     @property
     def as_of(self) -> date:
-        return month_as_of(self.month)
+        return Month(self.month).as_of
 
     @property
     def labelled_month(self) -> int:
@@ -99,7 +99,7 @@ class DropSpec:
 
     @property
     def labels_as_of(self) -> date:
-        return month_as_of(self.labelled_month)
+        return Month(self.labelled_month).as_of
 
 
 def user_ids(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -237,10 +237,10 @@ def _churn(pop: dict[str, np.ndarray], month: int, seed: int, drift: Drift) -> t
 def find_contact_list(scores_dir: Path, month: int) -> Path:
     """The contact list exported for `month` (`<month>_top<k>.csv`, the newest when several k were
     exported); FileNotFoundError when that month's list was never exported."""
-    lists = [p for p in scores_dir.glob(f"{month_name(month)}_top*.csv") if not p.stem.endswith("_control")]
+    lists = [p for p in scores_dir.glob(f"{Month(month).name}_top*.csv") if not p.stem.endswith("_control")]
     if not lists:
         raise FileNotFoundError(
-            f"no contact list of {month_name(month)} under {scores_dir}: score that month first "
+            f"no contact list of {Month(month).name} under {scores_dir}: score that month first "
             "(streamflow_score), or pass --contact-list"
         )
     return max(lists, key=lambda p: (p.stat().st_mtime_ns, p.name))
