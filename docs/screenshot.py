@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1500,1000",
+    "--window-size=1500,1400",
 ]
 
 

@@ -64,3 +64,26 @@ def test_existing_server_is_used_not_started(stack_env):
             for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'streamflow'")
         }
     assert {"users", "labels", "usage_agg_30d_snapshots", "ingestion_runs", "prediction_log"} <= tables
+
+
+def test_the_demo_knows_a_month_an_earlier_run_loaded_and_a_fresh_warehouse_has_none(stack_env):
+    """A fresh database has no `ingestion_runs` yet (make demo's first run); a loaded month is found."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from streamflow_mlops.config.months import Month
+    from streamflow_mlops.data.ingest import record_run
+    from streamflow_mlops.data.warehouse import create_schema
+    from streamflow_mlops.platform.demo import Stack
+
+    stack = Stack(stack_env)
+    assert not stack.month_loaded("month_000")
+    with psycopg.connect(stack_env.db_url) as conn:
+        create_schema(conn)
+        assert not stack.month_loaded("month_000")
+        record_run(
+            conn, month=Month(0), status="success", row_counts={}, failed=[], report_path=None,
+            started_at=datetime.now(UTC),
+        )  # fmt: skip
+    assert stack.month_loaded("month_000") and not stack.month_loaded("month_001")

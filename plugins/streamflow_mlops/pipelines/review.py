@@ -184,7 +184,11 @@ class PromotionReview(HITLOperator):
         super().__init__(
             subject="Promote the churn model challenger?",
             options=[APPROVE, REJECT],
-            params={"comment": Param("", type="string", title="Comment", description="Why (kept on the version)")},
+            params={
+                "comment": Param(
+                    "", type=["null", "string"], title="Comment", description="Why (kept on the version; optional)"
+                )
+            },
             **kwargs,
         )
         self.decision_task = decision_task

@@ -293,13 +293,12 @@ class Stack:
         return runs
 
     def month_loaded(self, month: str) -> bool:
+        """Whether `month` was loaded before (a fresh warehouse has no `ingestion_runs` table yet)."""
+        query = "SELECT 1 FROM streamflow.ingestion_runs WHERE month = %s AND status = 'success'"
         with psycopg.connect(self.settings.db_url) as conn:
-            return (
-                conn.execute(
-                    "SELECT 1 FROM streamflow.ingestion_runs WHERE month = %s AND status = 'success'", (month,)
-                ).fetchone()
-                is not None
-            )
+            if conn.execute("SELECT to_regclass('streamflow.ingestion_runs')").fetchone()[0] is None:
+                return False
+            return conn.execute(query, (month,)).fetchone() is not None
 
     def champion_and_scorer(self, month: str) -> tuple[str | None, str | None]:
         """The champion's version and the model version that scored `month` (None: not scored)."""
