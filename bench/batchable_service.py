@@ -21,7 +21,7 @@ from streamflow_mlops.serving.heap import settle_heap  # noqa: E402
 from streamflow_mlops.serving.runtime import ServiceRuntime, worker_count  # noqa: E402
 from streamflow_mlops.serving.scoring import MAX_COALESCED  # noqa: E402
 
-WORKERS = worker_count()
+WORKERS = worker_count(get_settings())
 
 
 @bentoml.service(

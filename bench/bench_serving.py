@@ -347,7 +347,7 @@ def gc_pause_s(port: int, workers: set[int]) -> dict[str, float]:
         except OSError:
             continue
         per_pid: dict[str, float] = {}
-        pattern = r'streamflow_gc_pause_seconds_total\{pid="(\d+)",generation="\d"\} ([0-9.e+-]+)'
+        pattern = r'streamflow_gc_pause_seconds_total\{generation="\d",pid="(\d+)"\} ([0-9.e+-]+)'
         for pid, value in re.findall(pattern, text):
             per_pid[pid] = per_pid.get(pid, 0.0) + float(value)
         if not per_pid:

@@ -31,7 +31,6 @@ from starlette.responses import JSONResponse  # noqa: E402
 from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
 from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
-from streamflow_mlops.serving.champion import POLL_INTERVAL_S  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import GcPauses, settle_heap  # noqa: E402
 from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit, JsonBodyOnly  # noqa: E402
@@ -70,7 +69,7 @@ class Prediction(BaseModel):
 
 API_ROUTES = ["/predict", "/predict_batch", "/features"]
 
-WORKERS = worker_count()
+WORKERS = worker_count(get_settings())
 
 
 # What `/` (the Swagger page) and `/docs.json` (`info.description`) show, served from source or
@@ -131,23 +130,19 @@ def error_response(error: ServingError) -> JSONResponse:
     service_class=DocumentedService,
     workers=WORKERS,
     traffic={"timeout": 30, "max_concurrency": 512},
-    # A log line per request costs more than the prediction itself at a few hundred req/s; requests
-    # are counted in /metrics and every prediction is in prediction_log.
-    logging={"access": {"enabled": os.environ.get("STREAMFLOW_SERVICE_ACCESS_LOG", "") == "1"}},
-    # OpenTelemetry's middleware builds a span per request even with no exporter configured, about a
-    # fifth of a request's CPU here; STREAMFLOW_SERVICE_TRACING=1 traces the API routes again.
-    tracing={} if os.environ.get("STREAMFLOW_SERVICE_TRACING", "") == "1" else {"excluded_urls": API_ROUTES},
-    http={"host": os.environ.get("STREAMFLOW_SERVICE_HOST", "127.0.0.1"), "port": get_settings().service_port},
+    # Both off by default, for their cost per request (config/settings.py says how much).
+    logging={"access": {"enabled": get_settings().service_access_log}},
+    tracing={} if get_settings().service_tracing else {"excluded_urls": API_ROUTES},
+    http={"host": get_settings().service_host, "port": get_settings().service_port},
 )
 class ChurnService:
     """Churn probability of a subscriber from the current champion and its FeatureService's online features."""
 
     def __init__(self) -> None:
-        poll_s = float(os.environ.get("STREAMFLOW_CHAMPION_POLL_S", POLL_INTERVAL_S))
         # Every loaded champion (and the libraries under it) is frozen out of the collector's scans:
         # full collections over ~490,000 objects stopped a worker for ~300 ms every few seconds.
         self.gc_pauses = GcPauses().install()
-        self.runtime = ServiceRuntime(get_settings(), poll_interval_s=poll_s, after_swap=self.settle_heap)
+        self.runtime = ServiceRuntime(get_settings(), after_swap=self.settle_heap, gc_pauses=self.gc_pauses)
         self.runtime.start()
 
     def settle_heap(self) -> None:
@@ -158,48 +153,8 @@ class ChurnService:
         return self.runtime.ready()
 
     def __metrics__(self, content: str) -> str:
-        log = self.runtime.log
-        champion = self.runtime.holder.champion
-        worker = os.getpid()
-        lines = [
-            "# HELP streamflow_prediction_log_dropped_rows_total Log rows dropped (queue full or write failed).",
-            "# TYPE streamflow_prediction_log_dropped_rows_total counter",
-            f'streamflow_prediction_log_dropped_rows_total{{pid="{worker}"}} {log.dropped}',
-            "# HELP streamflow_prediction_log_written_rows_total Prediction log rows written.",
-            "# TYPE streamflow_prediction_log_written_rows_total counter",
-            f'streamflow_prediction_log_written_rows_total{{pid="{worker}"}} {log.written}',
-            "# HELP streamflow_champion_info The model version this worker serves.",
-            "# TYPE streamflow_champion_info gauge",
-            f'streamflow_champion_info{{pid="{worker}",version="{champion.version if champion else ""}"}} 1',
-            "# HELP streamflow_predict_requests_total Single /predict calls this worker scored (micro-batched).",
-            "# TYPE streamflow_predict_requests_total counter",
-            f'streamflow_predict_requests_total{{pid="{worker}"}} {self.runtime.batcher.items}',
-            "# HELP streamflow_predict_batches_total Model calls those /predict requests were coalesced into.",
-            "# TYPE streamflow_predict_batches_total counter",
-            f'streamflow_predict_batches_total{{pid="{worker}"}} {self.runtime.batcher.batches}',
-            *self.shadow_metric_lines(worker),
-            *self.gc_pauses.prometheus_lines(worker),
-        ]
-        return content + "\n".join(lines) + "\n"
-
-    def shadow_metric_lines(self, worker: int) -> list[str]:
-        shadow = self.runtime.shadow
-        watcher = self.runtime.shadow_watcher
-        version = watcher.shadow.version if watcher is not None and watcher.shadow is not None else ""
-        return [
-            "# HELP streamflow_shadow_info The model version this worker scores in shadow (empty: none).",
-            "# TYPE streamflow_shadow_info gauge",
-            f'streamflow_shadow_info{{pid="{worker}",version="{version}"}} 1',
-            "# HELP streamflow_shadow_scored_rows_total Served rows the shadow version also scored.",
-            "# TYPE streamflow_shadow_scored_rows_total counter",
-            f'streamflow_shadow_scored_rows_total{{pid="{worker}"}} {shadow.scored}',
-            "# HELP streamflow_shadow_dropped_rows_total Rows logged without a shadow score: its queue was full.",
-            "# TYPE streamflow_shadow_dropped_rows_total counter",
-            f'streamflow_shadow_dropped_rows_total{{pid="{worker}"}} {shadow.dropped}',
-            "# HELP streamflow_shadow_skipped_rows_total Rows the shadow did not score (a missing feature, a failure).",
-            "# TYPE streamflow_shadow_skipped_rows_total counter",
-            f'streamflow_shadow_skipped_rows_total{{pid="{worker}"}} {shadow.skipped}',
-        ]
+        # BentoML's own metrics (requests, latencies), then this worker's.
+        return content + self.runtime.metrics()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -239,8 +194,8 @@ class ChurnService:
 
 # BentoML's traffic.timeout, minus the live timer its middleware leaves behind per request.
 bentoml_timeout.install()
-# Keep-alive connections spread evenly over the workers (serving/accept.py); 0 leaves accepts to uvicorn.
-if os.environ.get("STREAMFLOW_SERVICE_BALANCE_ACCEPTS", "1") != "0":
+# Keep-alive connections spread evenly over the workers (serving/accept.py).
+if get_settings().service_balance_accepts:
     accept.install(WORKERS, lambda: bentoml.server_context.worker_index)
 ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 ChurnService.add_asgi_middleware(JsonBodyOnly)

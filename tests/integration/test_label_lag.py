@@ -52,6 +52,7 @@ def test_labels_stored_under_their_as_of_joined_point_in_time_and_scored(stack_e
     from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
     from streamflow_mlops.features.retrieval import build_training_set
     from streamflow_mlops.features.store import apply_repo
+    from streamflow_mlops.model.registry import load_version
     from streamflow_mlops.model.tracking import configure_mlflow
     from streamflow_mlops.pipelines.performance import measure_realized_performance
     from streamflow_mlops.pipelines.train import train_and_register
@@ -82,6 +83,8 @@ def test_labels_stored_under_their_as_of_joined_point_in_time_and_scored(stack_e
     champion = train_and_register("month_000", seed=1)
     assert champion["labels_as_of"] == "2024-01-31"
     configure_mlflow(stack_env).set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, champion["version"])
-    assert measure_realized_performance(Month(1), champion["version"], stack_env)["status"] == "skipped"
-    realized = measure_realized_performance(Month(2), champion["version"], stack_env)
+    registered = load_version(configure_mlflow(stack_env), champion["version"])
+    assert registered.labels_as_of == date(2024, 1, 31)
+    assert measure_realized_performance(Month(1), registered, stack_env)["status"] == "skipped"
+    realized = measure_realized_performance(Month(2), registered, stack_env)
     assert realized["status"] == "measured" and realized["as_of"] == "2024-02-29" and realized["rows"] == USERS

@@ -29,7 +29,8 @@ from streamflow_mlops.pipelines.campaigns import (
 from streamflow_mlops.pipelines.score import (
     SCORING_EXPERIMENT,
     add_scores_to_dashboard,
-    load_champion_model,
+    batch_model,
+    champion_to_score,
     newest_loaded_month,
     score_month,
 )
@@ -69,7 +70,7 @@ def test_scoring_a_month_twice_leaves_the_same_rows_the_list_and_a_run(stack_env
     assert first["mlflow_run_id"] != second["mlflow_run_id"]
 
     # Probabilities are the champion's own predict_proba on the FeatureService's point-in-time features.
-    _, model = load_champion_model(stack_env)
+    model = batch_model(champion_to_score(stack_env))
     frame = feature_frame(Month(1)).set_index("user_id")
     by_user = {row[1]: row for row in rows}
     expected = model.pipeline.predict_proba(frame[model.columns])[:, 1]
@@ -158,6 +159,7 @@ def test_a_campaign_is_measured_against_the_next_drops_labels_and_kept_out_of_re
     measurement is the pure rule's on exactly those rows, and the treated users are the ones
     realized performance leaves out of month_002's labels."""
     from streamflow_mlops.data.warehouse import create_schema, load_drop
+    from streamflow_mlops.model.registry import load_version
     from streamflow_mlops.model.tracking import configure_mlflow
     from streamflow_mlops.pipelines.performance import measure_realized_performance
     from streamflow_mlops.pipelines.score import labelled_scores
@@ -228,7 +230,7 @@ def test_a_campaign_is_measured_against_the_next_drops_labels_and_kept_out_of_re
     assert treated_users(stack_env.db_url, Month(1)) == frozenset(reached)
     # The decay gate's realized AUC and the dashboard's classification report on month_002 leave
     # them out; the control arm and the untargeted users stay.
-    realized = measure_realized_performance(Month(2), version, stack_env)
+    realized = measure_realized_performance(Month(2), load_version(configure_mlflow(stack_env), version), stack_env)
     assert realized["status"] == "measured" and realized["treated_excluded"] == len(reached)
     assert realized["rows"] == users - len(reached)
     scored = score_month("month_002", top_k=600, control_share=0.2)

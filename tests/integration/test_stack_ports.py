@@ -7,7 +7,6 @@ socket its full stack listens on.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from contextlib import ExitStack
@@ -29,7 +28,7 @@ def settings_from(env: dict[str, str], monkeypatch) -> Settings:
 
 
 def test_the_free_port_source_covers_every_port_of_the_settings(monkeypatch, tmp_path):
-    assert {f.name for f in dataclasses.fields(Settings) if f.name.endswith("_port")} == set(STACK_PORTS)
+    assert {name for name in Settings.model_fields if name.endswith("_port")} == set(STACK_PORTS)
     env = stack_port_env()
     settings = settings_from({"STREAMFLOW_HOME": str(tmp_path), **env}, monkeypatch)
     ports = [getattr(settings, field) for field in STACK_PORTS]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 
+from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.platform.demo import airflow_settings
-from streamflow_mlops.platform.processes import Processes, background_nice
+from streamflow_mlops.platform.processes import Processes
 
 
 def autogroup_nice(pid: int) -> int | None:
@@ -45,15 +46,22 @@ def test_background_processes_yield_the_cpu_to_serving_and_stop_cleanly(tmp_path
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
 
 
-def test_the_nice_setting_is_read_leniently():
-    assert background_nice(None) == background_nice("") == background_nice("lots") == 10
-    assert background_nice("0") == 0 and background_nice("40") == 19 and background_nice("-5") == 0
+def test_the_nice_setting_is_read_leniently(monkeypatch):
+    def nice(raw: str | None) -> int:
+        if raw is None:
+            monkeypatch.delenv("STREAMFLOW_DEMO_NICE", raising=False)
+        else:
+            monkeypatch.setenv("STREAMFLOW_DEMO_NICE", raw)
+        get_settings.cache_clear()
+        try:
+            return get_settings().demo_nice
+        finally:
+            get_settings.cache_clear()
+
+    assert nice(None) == nice("") == nice("lots") == 10
+    assert nice("0") == 0 and nice("40") == 19 and nice("-5") == 0
 
 
 def test_unchanged_dag_files_are_not_reparsed_every_30_seconds(tmp_path):
-    from dataclasses import replace
-
-    from streamflow_mlops.config.settings import get_settings
-
-    config = airflow_settings(replace(get_settings(), state_dir=tmp_path))
+    config = airflow_settings(get_settings().model_copy(update={"state_dir": tmp_path}))
     assert int(config["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"]) >= 300

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from streamflow_mlops.monitoring.drift import RETRAIN, SKIP
+from streamflow_mlops.monitoring.drift import RETRAIN, SKIP, drift_gate
 from streamflow_mlops.monitoring.performance import (
     DEFAULT_DECAY_THRESHOLD,
     combine_gates,
     decay_gate,
+    drift_check_decision,
     lift_at,
     performance_report,
     realized_metrics,
@@ -48,6 +49,16 @@ def test_either_gate_retrains():
     assert combine_gates(skip, skip)[0] == SKIP
     assert combine_gates(retrain, skip)[0] == RETRAIN
     assert combine_gates(skip, retrain) == (RETRAIN, "drift: quiet; decay: loud")
+
+
+def test_the_drift_check_decides_on_drift_alone_without_a_champion_and_on_both_gates_with_one():
+    measured = {"auc": 0.80, "validation_auc": 0.85}
+    assert drift_check_decision(None, 0.3, {}, 0.02, has_champion=False) == drift_gate(None, 0.3, False)
+    assert drift_check_decision(0.1, 0.3, measured, 0.02, has_champion=True) == combine_gates(
+        drift_gate(0.1, 0.3, True), decay_gate(0.80, 0.85, 0.02)
+    )
+    assert drift_check_decision(0.1, 0.3, measured, 0.02, has_champion=True)[0] == RETRAIN
+    assert drift_check_decision(0.1, 0.3, {"status": "skipped"}, 0.02, has_champion=True)[0] == SKIP
 
 
 def test_realized_metrics_agree_with_sklearn_and_their_definitions():

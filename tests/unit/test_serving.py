@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -548,7 +549,7 @@ def test_serving_requirements_are_the_lock_pins_of_the_serving_closure():
     serving_pins = serving_requirements(lock)
     assert set(serving_pins) <= set(pins.values())
     names = {line.split("==")[0].lower() for line in serving_pins}
-    assert {"bentoml", "feast", "mlflow", "scikit-learn", "pandas", "psycopg"} <= names
+    assert {"bentoml", "feast", "mlflow", "scikit-learn", "pandas", "psycopg", "pydantic-settings"} <= names
     assert not any(name.startswith(("apache-airflow", "great-expectations", "evidently")) for name in names)
     with pytest.raises(ValueError):
         serving_requirements(lock, roots=["no-such-package-here"])
@@ -588,3 +589,30 @@ def test_runtime_is_not_ready_while_the_online_store_cannot_answer(tmp_path):
     assert not runtime.ready()
     reader.fail = False
     assert runtime.ready()
+
+
+def test_runtime_metrics_are_prometheus_text_labelled_with_the_worker(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamflow_mlops.serving.heap import GcPauses
+
+    settings = offline_settings(tmp_path)
+    runtime = ServiceRuntime(
+        settings,
+        read_champion_version=lambda: "1",
+        reader_factory=lambda _settings: TableReader(ROWS),
+        log_writer=PredictionLogWriter(settings.db_url),
+        gc_pauses=GcPauses(),
+    )
+    runtime.holder.swap(champion("3"))
+    families = {family.name: family for family in text_string_to_metric_families(runtime.metrics())}
+    pid = str(os.getpid())
+    for name in (
+        "streamflow_prediction_log_written_rows",
+        "streamflow_predict_batches",
+        "streamflow_shadow_skipped_rows",
+    ):
+        assert families[name].type == "counter" and families[name].samples[0].labels == {"pid": pid}
+    assert families["streamflow_champion_info"].samples[0].labels == {"pid": pid, "version": "3"}
+    assert families["streamflow_shadow_info"].samples[0].labels == {"pid": pid, "version": ""}
+    assert len(families["streamflow_gc_pause_seconds"].samples) == 3

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,7 +30,8 @@ WAREHOUSE_CONN_ID = "streamflow_warehouse"
 # a few ms against seconds of work).
 DEFAULT_CHUNK_ROWS = 200_000
 # Who signs off a promotion (pipelines/review.py): `auto` (the rule alone) or `human` (a reviewer in Airflow).
-APPROVAL_MODES = ("auto", "human")
+Approval = Literal["auto", "human"]
+APPROVAL_MODES = get_args(Approval)
 # The seeded sample of a month's training rows a challenger is fitted on. Measured on a 10M-user
 # month (bench/bench_train_sample.py, README "Scale"): holdout AUC 0.8739 at 100k rows, 0.8741 at
 # 300k, 1M and 3M (standard error 0.0003 on the 2M holdout rows), while the fit takes 3x the time
@@ -44,6 +47,8 @@ DEFAULT_DRIFT_SAMPLE_ROWS = 200_000
 DEFAULT_VALUE_HORIZON_MONTHS = 12.0
 # The sender of StreamFlow's mail notifications when STREAMFLOW_NOTIFY_FROM is unset (pipelines/notifiers.py).
 DEFAULT_NOTIFY_FROM = "streamflow@localhost"
+# The demo's background processes run at this nice increment (why: the `demo_nice` field below).
+DEFAULT_DEMO_NICE = 10
 
 
 def replace_database(url: str, database: str) -> str:
@@ -67,33 +72,99 @@ def with_driver(url: str, driver: str) -> str:
     return urlunsplit((f"postgresql+{driver}", parts.netloc, parts.path, parts.query, parts.fragment))
 
 
-@dataclass(frozen=True)
-class Settings:
-    repo_root: Path
-    state_dir: Path
-    drops_dir: Path
-    db_url_override: str | None
-    mlflow_tracking_uri_override: str | None
-    embedded_pg_port: int
-    online_store_override: str | None
-    airflow_port: int = 8080
-    mlflow_port: int = 5000
-    service_port: int = 3000
-    evidently_port: int = 8000
-    bentoml_home_override: str | None = None
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    train_max_rows: int = DEFAULT_TRAIN_MAX_ROWS
-    drift_sample_rows: int = DEFAULT_DRIFT_SAMPLE_ROWS
-    value_horizon_months: float = DEFAULT_VALUE_HORIZON_MONTHS
-    approval: str = "auto"
-    mlflow_ui_override: str | None = None
+class Settings(BaseSettings):
+    """Each field names the variable that sets it; an empty variable means the default. Fields that
+    may carry credentials (URLs, connection strings) are left out of `repr`, and so out of logs."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        validate_by_name=True,
+        # A refused value must not print the others (the database URL carries its password).
+        hide_input_in_errors=True,
+    )
+
+    repo_root: Path = Field(REPO_ROOT, validation_alias="STREAMFLOW_REPO")
+    state_dir: Path = Field(REPO_ROOT / ".streamflow", validation_alias="STREAMFLOW_HOME")
+    drops_dir: Path = Field(REPO_ROOT / "data" / "drops", validation_alias="STREAMFLOW_DROPS_DIR")
+    db_url_override: str | None = Field(None, validation_alias="STREAMFLOW_DB_URL", repr=False)
+    mlflow_tracking_uri_override: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI", repr=False)
+    embedded_pg_port: int = Field(54329, validation_alias="STREAMFLOW_PG_EMBEDDED_PORT")
+    online_store_override: str | None = Field(None, validation_alias="STREAMFLOW_FEAST_ONLINE_STORE", repr=False)
+    airflow_port: int = Field(8080, validation_alias="STREAMFLOW_AIRFLOW_PORT")
+    mlflow_port: int = Field(5000, validation_alias="STREAMFLOW_MLFLOW_PORT")
+    service_port: int = Field(3000, validation_alias="STREAMFLOW_SERVICE_PORT")
+    evidently_port: int = Field(8000, validation_alias="STREAMFLOW_EVIDENTLY_PORT")
+    bentoml_home_override: str | None = Field(None, validation_alias="BENTOML_HOME")
+    chunk_rows: PositiveInt = Field(DEFAULT_CHUNK_ROWS, validation_alias="STREAMFLOW_CHUNK_ROWS")
+    train_max_rows: PositiveInt = Field(DEFAULT_TRAIN_MAX_ROWS, validation_alias="STREAMFLOW_TRAIN_MAX_ROWS")
+    drift_sample_rows: PositiveInt = Field(DEFAULT_DRIFT_SAMPLE_ROWS, validation_alias="STREAMFLOW_DRIFT_SAMPLE_ROWS")
+    value_horizon_months: float = Field(
+        DEFAULT_VALUE_HORIZON_MONTHS, gt=0, allow_inf_nan=False, validation_alias="STREAMFLOW_VALUE_HORIZON_MONTHS"
+    )
+    approval: Approval = Field("auto", validation_alias="STREAMFLOW_APPROVAL")
+    mlflow_ui_override: str | None = Field(None, validation_alias="STREAMFLOW_MLFLOW_UI_URL")
     # Notifications (pipelines/notifiers.py), off unless a channel is configured: mail through an
     # Airflow SMTP connection (AIRFLOW_CONN_<ID>, credentials stay there) to `notify_to`, and/or a
     # JSON POST to a webhook.
-    notify_smtp_conn: str | None = None
-    notify_to: tuple[str, ...] = ()
-    notify_from: str = DEFAULT_NOTIFY_FROM
-    notify_webhook_url: str | None = None
+    notify_smtp_conn: str | None = Field(None, validation_alias="STREAMFLOW_NOTIFY_SMTP_CONN")
+    notify_to: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="STREAMFLOW_NOTIFY_TO")
+    notify_from: str = Field(DEFAULT_NOTIFY_FROM, validation_alias="STREAMFLOW_NOTIFY_FROM")
+    notify_webhook_url: str | None = Field(None, validation_alias="STREAMFLOW_NOTIFY_WEBHOOK_URL", repr=False)
+    # The churn service (bentos/churn_service/service.py, serving/runtime.py).
+    service_host: str = Field("127.0.0.1", validation_alias="STREAMFLOW_SERVICE_HOST")
+    # Unset: one per core, up to 4 (serving/runtime.py worker_count says why).
+    service_workers: PositiveInt | None = Field(None, validation_alias="STREAMFLOW_SERVICE_WORKERS")
+    # Unset: the champion watcher's own interval (serving/champion.py).
+    champion_poll_s: PositiveFloat | None = Field(None, validation_alias="STREAMFLOW_CHAMPION_POLL_S")
+    # A log line per request costs more than the prediction itself at a few hundred req/s; requests
+    # are counted in /metrics and every prediction is in prediction_log.
+    service_access_log: bool = Field(False, validation_alias="STREAMFLOW_SERVICE_ACCESS_LOG")
+    # OpenTelemetry's middleware builds a span per request even with no exporter configured, about a
+    # fifth of a request's CPU here; on, it traces the API routes again.
+    service_tracing: bool = Field(False, validation_alias="STREAMFLOW_SERVICE_TRACING")
+    # Keep-alive connections spread evenly over the workers (serving/accept.py); off leaves accepts to uvicorn.
+    service_balance_accepts: bool = Field(True, validation_alias="STREAMFLOW_SERVICE_BALANCE_ACCEPTS")
+    # The CPU priority (nice, 0..19) of everything the demo starts but the churn service: Airflow (and
+    # the tasks it runs), MLflow and the Evidently UI. On a laptop they share the cores with serving;
+    # their bursts (a DAG parse, a scheduler loop) otherwise preempted the service's workers and set
+    # its p99 (bench/bench_serving.py). Idle serving leaves them the whole machine. 0 keeps them equal.
+    demo_nice: int = Field(DEFAULT_DEMO_NICE, validation_alias="STREAMFLOW_DEMO_NICE")
+
+    @field_validator("repo_root", "state_dir", "drops_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.resolve()
+
+    @field_validator("approval", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("notify_to", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return tuple(a.strip() for a in value.split(",") if a.strip()) if isinstance(value, str) else value
+
+    @field_validator("demo_nice", mode="before")
+    @classmethod
+    def _nice_in_range(cls, value: object) -> int:
+        """Lenient: out of range is clamped, not a number is the default (a priority is no reason to fail)."""
+        try:
+            return min(19, max(0, int(value)))
+        except (TypeError, ValueError):
+            return DEFAULT_DEMO_NICE
+
+    @model_validator(mode="after")
+    def _mail_needs_recipients(self) -> Settings:
+        """A mail channel without any recipient is half a configuration, refused."""
+        if self.notify_smtp_conn and not self.notify_to:
+            raise ValueError(
+                f"STREAMFLOW_NOTIFY_SMTP_CONN={self.notify_smtp_conn!r} needs STREAMFLOW_NOTIFY_TO "
+                "(comma-separated recipients)"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -224,65 +295,4 @@ class Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings from the environment, read once; `get_settings.cache_clear()` re-reads."""
-    state_dir = Path(os.environ.get("STREAMFLOW_HOME", REPO_ROOT / ".streamflow")).resolve()
-    return Settings(
-        repo_root=Path(os.environ.get("STREAMFLOW_REPO", REPO_ROOT)).resolve(),
-        state_dir=state_dir,
-        drops_dir=Path(os.environ.get("STREAMFLOW_DROPS_DIR", REPO_ROOT / "data" / "drops")).resolve(),
-        db_url_override=os.environ.get("STREAMFLOW_DB_URL") or None,
-        mlflow_tracking_uri_override=os.environ.get("MLFLOW_TRACKING_URI") or None,
-        embedded_pg_port=int(os.environ.get("STREAMFLOW_PG_EMBEDDED_PORT", "54329")),
-        online_store_override=os.environ.get("STREAMFLOW_FEAST_ONLINE_STORE") or None,
-        airflow_port=int(os.environ.get("STREAMFLOW_AIRFLOW_PORT", "8080")),
-        mlflow_port=int(os.environ.get("STREAMFLOW_MLFLOW_PORT", "5000")),
-        service_port=int(os.environ.get("STREAMFLOW_SERVICE_PORT", "3000")),
-        evidently_port=int(os.environ.get("STREAMFLOW_EVIDENTLY_PORT", "8000")),
-        bentoml_home_override=os.environ.get("BENTOML_HOME") or None,
-        chunk_rows=_positive_int("STREAMFLOW_CHUNK_ROWS", DEFAULT_CHUNK_ROWS),
-        train_max_rows=_positive_int("STREAMFLOW_TRAIN_MAX_ROWS", DEFAULT_TRAIN_MAX_ROWS),
-        drift_sample_rows=_positive_int("STREAMFLOW_DRIFT_SAMPLE_ROWS", DEFAULT_DRIFT_SAMPLE_ROWS),
-        value_horizon_months=_positive_number("STREAMFLOW_VALUE_HORIZON_MONTHS", DEFAULT_VALUE_HORIZON_MONTHS),
-        approval=_choice("STREAMFLOW_APPROVAL", APPROVAL_MODES, "auto"),
-        mlflow_ui_override=os.environ.get("STREAMFLOW_MLFLOW_UI_URL") or None,
-        notify_smtp_conn=os.environ.get("STREAMFLOW_NOTIFY_SMTP_CONN") or None,
-        notify_to=_recipients("STREAMFLOW_NOTIFY_TO", os.environ.get("STREAMFLOW_NOTIFY_SMTP_CONN")),
-        notify_from=os.environ.get("STREAMFLOW_NOTIFY_FROM") or DEFAULT_NOTIFY_FROM,
-        notify_webhook_url=os.environ.get("STREAMFLOW_NOTIFY_WEBHOOK_URL") or None,
-    )
-
-
-def _recipients(name: str, smtp_conn: str | None) -> tuple[str, ...]:
-    """Comma-separated addresses; a mail channel without any is half a configuration, refused."""
-    addresses = tuple(a.strip() for a in (os.environ.get(name) or "").split(",") if a.strip())
-    if smtp_conn and not addresses:
-        raise ValueError(f"STREAMFLOW_NOTIFY_SMTP_CONN={smtp_conn!r} needs {name} (comma-separated recipients)")
-    return addresses
-
-
-def _choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    value = (os.environ.get(name) or default).strip().lower()
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
-    return value
-
-
-def _positive_int(name: str, default: int) -> int:
-    text = os.environ.get(name) or str(default)
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{name}={text!r}: expected a positive whole number of rows")
-    return value
-
-
-def _positive_number(name: str, default: float) -> float:
-    text = os.environ.get(name) or str(default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.0 < value < float("inf"):
-        raise ValueError(f"{name}={text!r}: expected a positive number")
-    return value
+    return Settings()

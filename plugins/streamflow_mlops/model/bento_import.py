@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings, get_settings
-from streamflow_mlops.model.registry import bento_tag, model_uri
+from streamflow_mlops.model.registry import RegisteredVersion, bento_tag, load_version, model_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +32,37 @@ def bento_model_store(settings: Settings | None = None) -> Iterator[None]:
         yield
 
 
+def bento_labels(registered: RegisteredVersion) -> dict[str, str]:
+    """What links an imported model back to MLflow, as strings (serving/champion.py `champion_labels` reads them)."""
+    return {
+        "registered_model": REGISTERED_MODEL,
+        "mlflow_version": registered.version,
+        "run_id": registered.run_id,
+        "month": registered.month_name,
+        "as_of": registered.as_of,
+        "feature_service": registered.feature_service,
+        "threshold": repr(registered.threshold),
+    }
+
+
+def bento_metadata(registered: RegisteredVersion) -> dict[str, object]:
+    """The typed values beside the labels (they win over a label of the same name)."""
+    return {
+        "mlflow_model_uri": model_uri(registered.version),
+        "threshold": registered.threshold,
+        "val_auc": registered.val_auc if registered.val_auc is not None else float("nan"),
+    }
+
+
 def import_to_bentoml(client: MlflowClient, version: str, settings: Settings | None = None) -> str:
     """Import a registered version into the BentoML store as `streamflow_churn:v<version>` and make
     it the newest `streamflow_churn` there; a no-op when it already is."""
     import bentoml
     from bentoml.exceptions import NotFound
 
-    model_version = client.get_model_version(REGISTERED_MODEL, version)
-    tags = model_version.tags
+    registered = load_version(client, version)
     tag = bento_tag(version)
-    labels = {
-        "registered_model": REGISTERED_MODEL,
-        "mlflow_version": str(version),
-        "run_id": model_version.run_id,
-        "month": tags.get("month", ""),
-        "as_of": tags.get("as_of", ""),
-        "feature_service": tags.get("feature_service", ""),
-        "threshold": tags.get("threshold", ""),
-    }
-    metadata = {
-        "mlflow_model_uri": model_uri(version),
-        "threshold": float(tags["threshold"]),
-        "val_auc": float(tags.get("val_auc", "nan")),
-    }
+    labels, metadata = bento_labels(registered), bento_metadata(registered)
     with bento_model_store(settings):
         try:
             models = sorted(bentoml.models.list(REGISTERED_MODEL), key=lambda m: m.info.creation_time)

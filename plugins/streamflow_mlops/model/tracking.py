@@ -193,59 +193,14 @@ def _log_plots(trained: TrainedModel) -> None:
     plt.close(fig)
 
 
-def log_trained_model(
-    trained: TrainedModel,
-    *,
-    month: Month,
-    feature_service: str,
-    extra_metrics: dict[str, float] | None = None,
-    settings: Settings | None = None,
-) -> dict[str, Any]:
-    """One run of the `streamflow` experiment for a trained model, registered as a new version."""
-    import mlflow
-    import mlflow.data
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
+def run_identity(month: Month, feature_service: str) -> dict[str, str]:
+    """What the run and the version are about: tags and params of both."""
+    return {"month": month.name, "as_of": month.as_of.isoformat(), "feature_service": feature_service}
 
-    settings = settings or get_settings()
-    client = configure_mlflow(settings)
-    experiment_id = ensure_experiment(client, settings)
-    metrics = {**trained.metrics, **(extra_metrics or {})}
-    features = trained.features
-    example = trained.val.head(5)[features]
-    identity = {"month": month.name, "as_of": month.as_of.isoformat(), "feature_service": feature_service}
 
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{month}-{trained.classifier}-seed{trained.seed}"
-    ) as run:
-        mlflow.set_tags(identity)
-        mlflow.log_params({**trained.params, **identity})
-        mlflow.log_metrics(metrics)
-        source = _training_source(feature_service, month)
-        for context, rows in (("training", HoldoutRows.of(trained.train)), ("validation", trained.val)):
-            mlflow.log_input(_dataset(rows, source, f"{month}-{context}"), context=context)
-        mlflow.log_dict(feature_schema(features), "feature_schema.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            # The champion is later scored on exactly these rows, so they travel with the run.
-            path = Path(tmp) / Path(VALIDATION_ARTIFACT).name
-            trained.val.write(path, extra={CHALLENGER_SCORE: trained.val_scores})
-            mlflow.log_artifact(str(path), artifact_path=str(Path(VALIDATION_ARTIFACT).parent))
-        _log_plots(trained)
-        model_info = mlflow.sklearn.log_model(
-            trained.pipeline,
-            name=MODEL_ARTIFACT,
-            signature=infer_signature(example, trained.pipeline.predict_proba(example)),
-            input_example=example,
-            # The service wants probabilities; pyfunc's default `predict` would give 0/1.
-            pyfunc_predict_fn="predict_proba",
-            serialization_format="skops",
-            skops_trusted_types=skops_trusted_types(trained.pipeline),
-            pip_requirements=pip_requirements(),
-            metadata={"threshold": trained.threshold, "feature_service": feature_service, "features": features},
-        )
-        run_id = run.info.run_id
-
-    tags = {
+def version_tags(trained: TrainedModel, identity: dict[str, str], run_id: str, val_auc: float) -> dict[str, str]:
+    """The new version's tags: what it is, and a decision still pending."""
+    return {
         **identity,
         "decision": "pending",
         "reason": "awaiting comparison with the champion",
@@ -253,10 +208,14 @@ def log_trained_model(
         "model": trained.classifier,
         "seed": str(trained.seed),
         "threshold": repr(trained.threshold),
-        "val_auc": repr(metrics["val_auc"]),
+        "val_auc": repr(val_auc),
     }
-    version = mlflow.register_model(model_info.model_uri, REGISTERED_MODEL, tags=tags).version
-    log.info("registered %s version %s (run %s, val_auc %.4f)", REGISTERED_MODEL, version, run_id, metrics["val_auc"])
+
+
+def challenger_summary(
+    trained: TrainedModel, version: str, run_id: str, identity: dict[str, str], metrics: dict[str, float]
+) -> dict[str, Any]:
+    """The JSON-able challenger the decision step reads."""
     return {
         "version": str(version),
         "run_id": run_id,
@@ -268,3 +227,76 @@ def log_trained_model(
         "best_achievable_auc": finite_or_none(metrics.get("best_achievable_auc")),
         "metrics": {k: finite_or_none(v) for k, v in metrics.items()},
     }
+
+
+def _log_datasets(trained: TrainedModel, month: Month, feature_service: str) -> None:
+    """The training and validation rows as the run's dataset inputs, both from the FeatureService."""
+    import mlflow
+
+    source = _training_source(feature_service, month)
+    for context, rows in (("training", HoldoutRows.of(trained.train)), ("validation", trained.val)):
+        mlflow.log_input(_dataset(rows, source, f"{month}-{context}"), context=context)
+
+
+def _log_validation_rows(trained: TrainedModel) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The champion is later scored on exactly these rows, so they travel with the run.
+        path = Path(tmp) / Path(VALIDATION_ARTIFACT).name
+        trained.val.write(path, extra={CHALLENGER_SCORE: trained.val_scores})
+        mlflow.log_artifact(str(path), artifact_path=str(Path(VALIDATION_ARTIFACT).parent))
+
+
+def _log_model(trained: TrainedModel, feature_service: str) -> str:
+    """The pipeline as the run's MLflow model; returns its model URI."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    example = trained.val.head(5)[trained.features]
+    model_info = mlflow.sklearn.log_model(
+        trained.pipeline,
+        name=MODEL_ARTIFACT,
+        signature=infer_signature(example, trained.pipeline.predict_proba(example)),
+        input_example=example,
+        # The service wants probabilities; pyfunc's default `predict` would give 0/1.
+        pyfunc_predict_fn="predict_proba",
+        serialization_format="skops",
+        skops_trusted_types=skops_trusted_types(trained.pipeline),
+        pip_requirements=pip_requirements(),
+        metadata={"threshold": trained.threshold, "feature_service": feature_service, "features": trained.features},
+    )
+    return model_info.model_uri
+
+
+def log_trained_model(
+    trained: TrainedModel,
+    *,
+    month: Month,
+    feature_service: str,
+    extra_metrics: dict[str, float] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """One run of the `streamflow` experiment for a trained model, registered as a new version."""
+    import mlflow
+
+    settings = settings or get_settings()
+    experiment_id = ensure_experiment(configure_mlflow(settings), settings)
+    metrics = {**trained.metrics, **(extra_metrics or {})}
+    identity = run_identity(month, feature_service)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{month}-{trained.classifier}-seed{trained.seed}"
+    ) as run:
+        mlflow.set_tags(identity)
+        mlflow.log_params({**trained.params, **identity})
+        mlflow.log_metrics(metrics)
+        _log_datasets(trained, month, feature_service)
+        mlflow.log_dict(feature_schema(trained.features), "feature_schema.json")
+        _log_validation_rows(trained)
+        _log_plots(trained)
+        model_uri = _log_model(trained, feature_service)
+        run_id = run.info.run_id
+    tags = version_tags(trained, identity, run_id, metrics["val_auc"])
+    version = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags).version
+    log.info("registered %s version %s (run %s, val_auc %.4f)", REGISTERED_MODEL, version, run_id, metrics["val_auc"])
+    return challenger_summary(trained, version, run_id, identity, metrics)

@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.schema import ENTITY, LABEL
-from streamflow_mlops.monitoring.drift import RETRAIN, SCORE_COLUMN, SKIP
+from streamflow_mlops.monitoring.drift import RETRAIN, SCORE_COLUMN, SKIP, drift_gate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,6 +104,24 @@ def combine_gates(drift: tuple[str, str], decay: tuple[str, str]) -> tuple[str, 
     """Either gate retrains; the reason keeps what both said."""
     decision = RETRAIN if RETRAIN in (drift[0], decay[0]) else SKIP
     return decision, f"drift: {drift[1]}; decay: {decay[1]}"
+
+
+def drift_check_decision(
+    drift_share: float | None,
+    drift_threshold: float,
+    performance: dict[str, Any],
+    decay_threshold: float,
+    *,
+    has_champion: bool,
+) -> tuple[str, str]:
+    """The drift check's `(decision, reason)`: the drift gate, and with a champion the decay gate on
+    its realized performance beside it (either retrains)."""
+    decision = drift_gate(drift_share, drift_threshold, has_champion)
+    if not has_champion:
+        return decision
+    return combine_gates(
+        decision, decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)
+    )
 
 
 def _brier_metric() -> tuple[type, type]:

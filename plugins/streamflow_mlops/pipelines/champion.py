@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 from streamflow_mlops.model.bento_import import import_to_bentoml
-from streamflow_mlops.model.registry import UnknownVersionError, champion_version, existing_versions, utc_now
+from streamflow_mlops.model.registry import (
+    UnknownVersionError,
+    champion_version,
+    existing_versions,
+    load_version,
+    utc_now,
+)
 from streamflow_mlops.model.tracking import configure_mlflow
 
 if TYPE_CHECKING:
@@ -38,12 +44,12 @@ def _set_tags(client: MlflowClient, version: str, tags: dict[str, str]) -> None:
 
 
 def _summary(client: MlflowClient, version: str, bento: str, previous: str | None) -> dict[str, Any]:
-    model_version = client.get_model_version(REGISTERED_MODEL, version)
+    registered = load_version(client, version)
     return {
         "version": str(version),
-        "month": model_version.tags.get("month", ""),
-        "as_of": model_version.tags.get("as_of", ""),
-        "run_id": model_version.run_id,
+        "month": registered.month_name,
+        "as_of": registered.as_of,
+        "run_id": registered.run_id,
         "bento_tag": bento,
         "previous_version": previous,
     }

@@ -20,11 +20,11 @@ from streamflow_mlops.monitoring.drift import (
     MAX_SERVED_ROWS,
     MONITORING_EXPERIMENT,
     SKIP,
+    DriftResult,
     compute_drift,
-    drift_gate,
     save_reports,
 )
-from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD, combine_gates, decay_gate
+from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD, drift_check_decision
 from streamflow_mlops.pipelines.performance import (
     measure_realized_performance,
     performance_artifacts,
@@ -37,26 +37,18 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-
-@dataclass(frozen=True)
-class ChampionRef:
-    version: str
-    month: Month
-    feature_service: str | None
+    from streamflow_mlops.model.registry import RegisteredVersion
 
 
-def find_champion(settings: Settings) -> ChampionRef | None:
-    """The version behind the `champion` alias and its training month, or None when there is none."""
-    from streamflow_mlops.model.registry import champion_version
+def drift_reference(settings: Settings) -> RegisteredVersion | None:
+    """The champion, whose training month is the reference, or None when there is none."""
+    from streamflow_mlops.model.registry import load_champion
     from streamflow_mlops.model.tracking import configure_mlflow
 
-    version = champion_version(configure_mlflow(settings))
-    if version is None:
-        return None
-    month = version.tags.get("month")
-    if not month:
-        raise ValueError(f"{REGISTERED_MODEL} v{version.version} (champion) has no `month` tag")
-    return ChampionRef(str(version.version), Month.parse(month), version.tags.get("feature_service"))
+    champion = load_champion(configure_mlflow(settings))
+    if champion is not None and champion.month is None:
+        raise ValueError(f"{REGISTERED_MODEL} v{champion.version} (champion) has no `month` tag")
+    return champion
 
 
 def sampled_feature_frame(month: Month, feature_service: str, settings: Settings) -> pd.DataFrame:
@@ -108,25 +100,20 @@ def served_shadow_scores(db_url: str, champion_version: str) -> dict[str, tuple[
     return {v: (np.array(c, dtype=float), np.array(s, dtype=float)) for v, (c, s) in sorted(pairs.items())}
 
 
-def measure_shadow_agreement(settings: Settings, champion_version: str) -> list[dict[str, Any]]:
+def measure_shadow_agreement(settings: Settings, champion: RegisteredVersion) -> list[dict[str, Any]]:
     """How each shadow version agreed with the champion on served traffic (monitoring/shadow_agreement.py),
     each model's churn decision taken at its own threshold (the `threshold` tag of its version)."""
-    from streamflow_mlops.model.registry import mlflow_client
+    from streamflow_mlops.model.registry import load_version, mlflow_client
     from streamflow_mlops.monitoring.shadow_agreement import shadow_agreement
 
-    pairs = served_shadow_scores(settings.db_url, champion_version)
+    pairs = served_shadow_scores(settings.db_url, champion.version)
     if not pairs:
         return []
     client = mlflow_client(settings.mlflow_tracking_uri)
-
-    def threshold(version: str) -> float:
-        return float(client.get_model_version(REGISTERED_MODEL, version).tags.get("threshold", 0.5))
-
-    champion_threshold = threshold(champion_version)
     return [
-        {"champion_version": champion_version, "shadow_version": version}
-        | shadow_agreement(champion, shadow, champion_threshold, threshold(version))
-        for version, (champion, shadow) in pairs.items()
+        {"champion_version": champion.version, "shadow_version": version}
+        | shadow_agreement(champion_scores, shadow, champion.threshold, load_version(client, version).threshold)
+        for version, (champion_scores, shadow) in pairs.items()
     ]
 
 
@@ -187,6 +174,79 @@ def log_monitoring_run(settings: Settings, result: dict[str, Any], threshold: fl
     return run_id
 
 
+@dataclass(frozen=True)
+class DriftMeasurement:
+    """The month's drift against the champion's training month, and where its reports were kept."""
+
+    drift: DriftResult
+    reports: dict[str, Path]
+
+
+def measure_drift(month: Month, champion: RegisteredVersion, settings: Settings) -> DriftMeasurement:
+    """Evidently drift of the month's features and the champion's scores (on both months and as
+    served) against its training month, the reports saved."""
+    from streamflow_mlops.model.training import predict_scores
+
+    reference = sampled_feature_frame(champion.month, champion.feature_service, settings)
+    current = sampled_feature_frame(month, champion.feature_service, settings)
+    pipeline = champion.pipeline()
+    drift = compute_drift(
+        reference,
+        current,
+        reference_scores=predict_scores(pipeline, reference),
+        current_scores=predict_scores(pipeline, current),
+        served_scores=served_scores(settings.db_url, champion.version),
+        feature_names=[c for c in reference.columns if c in FEATURE_NAMES],
+        month=month,
+    )
+    stem = f"drift_{month}_vs_{champion.month}_v{champion.version}"
+    return DriftMeasurement(drift, save_reports(drift, settings.reports_dir / "drift", stem))
+
+
+def unmeasured_result(month: Month, champion: RegisteredVersion | None) -> dict[str, Any]:
+    """The check's result before anything is measured."""
+    return {
+        "month": month.name,
+        "reference_month": champion.month.name if champion is not None else None,
+        "drift_share": None,
+        "drifted_columns": [],
+        "prediction_drift": {},
+        "shadow_agreement": [],
+        "report_path": None,
+    }
+
+
+def drift_fields(
+    champion: RegisteredVersion, measured: DriftMeasurement, agreement: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What a measured drift adds to the result."""
+    drift = measured.drift
+    return {
+        "drift_share": drift.drift_share,
+        "drifted_columns": drift.drifted_columns,
+        "prediction_drift": {"champion_version": champion.version, **drift.prediction_drift},
+        "shadow_agreement": agreement,
+        "report_path": str(measured.reports["data"]),
+    }
+
+
+def report_files(measured: DriftMeasurement | None) -> list[Path]:
+    return [] if measured is None else list(measured.reports.values())
+
+
+def add_dashboard_snapshots(
+    month: Month, measured: DriftMeasurement, performance: dict[str, Any], settings: Settings
+) -> str:
+    """The month's drift (and its realized performance, when measured) on the Evidently dashboard."""
+    from streamflow_mlops.monitoring.dashboard import add_drift_snapshot, add_performance_snapshot
+
+    snapshot = add_drift_snapshot(month, measured.drift.snapshots["data"], settings)
+    if performance.get("status") == "measured":
+        realized = {"realized_auc": performance["auc"], "realized_pr_auc": performance["pr_auc"]}
+        add_performance_snapshot(month, realized | {"brier": performance["brier"]}, settings)
+    return snapshot
+
+
 def run_drift_check(
     month: str | Month,
     threshold: float = DEFAULT_DRIFT_THRESHOLD,
@@ -197,85 +257,38 @@ def run_drift_check(
     performance on the month's labels, decide (drift or decay retrains), keep the reports; returns
     the decision as a JSON-able dict (month, reference_month, drift_share, drifted_columns,
     prediction_drift, shadow_agreement, performance, decision, reason, report_path, mlflow_run_id).
-    `shadow_agreement`: one entry per version the service scored in shadow beside the champion."""
+    `shadow_agreement`: one entry per version the service scored in shadow beside the champion.
+    The champion's pipeline is loaded once, for both the drift and the realized performance."""
     settings = settings or get_settings()
     month = Month.parse(month)
-    champion = find_champion(settings)
-    result: dict[str, Any] = {
-        "month": month.name,
-        "reference_month": None,
-        "drift_share": None,
-        "drifted_columns": [],
-        "prediction_drift": {},
-        "shadow_agreement": [],
-        "report_path": None,
-    }
-    reports: list[Path] = []
+    champion = drift_reference(settings)
+    result = unmeasured_result(month, champion)
     stale = month_older_than_champion(month, champion.month if champion else None)
     if stale is not None:
         # An older month re-delivered or re-run: never a reason to retrain (nor a report to keep).
-        result.update(reference_month=champion.month.name, decision=SKIP, reason=stale)
-        result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
+        result.update(decision=SKIP, reason=stale)
+        result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, [])
         record_drift_report(settings.db_url, result)
         log.info("%s: %s", month, stale)
         return result
+    measured = None
     if champion is not None:
-        import mlflow.sklearn
-
-        from streamflow_mlops.config.settings import FEATURE_SERVICE
-        from streamflow_mlops.model.registry import model_uri
-        from streamflow_mlops.model.training import predict_scores
-
-        service = champion.feature_service or FEATURE_SERVICE
-        reference = sampled_feature_frame(champion.month, service, settings)
-        current = sampled_feature_frame(month, service, settings)
-        names = [c for c in reference.columns if c in FEATURE_NAMES]
-        pipeline = mlflow.sklearn.load_model(model_uri(champion.version))
-        drift = compute_drift(
-            reference,
-            current,
-            reference_scores=predict_scores(pipeline, reference),
-            current_scores=predict_scores(pipeline, current),
-            served_scores=served_scores(settings.db_url, champion.version),
-            feature_names=names,
-            month=month,
-        )
-        stem = f"drift_{month}_vs_{champion.month}_v{champion.version}"
-        paths = save_reports(drift, settings.reports_dir / "drift", stem)
-        reports = list(paths.values())
-        result.update(
-            reference_month=champion.month.name,
-            drift_share=drift.drift_share,
-            drifted_columns=drift.drifted_columns,
-            prediction_drift={"champion_version": champion.version, **drift.prediction_drift},
-            shadow_agreement=measure_shadow_agreement(settings, champion.version),
-            report_path=str(paths["data"]),
-        )
+        measured = measure_drift(month, champion, settings)
+        result.update(drift_fields(champion, measured, measure_shadow_agreement(settings, champion)))
         for agreement in result["shadow_agreement"]:
             log.info("served traffic, champion vs shadow: %s", agreement)
-    decision, reason = drift_gate(result["drift_share"], threshold, champion is not None)
     # Realized performance on labels the champion never saw; decay retrains like drift.
-    performance = measure_realized_performance(month, champion.version if champion else None, settings)
-    if champion is not None:
-        decay = decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)
-        decision, reason = combine_gates((decision, reason), decay)
+    performance = measure_realized_performance(month, champion, settings)
+    decision, reason = drift_check_decision(
+        result["drift_share"], threshold, performance, decay_threshold, has_champion=champion is not None
+    )
     result.update(decision=decision, reason=reason, performance=performance)
-    result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, reports)
-    if champion is not None:
-        from streamflow_mlops.monitoring.dashboard import add_drift_snapshot, add_performance_snapshot
-
-        result["dashboard_snapshot"] = add_drift_snapshot(month, drift.snapshots["data"], settings)
-        if performance.get("status") == "measured":
-            realized = {"realized_auc": performance["auc"], "realized_pr_auc": performance["pr_auc"]}
-            add_performance_snapshot(month, realized | {"brier": performance["brier"]}, settings)
+    result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, report_files(measured))
+    if measured is not None:
+        result["dashboard_snapshot"] = add_dashboard_snapshots(month, measured, performance, settings)
     record_drift_report(settings.db_url, result)
     log.info(
         "%s vs %s: drift share %s, drifted %s -> %s (%s)",
-        month,
-        result["reference_month"],
-        result["drift_share"],
-        result["drifted_columns"],
-        decision,
-        reason,
-    )
+        month, result["reference_month"], result["drift_share"], result["drifted_columns"], decision, reason,
+    )  # fmt: skip
     return result

@@ -12,12 +12,12 @@ import numpy as np
 
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
-from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
+from streamflow_mlops.config.settings import Settings, get_settings
 from streamflow_mlops.model.impact import ImpactTally, impact_metrics
 from streamflow_mlops.monitoring.campaigns import DEFAULT_RANK_BY, DEFAULT_TOP_K
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
+    from streamflow_mlops.model.registry import RegisteredVersion
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ SUMMARY_KEYS = ("month", "rank_by", "users", "top_k", "top_k_leaving", "top_k_en
 def measure_impact(
     month: Month,
     challenger: Mapping[str, Any],
-    champion: ModelVersion,
+    champion: RegisteredVersion,
     evaluation: tuple[np.ndarray, np.ndarray, np.ndarray],
     settings: Settings | None = None,
     top_k: int = DEFAULT_TOP_K,
@@ -39,24 +39,22 @@ def measure_impact(
     """Score the challenger's month (`month`) with both models, log the report on the challenger's run and
     return its summary. `evaluation`: (labels, challenger scores, champion scores) of the
     evaluation rows, for the calibration of both."""
-    import mlflow.sklearn
-
     from streamflow_mlops.features.retrieval import iter_feature_frames
-    from streamflow_mlops.model.registry import model_uri
+    from streamflow_mlops.model.registry import load_version
     from streamflow_mlops.model.tracking import configure_mlflow
     from streamflow_mlops.model.training import predict_scores
 
     settings = settings or get_settings()
-    old = mlflow.sklearn.load_model(model_uri(champion.version))
-    new = mlflow.sklearn.load_model(model_uri(challenger["version"]))
-    tally = ImpactTally(top_k, float(champion.tags.get("threshold", 0.5)), float(challenger["threshold"]))
-    for frame in iter_feature_frames(month, challenger.get("feature_service") or FEATURE_SERVICE, settings):
+    client = configure_mlflow(settings)
+    challenger_version = load_version(client, challenger["version"])
+    old, new = champion.pipeline(), challenger_version.pipeline()
+    tally = ImpactTally(top_k, champion.threshold, challenger_version.threshold)
+    for frame in iter_feature_frames(month, challenger_version.feature_service, settings):
         weight = frame[FEE].to_numpy(dtype=float) if DEFAULT_RANK_BY == "expected_loss" else np.ones(len(frame))
         tally.add(frame[ENTITY].to_numpy(), predict_scores(old, frame), predict_scores(new, frame), weight)
     labels, challenger_scores, champion_scores = evaluation
     tallied = tally.report(labels, champion_scores, challenger_scores)
     report = {"month": month.name, "rank_by": DEFAULT_RANK_BY, **tallied}
-    client = configure_mlflow(settings)
     client.log_dict(challenger["run_id"], report, IMPACT_ARTIFACT)
     for key, value in impact_metrics(report).items():
         client.log_metric(challenger["run_id"], key, float(value))

@@ -19,16 +19,19 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL
-from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
+from streamflow_mlops.config.settings import REGISTERED_MODEL, WAREHOUSE_SCHEMA, Settings
 from streamflow_mlops.monitoring.drift import SCORE_COLUMN
 from streamflow_mlops.monitoring.performance import performance_report, realized_metrics, reliability_table
+
+if TYPE_CHECKING:
+    from streamflow_mlops.model.registry import RegisteredVersion
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +42,6 @@ PERFORMANCE_COLUMNS = (
 )  # fmt: skip
 # What the monitoring run logs as metrics (prefixed `realized_`).
 LOGGED_METRICS = ("auc", "pr_auc", "lift_at_10", "brier", "rows")
-
-
-def trained_labels_as_of(tags: dict[str, str]) -> date:
-    """The as_of of the labels a version trained on (`labels_as_of`, else its month's `as_of`)."""
-    return date.fromisoformat(tags.get("labels_as_of") or tags["as_of"])
 
 
 def record_performance(db_url: str, row: dict[str, Any]) -> None:
@@ -126,67 +124,68 @@ def score_labelled_rows(
     return LabelledScores(np.concatenate(labels), np.concatenate(scores), sample.frame(), excluded)
 
 
-def measure_realized_performance(month: Month, champion_version: str | None, settings: Settings) -> dict[str, Any]:
+def measure_realized_performance(
+    month: Month, champion: RegisteredVersion | None, settings: Settings
+) -> dict[str, Any]:
     """Score the champion on the month's labelled rows when it did not train on them, record and
     report it; returns `{"status": "measured" | "skipped", "reason", ...metrics}` (JSON-able)."""
-    if champion_version is None:
+    if champion is None:
         return {"status": "skipped", "reason": "no champion yet"}
-    import mlflow.sklearn
-
     from streamflow_mlops.features.retrieval import labels_as_of as month_labels_as_of
-    from streamflow_mlops.model.registry import model_uri
-    from streamflow_mlops.model.tracking import configure_mlflow
     from streamflow_mlops.pipelines.campaigns import campaign_for_labels, treated_users
 
-    tags = configure_mlflow(settings).get_model_version(REGISTERED_MODEL, champion_version).tags
-    trained_as_of = trained_labels_as_of(tags)
+    trained_as_of = trained_labels_as_of(champion)
     labels_as_of = month_labels_as_of(month, settings).date()
     if labels_as_of <= trained_as_of:
         reason = (
-            f"champion v{champion_version} trained on labels as_of {trained_as_of}; "
+            f"champion v{champion.version} trained on labels as_of {trained_as_of}; "
             f"{month}'s labels (as_of {labels_as_of}) are not later"
         )
         return {"status": "skipped", "reason": reason}
-    pipeline = mlflow.sklearn.load_model(model_uri(champion_version))
+    pipeline = champion.pipeline()
     treated = treated_users(settings.db_url, campaign_for_labels(settings.db_url, labels_as_of))
     try:
-        labelled = score_labelled_rows(
-            month, pipeline, tags.get("feature_service") or FEATURE_SERVICE, settings, exclude=treated
-        )
+        labelled = score_labelled_rows(month, pipeline, champion.feature_service, settings, exclude=treated)
     except ValueError as error:
         return {"status": "skipped", "reason": f"no labels to evaluate: {error}"}
     labels, scores = labelled.labels, labelled.scores
     metrics = realized_metrics(labels, scores)
-    validation_auc = float(tags["val_auc"]) if tags.get("val_auc") else None
-    stem = f"performance_{month}_v{champion_version}"
+    stem = f"performance_{month}_v{champion.version}"
     paths = save_performance_report(
-        labelled.sample, float(tags.get("threshold", 0.5)), reliability_table(labels, scores),
+        labelled.sample, champion.threshold, reliability_table(labels, scores),
         settings.reports_dir / "performance", stem,
     )  # fmt: skip
     row = {
         "month": month.name,
         "as_of": labels_as_of,
         "model_name": REGISTERED_MODEL,
-        "model_version": str(champion_version),
-        "trained_month": tags.get("month"),
+        "model_version": champion.version,
+        "trained_month": champion.month.name if champion.month is not None else None,
         **metrics,
-        "validation_auc": validation_auc,
+        "validation_auc": champion.val_auc,
         "treated_excluded": labelled.excluded,
         "report_path": str(paths["report"]),
     }
     record_performance(settings.db_url, row)
     log.info(
         "champion v%s (trained %s) on %s: realized AUC %.4f (validation %s) on %d rows",
-        champion_version, tags.get("month"), month, metrics["auc"], validation_auc, metrics["rows"],
+        champion.version, row["trained_month"], month, metrics["auc"], champion.val_auc, metrics["rows"],
     )  # fmt: skip
     return {
         "status": "measured",
-        "reason": f"{metrics['rows']} labelled rows as_of {labels_as_of}, unseen by v{champion_version}"
+        "reason": f"{metrics['rows']} labelled rows as_of {labels_as_of}, unseen by v{champion.version}"
         + (f" ({labelled.excluded} users treated by a campaign left out)" if labelled.excluded else ""),
         **row,
         "as_of": labels_as_of.isoformat(),
         "reliability_path": str(paths["reliability"]),
     }
+
+
+def trained_labels_as_of(champion: RegisteredVersion) -> date:
+    """The as_of of the labels the champion trained on; a version with neither tag can't be judged on later labels."""
+    if champion.labels_as_of is None:
+        raise KeyError(f"{REGISTERED_MODEL} v{champion.version} has neither a `labels_as_of` nor an `as_of` tag")
+    return champion.labels_as_of
 
 
 def performance_artifacts(performance: dict[str, Any]) -> list[Path]:

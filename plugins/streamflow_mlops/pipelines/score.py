@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
-from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.model.reasons import reasons_json, top_reason_indices
 from streamflow_mlops.monitoring.campaigns import (
     CONTROL,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from streamflow_mlops.model.compiled import PipelineModel
+    from streamflow_mlops.model.registry import RegisteredVersion
 
 log = logging.getLogger(__name__)
 
@@ -274,19 +275,23 @@ def export_retention_list(
     return paths
 
 
-def load_champion_model(settings: Settings) -> tuple[Any, PipelineModel]:
-    """The champion's registry version and its pipeline, ready for batch scoring."""
-    import mlflow.sklearn
-
-    from streamflow_mlops.model.compiled import PipelineModel
-    from streamflow_mlops.model.registry import champion_version, model_uri
+def champion_to_score(settings: Settings) -> RegisteredVersion:
+    """The champion's registry version (its pipeline not loaded yet); NoChampionError before the first promotion."""
+    from streamflow_mlops.model.registry import load_champion
     from streamflow_mlops.model.tracking import configure_mlflow
 
-    version = champion_version(configure_mlflow(settings))
-    if version is None:
+    champion = load_champion(configure_mlflow(settings))
+    if champion is None:
         raise NoChampionError("no champion to score with yet (the alias `champion` is not set)")
-    pipeline = mlflow.sklearn.load_model(model_uri(version.version))
-    return version, PipelineModel(pipeline, list(pipeline.feature_names_in_))
+    return champion
+
+
+def batch_model(champion: RegisteredVersion) -> PipelineModel:
+    """The champion's pipeline, ready for batch scoring."""
+    from streamflow_mlops.model.compiled import PipelineModel
+
+    pipeline = champion.pipeline()
+    return PipelineModel(pipeline, list(pipeline.feature_names_in_))
 
 
 def log_scoring_run(settings: Settings, summary: dict[str, Any], lists: Iterable[Path]) -> str:
@@ -312,6 +317,68 @@ def log_scoring_run(settings: Settings, summary: dict[str, Any], lists: Iterable
     return run_id
 
 
+def check_scoring_options(rank_by: str, control_share: float) -> None:
+    """Refuse a bad `rank_by` or `control_share` before anything is read."""
+    check_rank_by(rank_by)
+    control_threshold(control_share)
+
+
+def replace_month_scores(
+    conn: psycopg.Connection,
+    month: Month,
+    model: PipelineModel,
+    champion: RegisteredVersion,
+    settings: Settings,
+    *,
+    top_k: int,
+    rank_by: str,
+    control_share: float,
+) -> int:
+    """Score the month chunk by chunk into `churn_scores` and record its campaign; returns the rows written."""
+    from streamflow_mlops.data.warehouse import create_schema
+    from streamflow_mlops.features.retrieval import iter_feature_frames
+    from streamflow_mlops.pipelines.campaigns import record_campaign
+
+    frames = iter_feature_frames(month, champion.feature_service, settings)
+    chunks = (score_chunk(model, frame) for frame in frames)
+    create_schema(conn)  # the columns and tables newer than the month's first load
+    # Scores and the campaign move together: a failure leaves the month's old scores and list.
+    with conn.transaction():
+        written = write_scores(
+            conn, month, chunks, champion.version,
+            top_k=top_k, rank_by=rank_by, control_share=control_share, horizon_months=settings.value_horizon_months,
+        )  # fmt: skip
+        record_campaign(conn, month, rank_by, control_share)
+    return written
+
+
+def scoring_summary(
+    month: Month,
+    champion: RegisteredVersion,
+    options: Mapping[str, Any],
+    figures: Mapping[str, float],
+    paths: Mapping[str, Path],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON-able summary of a scored month (`options`: top_k, rank_by, control_share, horizon_months)."""
+    return {
+        "month": month.name,
+        "as_of": month.as_of.isoformat(),
+        "model_version": champion.version,
+        "model_month": champion.month_name,
+        "feature_service": champion.feature_service,
+        "top_k": int(options["top_k"]),
+        "threshold": champion.threshold,
+        "rank_by": options["rank_by"],
+        "control_share": float(options["control_share"]),
+        "horizon_months": options["horizon_months"],
+        **figures,
+        "retention_list": str(paths[TREATMENT]),
+        "control_list": str(paths[CONTROL]),
+        "seconds": seconds,
+    }
+
+
 def score_month(
     month: str | Month,
     top_k: int = DEFAULT_TOP_K,
@@ -325,52 +392,28 @@ def score_month(
     run, seconds by stage)."""
     import psycopg
 
-    from streamflow_mlops.data.warehouse import create_schema
-    from streamflow_mlops.features.retrieval import iter_feature_frames
-    from streamflow_mlops.pipelines.campaigns import record_campaign
-
     settings = settings or get_settings()
-    check_rank_by(rank_by)
-    control_threshold(control_share)
+    check_scoring_options(rank_by, control_share)
     month = Month.parse(month)
-    horizon = settings.value_horizon_months
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    version, model = load_champion_model(settings)
-    feature_service = version.tags.get("feature_service") or FEATURE_SERVICE
-    threshold = float(version.tags.get("threshold", 0.5))
+    champion = champion_to_score(settings)
+    model = batch_model(champion)
     seconds["model"] = time.perf_counter() - started
     mark = time.perf_counter()
-    chunks = (score_chunk(model, frame) for frame in iter_feature_frames(month, feature_service, settings))
     with psycopg.connect(settings.db_url) as conn:
-        create_schema(conn)  # the columns and tables newer than the month's first load
-        # Scores and the campaign move together: a failure leaves the month's old scores and list.
-        with conn.transaction():
-            written = write_scores(
-                conn, month, chunks, str(version.version),
-                top_k=top_k, rank_by=rank_by, control_share=control_share, horizon_months=horizon,
-            )  # fmt: skip
-            record_campaign(conn, month, rank_by, control_share)
+        written = replace_month_scores(
+            conn, month, model, champion, settings, top_k=top_k, rank_by=rank_by, control_share=control_share
+        )
         seconds["score_and_write"] = time.perf_counter() - mark
-        figures = month_summary(conn, month, threshold, top_k)
+        figures = month_summary(conn, month, champion.threshold, top_k)
         lists = {arm: retention_list(conn, month, rank_by, arm) for arm in (TREATMENT, CONTROL)}
     paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month.name)
-    summary: dict[str, Any] = {
-        "month": month.name,
-        "as_of": month.as_of.isoformat(),
-        "model_version": str(version.version),
-        "model_month": version.tags.get("month", ""),
-        "feature_service": feature_service,
-        "top_k": int(top_k),
-        "threshold": threshold,
-        "rank_by": rank_by,
-        "control_share": float(control_share),
-        "horizon_months": horizon,
-        **figures,
-        "retention_list": str(paths[TREATMENT]),
-        "control_list": str(paths[CONTROL]),
-        "seconds": seconds,
-    }
+    options = {
+        "top_k": top_k, "rank_by": rank_by, "control_share": control_share,
+        "horizon_months": settings.value_horizon_months,
+    }  # fmt: skip
+    summary = scoring_summary(month, champion, options, figures, paths, seconds)
     summary["mlflow_run_id"] = log_scoring_run(settings, summary, paths.values())
     seconds["total"] = time.perf_counter() - started
     log.info(

@@ -23,15 +23,14 @@ from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import REGISTERED_MODEL
 from streamflow_mlops.model.promotion import Comparison, score_gain
-from streamflow_mlops.model.registry import champion_version, score_version, validation_file
+from streamflow_mlops.model.registry import load_champion, score_pipeline, validation_file
 from streamflow_mlops.model.tracking import CHALLENGER_SCORE, configure_mlflow
 from streamflow_mlops.model.training import DEFAULT_CLASSIFIER, best_achievable_auc
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
+    from streamflow_mlops.model.registry import RegisteredVersion
     from streamflow_mlops.model.training import TrainedModel
 
 
@@ -53,23 +52,22 @@ def evaluate_and_decide(
     after the reason is tagged on the challenger."""
     client = configure_mlflow()
     version = str(challenger["version"])
-    champion = champion_version(client)
-    if champion is not None and str(champion.version) == version:
+    champion = load_champion(client)
+    if champion is not None and champion.version == version:
         raise ValueError(f"version {version} is already the champion")
     labels, challenger_scores, champion_scores, eval_rows = score_evaluation_rows(challenger["run_id"], champion)
     challenger_auc, champion_auc, bootstrap = score_gain(
         labels, challenger_scores, champion_scores, seed=int(challenger.get("seed", 0))
     )
     month = Month.parse(challenger["month"])
-    champion_month = champion.tags.get("month") if champion else None
     comparison = Comparison.decide(
-        champion_month=Month.parse(champion_month) if champion_month else None,
+        champion_month=champion.month if champion else None,
         force=force,
         version=version,
         month=month,
         delta=delta,
         challenger_auc=challenger_auc,
-        champion_version=str(champion.version) if champion else None,
+        champion_version=champion.version if champion else None,
         champion_auc=champion_auc,
         bootstrap=bootstrap,
         eval_population=eval_population(month),
@@ -92,7 +90,7 @@ def evaluate_and_decide(
 
 
 def score_evaluation_rows(
-    run_id: str, champion: ModelVersion | None
+    run_id: str, champion: RegisteredVersion | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """(labels, challenger scores, champion scores, rows) of the challenger's evaluation rows, read a
     batch at a time; champion scores are None without a champion, NaN when it can't score them."""
@@ -102,7 +100,7 @@ def score_evaluation_rows(
         labels, challenger_scores = rows.column(LABEL), rows.column(CHALLENGER_SCORE)
         champion_scores = None
         if champion is not None:
-            champion_scores = score_version(str(champion.version), rows)
+            champion_scores = score_pipeline(champion.version, champion.pipeline(), rows)
             if champion_scores is None:
                 champion_scores = np.full(rows.rows, np.nan)
         return labels, challenger_scores, champion_scores, rows.rows

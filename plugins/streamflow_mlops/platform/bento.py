@@ -38,6 +38,8 @@ SERVING_ROOTS = (
     "skops",
     "pyyaml",
     "sqlalchemy",
+    "pydantic-settings",
+    "prometheus-client",
 )
 
 

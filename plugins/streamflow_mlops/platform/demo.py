@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,7 @@ from streamflow_mlops.platform.lifecycle import (
     wait_for_scores,
 )
 from streamflow_mlops.platform.private_files import private_secret, write_private
-from streamflow_mlops.platform.processes import BACKGROUND_NICE, Processes, http_ok, wait_for
+from streamflow_mlops.platform.processes import Processes, http_ok, wait_for
 
 DEMO_MONTHS = ("month_000", "month_001")
 
@@ -191,7 +190,7 @@ class Stack:
         self.service_url = f"http://127.0.0.1:{settings.service_port}"
         self.evidently_url = f"http://127.0.0.1:{settings.evidently_port}"
         # Clients in this process talk to the MLflow server, as the DAG tasks and the service do.
-        self.client_settings = replace(settings, mlflow_tracking_uri_override=self.mlflow_uri)
+        self.client_settings = settings.model_copy(update={"mlflow_tracking_uri_override": self.mlflow_uri})
         self.bin_dir = Path(sys.executable).parent
         self.processes: Processes | None = None
         self.api: AirflowAPI | None = None
@@ -241,7 +240,7 @@ class Stack:
                 "--workers",
                 "1",
             ],
-            nice=BACKGROUND_NICE,
+            nice=settings.demo_nice,
         )
         # The scheduler and triggerer would each start a log server on all interfaces (Airflow binds
         # it to [::] whatever the config says); on one machine the api-server reads the log files
@@ -253,7 +252,7 @@ class Stack:
             ("triggerer", ["--skip-serve-logs"]),
         ):
             self.processes.start(
-                f"airflow-{component}", [str(self.bin_dir / "airflow"), component, *options], nice=BACKGROUND_NICE
+                f"airflow-{component}", [str(self.bin_dir / "airflow"), component, *options], nice=settings.demo_nice
             )
         # A second run has a champion already: the service can start while Airflow boots.
         self.warm = lifecycle_done(self.settings)
@@ -349,7 +348,7 @@ class Stack:
                 "--port",
                 str(self.settings.evidently_port),
             ],
-            nice=BACKGROUND_NICE,
+            nice=self.settings.demo_nice,
         )
 
     def serve(self) -> None:

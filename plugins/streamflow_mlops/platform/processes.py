@@ -20,21 +20,6 @@ from pathlib import Path
 import httpx
 
 
-def background_nice(raw: str | None) -> int:
-    """STREAMFLOW_DEMO_NICE as a nice increment in 0..19 (10 when unset or not a number)."""
-    try:
-        return min(19, max(0, int(raw))) if raw not in (None, "") else 10
-    except ValueError:
-        return 10
-
-
-# The CPU priority (nice) of everything the demo starts but the churn service: Airflow (and the
-# tasks it runs), MLflow and the Evidently UI. On a laptop they share the cores with serving; their
-# bursts (a DAG parse, a scheduler loop) otherwise preempted the service's workers and set its p99
-# (bench/bench_serving.py). Idle serving leaves them the whole machine. 0 keeps them equal.
-BACKGROUND_NICE = background_nice(os.environ.get("STREAMFLOW_DEMO_NICE"))
-
-
 def lower_priority(nice: int) -> None:
     """Lower this process's CPU priority by `nice`, and its session's autogroup's: where Linux
     groups processes by session (sched_autogroup_enabled, the default on desktops and this VM),

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamflow_mlops.config.settings import FEATURE_SERVICE, REGISTERED_MODEL, Settings
+from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
 from streamflow_mlops.model.compiled import PipelineModel, ProbabilityModel
-from streamflow_mlops.model.registry import bento_tag, champion_version, mlflow_client
+from streamflow_mlops.model.registry import RegisteredVersion, bento_tag, champion_version, mlflow_client
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,15 @@ def champion_labels(labels: Mapping[str, str], metadata: Mapping[str, Any]) -> t
     version = str(merged.get("mlflow_version", "")).strip()
     if not version:
         raise ValueError("model lacks the mlflow_version label")
-    threshold = float(merged.get("threshold", 0.5))
+    registered = RegisteredVersion.from_tags(version, merged)
+    return version, checked_threshold(registered.threshold), registered.feature_service
+
+
+def checked_threshold(threshold: float) -> float:
+    """A served model's decision threshold, refused outside (0, 1)."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold {threshold} outside (0, 1)")
-    return version, threshold, str(merged.get("feature_service") or FEATURE_SERVICE)
+    return threshold
 
 
 def pipeline_model(path: str, source: str) -> PipelineModel:

@@ -10,8 +10,12 @@ what requests created since.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 def settle_heap() -> int:
@@ -65,22 +69,33 @@ class GcPauses:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
 
-    def prometheus_lines(self, pid: int) -> list[str]:
-        lines = [
-            "# HELP streamflow_gc_pauses_total Garbage-collector runs in this worker, by generation.",
-            "# TYPE streamflow_gc_pauses_total counter",
-            *(f'streamflow_gc_pauses_total{{pid="{pid}",generation="{g}"}} {self.count[g]}' for g in range(3)),
-            "# HELP streamflow_gc_pause_seconds_total Time this worker spent stopped in the garbage collector.",
-            "# TYPE streamflow_gc_pause_seconds_total counter",
-            *(
-                f'streamflow_gc_pause_seconds_total{{pid="{pid}",generation="{g}"}} {self.total_s[g]:.6f}'
-                for g in range(3)
-            ),
-            "# HELP streamflow_gc_pause_max_seconds The longest garbage-collector pause in this worker.",
-            "# TYPE streamflow_gc_pause_max_seconds gauge",
-            *(f'streamflow_gc_pause_max_seconds{{pid="{pid}",generation="{g}"}} {self.max_s[g]:.6f}' for g in range(3)),
-            "# HELP streamflow_gc_frozen_objects Objects kept out of the collector's scans (gc.freeze).",
-            "# TYPE streamflow_gc_frozen_objects gauge",
-            f'streamflow_gc_frozen_objects{{pid="{pid}"}} {gc.get_freeze_count()}',
-        ]
-        return lines
+    def collect(self) -> Iterator[Metric]:
+        """The pauses as Prometheus metric families (a prometheus_client collector), labelled with
+        this worker's pid."""
+        pid = str(os.getpid())
+        with self._lock:
+            count, total_s, max_s = list(self.count), list(self.total_s), list(self.max_s)
+        runs = CounterMetricFamily(
+            "streamflow_gc_pauses_total",
+            "Garbage-collector runs in this worker, by generation.",
+            labels=["pid", "generation"],
+        )
+        paused = CounterMetricFamily(
+            "streamflow_gc_pause_seconds_total",
+            "Time this worker spent stopped in the garbage collector.",
+            labels=["pid", "generation"],
+        )
+        longest = GaugeMetricFamily(
+            "streamflow_gc_pause_max_seconds",
+            "The longest garbage-collector pause in this worker.",
+            labels=["pid", "generation"],
+        )
+        for generation in range(3):
+            runs.add_metric([pid, str(generation)], count[generation])
+            paused.add_metric([pid, str(generation)], total_s[generation])
+            longest.add_metric([pid, str(generation)], max_s[generation])
+        frozen = GaugeMetricFamily(
+            "streamflow_gc_frozen_objects", "Objects kept out of the collector's scans (gc.freeze).", labels=["pid"]
+        )
+        frozen.add_metric([pid], gc.get_freeze_count())
+        return iter([runs, paused, longest, frozen])

@@ -10,23 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from streamflow_mlops.config.settings import Settings
 from streamflow_mlops.monitoring.prediction_log import PredictionLogWriter
 from streamflow_mlops.serving.champion import POLL_INTERVAL_S, ChampionWatcher, ModelHolder, mlflow_champion_version
 from streamflow_mlops.serving.errors import Unavailable
 from streamflow_mlops.serving.feature_reader import FeatureRef, FeatureRows, OnlineFeatureReader, build_reader
+from streamflow_mlops.serving.heap import GcPauses
 from streamflow_mlops.serving.scoring import ChurnScorer, MicroBatcher
 from streamflow_mlops.serving.shadow import ShadowScorer, ShadowWatcher, mlflow_shadow_watcher
 
 
-def worker_count() -> int:
+def worker_count(settings: Settings) -> int:
     """Worker processes per service: STREAMFLOW_SERVICE_WORKERS, else one per core, up to 4. A
     worker's event loop tops out near one core (HTTP parsing and BentoML's request path are most of
     a request's CPU): on 2 cores 2 workers gave ~1.6x one worker's requests/s at concurrency 32
     (bench/bench_serving.py)."""
-    return int(os.environ.get("STREAMFLOW_SERVICE_WORKERS") or min(4, os.cpu_count() or 1))
+    return settings.service_workers or min(4, os.cpu_count() or 1)
 
 
 logger = logging.getLogger(__name__)
@@ -42,20 +46,23 @@ class ServiceRuntime:
     A background thread builds the feature reader (retrying while the registry is down) and polls
     the champion (and the `shadow` alias, serving/shadow.py) every `poll_interval_s`; requests only
     read what it prepared. A runtime given its own `read_champion_version` follows a shadow only
-    through a `shadow_watcher` of its own.
+    through a `shadow_watcher` of its own. `metrics()` is what the worker shows on /metrics.
     """
 
     def __init__(
         self,
         settings: Settings,
         read_champion_version: Callable[[], str | None] | None = None,
-        poll_interval_s: float = POLL_INTERVAL_S,
+        poll_interval_s: float | None = None,
         reader_factory: Callable[[Settings], OnlineFeatureReader] = build_reader,
         log_writer: PredictionLogWriter | None = None,
         after_swap: Callable[[], object] | None = None,
         shadow_watcher: ShadowWatcher | None = None,
+        gc_pauses: GcPauses | None = None,
     ) -> None:
         self.settings = settings
+        if poll_interval_s is None:
+            poll_interval_s = settings.champion_poll_s or POLL_INTERVAL_S
         self.poll_interval_s = poll_interval_s
         self.reader_factory = reader_factory
         # Run by the watcher thread once a new champion is loaded and its feature list warmed
@@ -73,6 +80,10 @@ class ServiceRuntime:
         self.batcher = MicroBatcher(self.scorer.score)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._metrics = CollectorRegistry(auto_describe=False)
+        self._metrics.register(_WorkerCounters(self))
+        if gc_pauses is not None:
+            self._metrics.register(gc_pauses)
 
     def require_reader(self) -> OnlineFeatureReader:
         if self.reader is None:
@@ -122,6 +133,11 @@ class ServiceRuntime:
             return False
         return bool(refs)
 
+    def metrics(self) -> str:
+        """This worker's counters (and its GC pauses, when given) in Prometheus' text format, each
+        sample labelled with the worker's pid: a scrape reaches one worker."""
+        return generate_latest(self._metrics).decode()
+
     def _poll_safely(self) -> None:
         # The watcher thread must outlive any one failed poll (MLflow down, a store that raises on
         # a name never imported, a broken model): a dead watcher would never pick up a champion.
@@ -169,3 +185,54 @@ class _RuntimeReader:
     def forget_refs(self) -> None:
         if self.runtime.reader is not None:
             self.runtime.reader.forget_refs()
+
+
+class _WorkerCounters:
+    """The runtime's counters as Prometheus metric families (a prometheus_client collector), read at
+    each scrape."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        runtime, pid = self.runtime, str(os.getpid())
+        log, batcher, shadow = runtime.log, runtime.batcher, runtime.shadow
+        champion, watcher = runtime.holder.champion, runtime.shadow_watcher
+        shadow_model = watcher.shadow if watcher is not None else None
+        # Info-style gauges: always 1, the version (empty: none) in a label.
+        versions = {
+            "streamflow_champion_info": ("The model version this worker serves.", champion),
+            "streamflow_shadow_info": ("The model version this worker scores in shadow (empty: none).", shadow_model),
+        }
+        counters = {
+            "streamflow_prediction_log_dropped_rows_total": (
+                "Log rows dropped (queue full or write failed).",
+                log.dropped,
+            ),
+            "streamflow_prediction_log_written_rows_total": ("Prediction log rows written.", log.written),
+            "streamflow_predict_requests_total": (
+                "Single /predict calls this worker scored (micro-batched).",
+                batcher.items,
+            ),
+            "streamflow_predict_batches_total": (
+                "Model calls those /predict requests were coalesced into.",
+                batcher.batches,
+            ),
+            "streamflow_shadow_scored_rows_total": ("Served rows the shadow version also scored.", shadow.scored),
+            "streamflow_shadow_dropped_rows_total": (
+                "Rows logged without a shadow score: its queue was full.",
+                shadow.dropped,
+            ),
+            "streamflow_shadow_skipped_rows_total": (
+                "Rows the shadow did not score (a missing feature, a failure).",
+                shadow.skipped,
+            ),
+        }
+        for name, (documentation, model) in versions.items():
+            family = GaugeMetricFamily(name, documentation, labels=["pid", "version"])
+            family.add_metric([pid, model.version if model is not None else ""], 1)
+            yield family
+        for name, (documentation, value) in counters.items():
+            family = CounterMetricFamily(name, documentation, labels=["pid"])
+            family.add_metric([pid], value)
+            yield family

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from streamflow_mlops.config.settings import FEATURE_SERVICE
 from streamflow_mlops.model.compiled import ProbabilityModel
 from streamflow_mlops.model.reasons import reasons_for, top_reason_indices
+from streamflow_mlops.model.registry import feature_service_or_default
 from streamflow_mlops.monitoring.prediction_log import LogRow
 from streamflow_mlops.serving.champion import FIRST_LOAD_WAIT_S, Champion, ModelHolder
 from streamflow_mlops.serving.errors import ServingError, Unavailable
@@ -129,7 +129,7 @@ class ChurnScorer:
     def features(self, user_id: str) -> dict[str, Any]:
         """The online features of the champion's FeatureService (the default service before one loads)."""
         champion = self.holder.champion
-        feature_service = champion.feature_service if champion else FEATURE_SERVICE
+        feature_service = feature_service_or_default(champion.feature_service if champion else None)
         values = split_lookup(user_id, self.reader.read([user_id], feature_service)[user_id])
         return {"user_id": user_id, "feature_service": feature_service, "features": values}
 

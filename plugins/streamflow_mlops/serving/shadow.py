@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
-from streamflow_mlops.model.registry import mlflow_client, model_uri, shadow_version
+from streamflow_mlops.model.registry import load_version, mlflow_client, model_uri, shadow_version
 from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
-from streamflow_mlops.serving.champion import Champion, champion_labels, pipeline_model
+from streamflow_mlops.serving.champion import Champion, checked_threshold, pipeline_model
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,15 @@ def load_shadow(version: str, tracking_uri: str) -> Champion:
     """A registered version loaded from MLflow (model, threshold and FeatureService from its tags)."""
     import mlflow.artifacts
 
-    tags = mlflow_client(tracking_uri).get_model_version(REGISTERED_MODEL, version).tags
-    labels = {key: tags.get(key, "") for key in ("threshold", "feature_service")}
-    _, threshold, feature_service = champion_labels({"mlflow_version": version, **labels}, {})
+    registered = load_version(mlflow_client(tracking_uri), version)
+    threshold = checked_threshold(registered.threshold)
     uri = model_uri(version)
     with tempfile.TemporaryDirectory(prefix="streamflow-shadow-") as tmp:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
         )
         model = pipeline_model(path, uri)
-    return Champion(REGISTERED_MODEL, version, uri, threshold, feature_service, model)
+    return Champion(REGISTERED_MODEL, version, uri, threshold, registered.feature_service, model)
 
 
 class ShadowWatcher:
