@@ -153,7 +153,7 @@ class BalancedListener:
         self._resumed_at = None
         self.publish()
         others = self.board.others() if self.board is not None else []
-        if accept_now(self.load(), others, now - self._waiting_since):
+        if accept_now(self.load(), others, now - self._waiting_since, MAX_WAIT_S):
             self._accept_one()
         else:
             # Let a less loaded worker take it; look again shortly (the socket stays readable if not).
