@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: venv demo test test-compose test-fast bench lint bento stack-up stack-down generate clean
+.PHONY: venv demo test test-compose test-faults test-fast bench lint bento stack-up stack-down generate clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,12 @@ test-fast: venv
 # run under .streamflow/compose-logs/). Starts ../shared/container-engine when it is there.
 test-compose: venv
 	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
+
+# Faults survived (tests/faults): one compose stack, its parts killed mid-work one after another
+# (Redis, the churn service and Postgres under /predict load, ...), each outcome asserted and its
+# figures printed; logs of a failed run under .streamflow/compose-logs/faults/.
+test-faults: venv
+	STREAMFLOW_FAULT_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/faults
 
 # The benchmarks, with the bench-only packages (skl2onnx, onnxruntime) of requirements-bench.txt.
 bench: venv

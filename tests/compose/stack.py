@@ -169,6 +169,7 @@ class ComposeStack:
         return run(command, timeout=timeout, env=env, check=check, cwd=REPO)
 
     def build(self, timings: Timings) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
         for image, service in BUILT_IMAGES.items():
             with timings.phase(f"build image {image}"):
                 result = self.compose("build", service, timeout=1800, check=False)
@@ -196,6 +197,15 @@ class ComposeStack:
             state = self.inspect(service)["State"]
             if state["Status"] != "running":
                 raise RuntimeError(f"{service} is {state['Status']} (exit {state['ExitCode']})")
+
+    def wait_healthy(self, timeout: float = 600) -> float:
+        """Seconds until every long-running service runs and, where it has a health check, is healthy."""
+
+        def healthy() -> bool:
+            states = [self.inspect(service)["State"] for service in self.services]
+            return all(s["Status"] == "running" and s.get("Health", {}).get("Status") == "healthy" for s in states)
+
+        return wait_until(f"{self.name}: every service healthy", healthy, timeout, every=3)
 
     def exec(self, service: str, *command: str, timeout: float = 600) -> str:
         return self.compose("exec", "-T", service, *command, timeout=timeout).stdout
@@ -234,15 +244,18 @@ class ComposeStack:
     def airflow_url(self) -> str:
         return self.url("STREAMFLOW_AIRFLOW_PORT")
 
-    def airflow_get(self, path: str) -> dict:
-        """GET on Airflow's REST API with a JWT from /auth/token for the generated admin password."""
+    def airflow_request(self, method: str, path: str, **kwargs) -> dict:
+        """A call of Airflow's REST API with a JWT from /auth/token for the generated admin password."""
         login = {"username": self.env["AIRFLOW_ADMIN_USERNAME"], "password": self.env["AIRFLOW_ADMIN_PASSWORD"]}
         token = httpx.post(f"{self.airflow_url}/auth/token", json=login, timeout=30)
         token.raise_for_status()
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        answer = httpx.get(f"{self.airflow_url}{path}", headers=headers, timeout=30)
+        answer = httpx.request(method, f"{self.airflow_url}{path}", headers=headers, timeout=30, **kwargs)
         answer.raise_for_status()
         return answer.json()
+
+    def airflow_get(self, path: str) -> dict:
+        return self.airflow_request("GET", path)
 
     def champion(self) -> dict | None:
         """The MLflow version the `champion` alias points at, through MLflow's REST API."""
@@ -276,6 +289,33 @@ def wait_for_run(api: AirflowAPI, dag_id: str, run_id: str, timeout: float = 600
 
     wait_until(f"{dag_id} {run_id}", finished, timeout, every=2)
     return state["run"]["state"]
+
+
+# Operational tables a rejected or failed load may touch: its own ingestion_runs row, and tables
+# written by other runs meanwhile (the rollback's champion event starts streamflow_score; the
+# service logs predictions): outputs, not the data a load that did not happen must keep.
+OPERATIONAL = {
+    "ingestion_runs", "prediction_log", "churn_scores", "model_performance", "drift_reports", "retention_campaigns",
+    "campaign_outcomes",
+}  # fmt: skip
+
+
+def warehouse_fingerprint(stack: ComposeStack) -> dict[str, str]:
+    """Row count and an md5 of every row of every warehouse table (partitions through their parent)."""
+    tables = stack.psql(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'streamflow' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
+    ).split()
+    # Feast's point-in-time joins stage their entity rows in a `feast_entity_df_<uuid>` table for the
+    # length of one retrieval (a scoring run may be reading while the bad batch is checked).
+    tables = [table for table in tables if table not in OPERATIONAL and not table.startswith("feast_entity_df_")]
+    assert {"users", "subscriptions", "labels", "usage_agg_30d_snapshots"} <= set(tables), tables
+    query = " UNION ALL ".join(
+        f"SELECT '{table}', count(*) || ' ' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+        f"FROM streamflow.{table} t"
+        for table in tables
+    )
+    return dict(line.split("|", 1) for line in stack.psql(query).splitlines())
 
 
 def predict(url: str, user_id: str) -> httpx.Response:

@@ -34,16 +34,8 @@ from tests.compose.stack import (
     run_month_lifecycle,
     wait_for_run,
     wait_until,
+    warehouse_fingerprint,
 )
-
-# Operational tables a rejected batch may touch: its own ingestion_runs row, and the prediction
-# log the service writes in the background.
-# Written by other runs while the bad batch is checked (the rollback's champion event starts
-# streamflow_score; the service logs predictions): outputs, not the data a rejected batch must keep.
-OPERATIONAL = {
-    "ingestion_runs", "prediction_log", "churn_scores", "model_performance", "drift_reports", "retention_campaigns",
-    "campaign_outcomes",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +55,6 @@ def api(stack) -> AirflowAPI:
     client.login()
     wait_until("the DAGs parsed", lambda: all(client.has_dag(d) for d in LIFECYCLE_DAGS), 180, every=3)
     return client
-
-
-def warehouse_fingerprint(stack: ComposeStack) -> dict[str, str]:
-    """Row count and an md5 of every row of every warehouse table (partitions through their parent)."""
-    tables = stack.psql(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'streamflow' AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1"
-    ).split()
-    # Feast's point-in-time joins stage their entity rows in a `feast_entity_df_<uuid>` table for the
-    # length of one retrieval (a scoring run may be reading while the bad batch is checked).
-    tables = [table for table in tables if table not in OPERATIONAL and not table.startswith("feast_entity_df_")]
-    assert {"users", "subscriptions", "labels", "usage_agg_30d_snapshots"} <= set(tables), tables
-    query = " UNION ALL ".join(
-        f"SELECT '{table}', count(*) || ' ' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-        f"FROM streamflow.{table} t"
-        for table in tables
-    )
-    return dict(line.split("|", 1) for line in stack.psql(query).splitlines())
 
 
 def test_the_stack_is_healthy_local_only_and_non_root(stack):
