@@ -75,7 +75,8 @@ def streamflow_score():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from streamflow_mlops.config.settings import get_settings
-        from streamflow_mlops.pipelines.score import NoChampionError, month_to_score, newest_loaded_month, score_month
+        from streamflow_mlops.pipelines.runs import month_to_score
+        from streamflow_mlops.pipelines.score import NoChampionError, newest_loaded_month, score_month
 
         month = month_to_score(
             params["month"], triggering_asset_events, lambda: newest_loaded_month(get_settings().db_url)

@@ -73,9 +73,29 @@ def stack_port_env() -> dict[str, str]:
 DISPOSABLE_FLAG = "STREAMFLOW_TEST_DB_DISPOSABLE"
 
 
+def settings_from(env: dict[str, str], monkeypatch) -> Settings:
+    """The settings a process with `env` on top of this one's reads (a fresh, uncached read)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+class SettingsWithoutEnvironment(Settings):
+    """Settings from the values given and the defaults only: a developer's STREAMFLOW_* variables
+    (a BaseSettings reads every field it is not given from the environment) don't leak in."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **other_sources):
+        return (init_settings,)
+
+
 def offline_settings(tmp_path: Path) -> Settings:
     """Settings under `tmp_path` whose database is unreachable: for tests that must touch none."""
-    return Settings(
+    return SettingsWithoutEnvironment(
         repo_root=tmp_path,
         state_dir=tmp_path / "state",
         drops_dir=tmp_path / "drops",

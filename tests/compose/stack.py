@@ -244,6 +244,13 @@ class ComposeStack:
     def airflow_url(self) -> str:
         return self.url("STREAMFLOW_AIRFLOW_PORT")
 
+    def airflow_api(self) -> AirflowAPI:
+        """The demo's REST client, signed in as the generated admin, once every lifecycle DAG is parsed."""
+        api = AirflowAPI(self.airflow_url, self.env["AIRFLOW_ADMIN_PASSWORD"])
+        api.login()
+        wait_until("the DAGs parsed", lambda: all(api.has_dag(d) for d in LIFECYCLE_DAGS), 180, every=3)
+        return api
+
     def airflow_request(self, method: str, path: str, **kwargs) -> dict:
         """A call of Airflow's REST API with a JWT from /auth/token for the generated admin password."""
         login = {"username": self.env["AIRFLOW_ADMIN_USERNAME"], "password": self.env["AIRFLOW_ADMIN_PASSWORD"]}

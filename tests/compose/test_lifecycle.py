@@ -21,7 +21,6 @@ from streamflow_mlops.platform.lifecycle import AirflowAPI
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
     BUILT_IMAGES,
-    LIFECYCLE_DAGS,
     LOGS,
     READY_AFTER_PROMOTION_S,
     STATE,
@@ -51,10 +50,7 @@ def stack(request, engine, timings):
 
 @pytest.fixture(scope="module")
 def api(stack) -> AirflowAPI:
-    client = AirflowAPI(stack.airflow_url, stack.env["AIRFLOW_ADMIN_PASSWORD"])
-    client.login()
-    wait_until("the DAGs parsed", lambda: all(client.has_dag(d) for d in LIFECYCLE_DAGS), 180, every=3)
-    return client
+    return stack.airflow_api()
 
 
 def test_the_stack_is_healthy_local_only_and_non_root(stack):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamflow_mlops.platform.lifecycle import AirflowAPI
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
-    LIFECYCLE_DAGS,
     READY_AFTER_PROMOTION_S,
     ComposeStack,
     csv_rows,
@@ -36,9 +34,7 @@ def stack(request, engine, timings):
 def test_month_000_runs_on_the_celery_worker_and_its_champion_is_served(stack, timings):
     for service in stack.services:
         assert stack.inspect(service)["State"].get("Health", {}).get("Status") == "healthy", service
-    api = AirflowAPI(stack.airflow_url, stack.env["AIRFLOW_ADMIN_PASSWORD"])
-    api.login()
-    wait_until("the DAGs parsed", lambda: all(api.has_dag(d) for d in LIFECYCLE_DAGS), 180, every=3)
+    api = stack.airflow_api()
     started = stack.inspect("churn-service")["State"]["StartedAt"]
 
     with timings.phase("celery: month_000 (ingest -> features -> drift -> train -> promote)"):

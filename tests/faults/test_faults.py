@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,7 +22,6 @@ from streamflow_mlops.platform.lifecycle import AirflowAPI
 from streamflow_mlops.serving.scoring import REQUEST_TIMEOUT_S
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
-    LIFECYCLE_DAGS,
     ComposeStack,
     csv_rows,
     ready,
@@ -37,9 +37,9 @@ from tests.faults.load import PredictLoad, in_flight, say, tally
 WARMUP_S = 5.0
 # How long the online store stays down: a few of the service's feature-store polls.
 REDIS_OUTAGE_S = 15.0
-# Issue 29: Postgres stopped for 10 s under /predict load.
+# Postgres stopped for 10 s under /predict load.
 POSTGRES_OUTAGE_S = 10.0
-# Issue 29.1: a month big enough that its load (one transaction, ~6 s here) can be hit half-way;
+# A month big enough that its load (one transaction, ~6 s here) can be hit half-way;
 # month_001 stays the stack's ordinary next month.
 BIG_MONTH, BIG_MONTH_START, BIG_MONTH_AS_OF, BIG_MONTH_USERS = "month_002", "2", "2024-03-31", 200_000
 # An answer may take the service's own request timeout, plus a loaded 2-core machine's slack; never more.
@@ -59,10 +59,7 @@ def stack(request, engine, timings):
 
 @pytest.fixture(scope="module")
 def api(stack) -> AirflowAPI:
-    client = AirflowAPI(stack.airflow_url, stack.env["AIRFLOW_ADMIN_PASSWORD"])
-    client.login()
-    wait_until("the DAGs parsed", lambda: all(client.has_dag(d) for d in LIFECYCLE_DAGS), 180, every=3)
-    return client
+    return stack.airflow_api()
 
 
 @pytest.fixture(scope="module")
@@ -124,23 +121,38 @@ def settled_log_count(stack: ComposeStack) -> int:
     return counts[-1]
 
 
+def service_outage(
+    stack: ComposeStack, load: PredictLoad, service: str, seconds: float, while_down: Callable[[], float] = lambda: 0.0
+) -> tuple[float, float, float]:
+    """After the load's warm-up, `service` stopped for `seconds`, then started again; returns when it
+    was down and when its start was asked (time.time()), and what `while_down()`, run meanwhile, said."""
+    time.sleep(WARMUP_S)
+    stopping = time.time()
+    stack.compose("stop", service)
+    stopped = time.time()
+    say(f"{service} stopped ({stopped - stopping:.1f}s); {len(load.between(0, stopping))} calls before it, "
+        f"{len(in_flight(load.snapshot(), stopping))} in flight")  # fmt: skip
+    measured = while_down()
+    time.sleep(max(0.0, seconds - (time.time() - stopped)))
+    restarting = time.time()
+    stack.compose("start", service)
+    say(f"{service} started again; outage calls: {tally(load.between(stopped, restarting))}")
+    return stopped, restarting, measured
+
+
 def test_redis_stopped_under_load_answers_503_and_recovers_without_a_restart(stack, champion, users, healthy, timings):
-    """Issue 29.4: the online store down: 503 feature_store_unavailable, never a 500 or a hang;
+    """The online store down: 503 feature_store_unavailable, never a 500 or a hang;
     /readyz false; 200 again once Redis is back, same container."""
     service = stack.inspect("churn-service")
     with timings.phase("faults: redis stopped under /predict load"), PredictLoad(stack.service_url, users) as load:
-        time.sleep(WARMUP_S)
-        stopping = time.time()
-        stack.compose("stop", "redis")
-        stopped = time.time()
-        say(f"redis stopped ({stopped - stopping:.1f}s); {len(load.between(0, stopping))} calls before it, "
-            f"{len(in_flight(load.snapshot(), stopping))} in flight")  # fmt: skip
-        not_ready_s = wait_until("/readyz false while redis is down", lambda: not ready(stack.service_url), 60)
-        time.sleep(max(0.0, REDIS_OUTAGE_S - (time.time() - stopped)))
-        restarting = time.time()
-        stack.compose("start", "redis")
+        stopped, restarting, not_ready_s = service_outage(
+            stack,
+            load,
+            "redis",
+            REDIS_OUTAGE_S,
+            lambda: wait_until("/readyz false while redis is down", lambda: not ready(stack.service_url), 60),
+        )
         restarted = time.time()
-        say(f"redis started again; outage calls: {tally(load.between(stopped, restarting))}")
         wait_until("a 200 after redis is back", lambda: load.first_success_after(restarted) is not None, 120, 0.2)
         ready_s = wait_until("/readyz true after redis is back", lambda: ready(stack.service_url), 120, 0.5)
         ready_at = time.time()
@@ -172,7 +184,7 @@ def test_redis_stopped_under_load_answers_503_and_recovers_without_a_restart(sta
 
 
 def test_churn_service_killed_under_load_is_restarted_and_serves_the_champion(stack, champion, users, healthy, timings):
-    """Issue 29.6: the service container's main process SIGKILLed: the restart policy brings it
+    """The service container's main process SIGKILLed: the restart policy brings it
     back, it turns ready on its own and serves the current champion; the gap is reported."""
     before = stack.inspect("churn-service")
     with (
@@ -221,7 +233,7 @@ def test_churn_service_killed_under_load_is_restarted_and_serves_the_champion(st
 def test_postgres_stopped_10s_under_load_keeps_serving_and_logs_every_prediction(
     stack, champion, users, healthy, timings
 ):
-    """Issue 29.5: Postgres down for 10 s: predictions go on (features come from Redis) and every
+    """Postgres down for 10 s: predictions go on (features come from Redis) and every
     prediction made meanwhile reaches prediction_log afterwards, or the dropped-rows metric counts it."""
     logged_before = settled_log_count(stack)
     dropped_before = log_metric(stack.service_url, "streamflow_prediction_log_dropped_rows_total")
@@ -229,16 +241,7 @@ def test_postgres_stopped_10s_under_load_keeps_serving_and_logs_every_prediction
         timings.phase("faults: postgres stopped 10 s under /predict load"),
         PredictLoad(stack.service_url, users) as load,
     ):
-        time.sleep(WARMUP_S)
-        stopping = time.time()
-        stack.compose("stop", "postgres")
-        stopped = time.time()
-        say(f"postgres stopped ({stopped - stopping:.1f}s); {len(load.between(0, stopping))} calls before it, "
-            f"{len(in_flight(load.snapshot(), stopping))} in flight")  # fmt: skip
-        time.sleep(POSTGRES_OUTAGE_S)
-        restarting = time.time()
-        stack.compose("start", "postgres")
-        say(f"postgres started again; outage calls: {tally(load.between(stopped, restarting))}")
+        stopped, restarting, _ = service_outage(stack, load, "postgres", POSTGRES_OUTAGE_S)
         wait_until("postgres accepting connections", lambda: pg_ready(stack), 120, 0.5)
         time.sleep(3)
     answers = load.snapshot()
@@ -287,7 +290,7 @@ def pg_ready(stack: ComposeStack) -> bool:
 
 
 def test_postgres_killed_mid_load_leaves_the_warehouse_as_before(stack, api, champion, healthy, timings):
-    """Issue 29.1: SIGKILL of Postgres while a 200,000-user month is being copied in: after the
+    """SIGKILL of Postgres while a 200,000-user month is being copied in: after the
     restart the warehouse is exactly as before the load, ingestion_runs says what happened, and
     the month then loads completely, once."""
     with timings.phase(f"faults: generate {BIG_MONTH} ({BIG_MONTH_USERS:,} users)"):
@@ -359,7 +362,7 @@ def test_postgres_killed_mid_load_leaves_the_warehouse_as_before(stack, api, cha
 
 
 def test_mlflow_down_for_a_train_run_fails_clearly_and_a_rerun_after_it_decides(stack, api, champion, healthy, timings):
-    """Issue 29.3: MLflow down for a whole streamflow_train run: the run fails after its retries
+    """MLflow down for a whole streamflow_train run: the run fails after its retries
     with a clear reason and promotes nothing; once MLflow is back a re-run decides normally."""
     versions_before = registered_versions(stack)
     with timings.phase("faults: streamflow_train with mlflow down"):

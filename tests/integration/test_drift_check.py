@@ -35,10 +35,12 @@ def register_champion(settings, month: str) -> str:
 def log_served_predictions(settings, version: str, month: str, rows: int, shadow: str) -> tuple:
     """The champion's predictions as the service logs them, with `shadow`'s beside them; both scorings."""
     from streamflow_mlops.config.months import Month
-    from streamflow_mlops.model.registry import score_version
+    from streamflow_mlops.model.registry import load_version, score_pipeline
+    from streamflow_mlops.model.tracking import configure_mlflow
 
     frame = feature_frame(Month.parse(month)).iloc[:rows]
-    scores, shadow_scores = score_version(version, frame), score_version(shadow, frame)
+    registry = configure_mlflow(settings)
+    scores, shadow_scores = (score_pipeline(v, load_version(registry, v).pipeline(), frame) for v in (version, shadow))
     now = datetime(2024, 3, 1, tzinfo=UTC)
     with psycopg.connect(settings.db_url) as conn:
         with conn.cursor() as cur:

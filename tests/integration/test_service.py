@@ -291,12 +291,21 @@ def test_online_store_down_is_503_and_recovers(client, served_stack):
     assert client.post("/predict", json={"user_id": user}).status_code == 200
 
 
-def logged_rows(stack: ServedStack, user: str) -> list[tuple]:
+def metric_line(client, name: str) -> str:
+    return next(x for x in client.get("/metrics").text.splitlines() if x.startswith(name))
+
+
+def metric_value(client, name: str) -> float:
+    return float(metric_line(client, name).rsplit(" ", 1)[1])
+
+
+def logged_rows(
+    stack: ServedStack, user: str, columns: str = "user_id, model_version, churn_probability, features"
+) -> list[tuple]:
+    """`user`'s prediction_log rows, oldest first."""
     with psycopg.connect(stack.settings.db_url) as conn:
         return conn.execute(
-            "SELECT user_id, model_version, churn_probability, features FROM streamflow.prediction_log "
-            "WHERE user_id = %s",
-            (user,),
+            f"SELECT {columns} FROM streamflow.prediction_log WHERE user_id = %s ORDER BY id", (user,)
         ).fetchall()
 
 
@@ -321,9 +330,7 @@ def test_database_down_for_seconds_loses_no_log_row_and_no_request(client, serve
     users = served_stack.users[6:9]
 
     def dropped() -> float:
-        metrics = client.get("/metrics").text
-        line = next(x for x in metrics.splitlines() if x.startswith("streamflow_prediction_log_dropped"))
-        return float(line.rsplit(" ", 1)[1])
+        return metric_value(client, "streamflow_prediction_log_dropped")
 
     def logged() -> int:
         return sum(len(logged_rows(served_stack, u)) for u in users)
@@ -347,17 +354,9 @@ def test_database_down_for_seconds_loses_no_log_row_and_no_request(client, serve
     assert logged() == rows_before + served and dropped() == before
 
 
-def metric_line(client, name: str) -> str:
-    return next(x for x in client.get("/metrics").text.splitlines() if x.startswith(name))
-
-
 def shadow_logged(stack: ServedStack, user: str) -> list[tuple]:
-    with psycopg.connect(stack.settings.db_url) as conn:
-        return conn.execute(
-            "SELECT model_version, churn_probability, shadow_version, shadow_probability, features "
-            "FROM streamflow.prediction_log WHERE user_id = %s ORDER BY id",
-            (user,),
-        ).fetchall()
+    columns = "model_version, churn_probability, shadow_version, shadow_probability, features"
+    return logged_rows(stack, user, columns)
 
 
 def shadow_columns(stack: ServedStack) -> int:
@@ -373,7 +372,7 @@ def test_a_challenger_waiting_for_review_is_scored_in_shadow_and_logged_beside_t
     gets both probabilities, even in a warehouse created before the shadow columns."""
     import pandas as pd
 
-    from streamflow_mlops.model.registry import score_version, shadow_version
+    from streamflow_mlops.model.registry import load_version, score_pipeline, shadow_version
     from streamflow_mlops.model.tracking import configure_mlflow
     from streamflow_mlops.pipelines.review import shadow_while_waiting
 
@@ -398,10 +397,11 @@ def test_a_challenger_waiting_for_review_is_scored_in_shadow_and_logged_beside_t
         assert (model_version, shadow) == (champion, challenger)
         assert probability == pytest.approx(body["churn_probability"]) and features == body["features"]
         # The challenger's own probability for these features, through the registry as training scores it.
-        [expected] = score_version(challenger, pd.DataFrame([body["features"]]))
+        registered = load_version(registry, challenger)
+        [expected] = score_pipeline(challenger, registered.pipeline(), pd.DataFrame([body["features"]]))
         assert shadow_probability == pytest.approx(float(expected), abs=1e-9)
         assert shadow_probability != pytest.approx(probability)
-        assert float(metric_line(client, "streamflow_shadow_scored_rows_total").rsplit(" ", 1)[1]) >= 1
+        assert metric_value(client, "streamflow_shadow_scored_rows_total") >= 1
     finally:
         shadow_while_waiting(challenger, waiting=False)
     assert shadow_version(registry) is None

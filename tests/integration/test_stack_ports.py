@@ -11,20 +11,10 @@ import os
 import socket
 from contextlib import ExitStack
 
-from streamflow_mlops.config.settings import Settings, get_settings
+from streamflow_mlops.config.settings import Settings
 from streamflow_mlops.platform.demo import Stack
 from streamflow_mlops.platform.processes import Processes, http_ok, wait_for
-from tests.conftest import STACK_PORTS, listening_ports, stack_port_env
-
-
-def settings_from(env: dict[str, str], monkeypatch) -> Settings:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        return get_settings()
-    finally:
-        get_settings.cache_clear()
+from tests.conftest import STACK_PORTS, listening_ports, settings_from, stack_port_env
 
 
 def test_the_free_port_source_covers_every_port_of_the_settings(monkeypatch, tmp_path):

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from streamflow_mlops.config.months import Month
-from streamflow_mlops.pipelines.score import copy_text, month_to_score, rank_sql
+from streamflow_mlops.pipelines.runs import month_to_score
+from streamflow_mlops.pipelines.score import copy_text, rank_sql
 
 
 def event(asset: str, **extra):

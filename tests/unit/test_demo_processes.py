@@ -13,6 +13,7 @@ import psutil
 from streamflow_mlops.config.settings import get_settings
 from streamflow_mlops.platform.demo import airflow_settings
 from streamflow_mlops.platform.processes import Processes
+from tests.conftest import settings_from
 
 
 def autogroup_nice(pid: int) -> int | None:
@@ -47,18 +48,11 @@ def test_background_processes_yield_the_cpu_to_serving_and_stop_cleanly(tmp_path
 
 
 def test_the_nice_setting_is_read_leniently(monkeypatch):
-    def nice(raw: str | None) -> int:
-        if raw is None:
-            monkeypatch.delenv("STREAMFLOW_DEMO_NICE", raising=False)
-        else:
-            monkeypatch.setenv("STREAMFLOW_DEMO_NICE", raw)
-        get_settings.cache_clear()
-        try:
-            return get_settings().demo_nice
-        finally:
-            get_settings.cache_clear()
+    def nice(raw: str) -> int:
+        return settings_from({"STREAMFLOW_DEMO_NICE": raw}, monkeypatch).demo_nice
 
-    assert nice(None) == nice("") == nice("lots") == 10
+    monkeypatch.delenv("STREAMFLOW_DEMO_NICE", raising=False)
+    assert settings_from({}, monkeypatch).demo_nice == nice("") == nice("lots") == 10
     assert nice("0") == 0 and nice("40") == 19 and nice("-5") == 0
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from streamflow_mlops.config.settings import DEFAULT_NOTIFY_FROM, get_settings
 from streamflow_mlops.monitoring import notifications
 from streamflow_mlops.pipelines.notifiers import channels
@@ -23,6 +21,9 @@ DRIFT_RESULT = {
     "performance": {"status": "measured", "model_version": "2", "auc": 0.8012, "validation_auc": 0.8735, "rows": 1409},
     "report_path": "/state/reports/drift/drift_month_001_vs_month_000_v2.html",
     "mlflow_run_id": "abc123",
+    "causes": ["drift", "decay"],
+    "drift_threshold": 0.3,
+    "decay_threshold": 0.04,
 }
 
 DECISION = {
@@ -66,7 +67,7 @@ def test_a_rejected_batch_lists_every_reason_and_where_the_drop_went():
 
 
 def test_a_retrain_request_says_which_gates_fired_with_their_numbers():
-    message = notifications.retrain_request(DRIFT_RESULT, 0.3, 0.04, LINKS)
+    message = notifications.retrain_request(DRIFT_RESULT, LINKS)
 
     assert message.subject == "[StreamFlow] month_001: retrain requested (drift and decay)"
     assert "drift share 0.500 (threshold 0.300)" in message.text
@@ -76,20 +77,10 @@ def test_a_retrain_request_says_which_gates_fired_with_their_numbers():
     assert message.facts["realized_auc"] == 0.8012 and message.facts["decay_threshold"] == 0.04
 
 
-@pytest.mark.parametrize(
-    ("drift_share", "auc", "causes"),
-    [(0.5, 0.87, ["drift"]), (0.071, 0.80, ["decay"]), (None, None, ["first training"])],
-)
-def test_the_cause_comes_from_the_gates_own_rules(drift_share, auc, causes):
-    result = DRIFT_RESULT | {"drift_share": drift_share, "performance": {"auc": auc, "validation_auc": 0.8735}}
-    assert notifications.retrain_causes(result, 0.3, 0.04) == causes
-
-
 def test_a_first_training_request_has_no_drift_to_report():
     first = {"month": "month_000", "reason": "no champion yet: first training", "drift_share": None}
-    message = notifications.retrain_request(
-        first | {"performance": {"status": "skipped", "reason": "no champion"}}, 0.3, 0.04, {}
-    )
+    first |= {"causes": ["first training"], "performance": {"status": "skipped", "reason": "no champion"}}
+    message = notifications.retrain_request(first, {})
     assert message.subject.endswith("retrain requested (first training)")
     assert "Data drift" not in message.text and "not measured (no champion)" in message.text
 
@@ -169,12 +160,13 @@ def test_notifications_are_off_unless_a_channel_is_configured(monkeypatch):
         get_settings.cache_clear()
 
 
-def test_a_mail_channel_without_recipients_is_refused(monkeypatch):
+def test_a_mail_channel_without_recipients_is_left_out_never_an_error(monkeypatch, caplog):
     monkeypatch.setenv("STREAMFLOW_NOTIFY_SMTP_CONN", "streamflow_smtp")
     monkeypatch.delenv("STREAMFLOW_NOTIFY_TO", raising=False)
+    monkeypatch.setenv("STREAMFLOW_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook")
     get_settings.cache_clear()
     try:
-        with pytest.raises(ValueError, match="needs STREAMFLOW_NOTIFY_TO"):
-            get_settings()
+        assert channels(get_settings()) == ["webhook"]  # settings load: DAGs and tasks go on
+        assert "has no STREAMFLOW_NOTIFY_TO" in caplog.text
     finally:
         get_settings.cache_clear()

@@ -17,6 +17,7 @@ from streamflow_mlops.monitoring.performance import (
     performance_report,
     realized_metrics,
     reliability_table,
+    retrain_causes,
 )
 
 
@@ -101,3 +102,21 @@ def test_evidently_report_has_the_same_auc_and_brier():
     brier = next(v for k, v in values.items() if k.startswith("BrierScore"))
     assert auc == pytest.approx(roc_auc_score(labels, scores))
     assert brier == pytest.approx(brier_score_loss(labels, scores))
+
+
+@pytest.mark.parametrize(
+    ("drift_share", "auc", "causes"),
+    [
+        (0.5, 0.87, ["drift"]),
+        (0.071, 0.80, ["decay"]),
+        (0.5, 0.80, ["drift", "decay"]),
+        (None, None, ["first training"]),
+    ],
+)
+def test_the_retrain_causes_are_the_gates_that_fired(drift_share, auc, causes):
+    performance = {"auc": auc, "validation_auc": 0.8735}
+    assert retrain_causes(drift_share, 0.3, performance, 0.04) == causes
+    if drift_share is not None:  # the same gates as the decision
+        assert (drift_check_decision(drift_share, 0.3, performance, 0.04, has_champion=True)[0] == RETRAIN) == bool(
+            causes
+        )

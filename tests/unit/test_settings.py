@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from streamflow_mlops.config.settings import get_settings
+from tests.conftest import settings_from
 
 
 def test_embedded_by_default(monkeypatch, tmp_path):
@@ -40,15 +41,9 @@ def test_settings_are_read_on_first_use_and_cached(monkeypatch):
 
 
 def test_an_empty_variable_means_the_default_and_row_counts_may_group_digits(monkeypatch):
-    monkeypatch.setenv("STREAMFLOW_AIRFLOW_PORT", "")
-    monkeypatch.setenv("STREAMFLOW_CHUNK_ROWS", "50_000")
-    monkeypatch.setenv("STREAMFLOW_APPROVAL", " Human ")
-    get_settings.cache_clear()
-    try:
-        s = get_settings()
-        assert s.airflow_port == 8080 and s.chunk_rows == 50_000 and s.approval == "human"
-    finally:
-        get_settings.cache_clear()
+    env = {"STREAMFLOW_AIRFLOW_PORT": "", "STREAMFLOW_CHUNK_ROWS": "50_000", "STREAMFLOW_APPROVAL": " Human "}
+    s = settings_from(env, monkeypatch)
+    assert s.airflow_port == 8080 and s.chunk_rows == 50_000 and s.approval == "human"
 
 
 @pytest.mark.parametrize(
@@ -61,22 +56,17 @@ def test_an_empty_variable_means_the_default_and_row_counts_may_group_digits(mon
     ],
 )
 def test_a_refused_value_names_its_variable_and_prints_no_secret(monkeypatch, name, value):
-    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://sf:s3cret@db.internal:6543/streamflow")
-    monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=name) as refused:
-            get_settings()
-        assert "s3cret" not in str(refused.value)
-    finally:
-        get_settings.cache_clear()
+    with pytest.raises(ValueError, match=name) as refused:
+        settings_from(
+            {"STREAMFLOW_DB_URL": "postgresql://sf:s3cret@db.internal:6543/streamflow", name: value}, monkeypatch
+        )
+    assert "s3cret" not in str(refused.value)
 
 
 def test_credentials_stay_out_of_the_settings_repr(monkeypatch):
-    monkeypatch.setenv("STREAMFLOW_DB_URL", "postgresql://sf:s3cret@db.internal:6543/streamflow")
-    monkeypatch.setenv("STREAMFLOW_NOTIFY_WEBHOOK_URL", "https://hooks.example/T1/s3cret")
-    get_settings.cache_clear()
-    try:
-        assert "s3cret" not in repr(get_settings()) and "s3cret" in get_settings().db_url
-    finally:
-        get_settings.cache_clear()
+    env = {
+        "STREAMFLOW_DB_URL": "postgresql://sf:s3cret@db.internal:6543/streamflow",
+        "STREAMFLOW_NOTIFY_WEBHOOK_URL": "https://hooks.example/T1/s3cret",
+    }
+    settings = settings_from(env, monkeypatch)
+    assert "s3cret" not in repr(settings) and "s3cret" in settings.db_url

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -155,16 +155,6 @@ class Settings(BaseSettings):
             return min(19, max(0, int(value)))
         except (TypeError, ValueError):
             return DEFAULT_DEMO_NICE
-
-    @model_validator(mode="after")
-    def _mail_needs_recipients(self) -> Settings:
-        """A mail channel without any recipient is half a configuration, refused."""
-        if self.notify_smtp_conn and not self.notify_to:
-            raise ValueError(
-                f"STREAMFLOW_NOTIFY_SMTP_CONN={self.notify_smtp_conn!r} needs STREAMFLOW_NOTIFY_TO "
-                "(comma-separated recipients)"
-            )
-        return self
 
     @property
     def embedded(self) -> bool:

@@ -324,7 +324,7 @@ def _record_failure(get_conn: ConnectionFactory, month: Month, started_at: datet
                     started_at=started_at,
                 )
             return
-        except Exception:
+        except psycopg.Error:
             if time.monotonic() >= deadline:
                 log.exception("could not record the failed load of %s", month)
                 return

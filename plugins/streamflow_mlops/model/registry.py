@@ -193,17 +193,10 @@ def validation_rows(run_id: str, columns: list[str] | None = None) -> pd.DataFra
         return rows.frame(columns)
 
 
-def score_version(version: str, rows: pd.DataFrame | HoldoutRows) -> np.ndarray | None:
-    """Churn probabilities of a registered version on `rows`, a batch at a time; None when the
-    rows lack a feature it needs (a champion trained on another FeatureService can't be judged on
-    these rows)."""
-    import mlflow.sklearn
-
-    return score_pipeline(str(version), mlflow.sklearn.load_model(model_uri(version)), rows)
-
-
 def score_pipeline(version: str, pipeline: Any, rows: pd.DataFrame | HoldoutRows) -> np.ndarray | None:
-    """`score_version` with the version's pipeline already loaded (`RegisteredVersion.pipeline()`)."""
+    """Churn probabilities of a version's loaded pipeline (`RegisteredVersion.pipeline()`) on `rows`, a
+    batch at a time; None when the rows lack a feature it needs (a champion trained on another
+    FeatureService can't be judged on these rows)."""
     needed = list(getattr(pipeline, "feature_names_in_", []))
     missing = [name for name in needed if name not in rows.columns]
     if not needed or missing:

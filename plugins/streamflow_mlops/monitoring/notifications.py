@@ -15,16 +15,12 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from streamflow_mlops.monitoring.drift import RETRAIN, drift_gate
-from streamflow_mlops.monitoring.performance import decay_gate
-
 SUBJECT_PREFIX = "[StreamFlow]"
 BATCH_REJECTED = "batch_rejected"
 RETRAIN_REQUEST = "retrain_request"
 APPROVAL_WAITING = "approval_waiting"
 PROMOTION = "promotion"
 ROLLBACK = "rollback"
-EVENTS = (BATCH_REJECTED, RETRAIN_REQUEST, APPROVAL_WAITING, PROMOTION, ROLLBACK)
 
 
 @dataclass(frozen=True)
@@ -82,26 +78,12 @@ def batch_rejected(month: str, reasons: Sequence[str], quarantined_to: str, link
     )
 
 
-def retrain_causes(result: Mapping[str, Any], drift_threshold: float, decay_threshold: float) -> list[str]:
-    """Which gate asked for the retrain, by the gates' own rules: `first training`, `drift`, `decay`."""
-    if result.get("drift_share") is None:
-        return ["first training"]
-    causes = []
-    if drift_gate(result["drift_share"], drift_threshold, has_champion=True)[0] == RETRAIN:
-        causes.append("drift")
-    performance = result.get("performance") or {}
-    if decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)[0] == RETRAIN:
-        causes.append("decay")
-    return causes
-
-
-def retrain_request(
-    result: Mapping[str, Any], drift_threshold: float, decay_threshold: float, links: Mapping[str, str]
-) -> Message:
-    """The drift check's request to retrain: the cause, the drift share against its threshold, the
-    drifted columns, the champion's realized AUC against its validation AUC."""
+def retrain_request(result: Mapping[str, Any], links: Mapping[str, str]) -> Message:
+    """The drift check's request to retrain (its result: the causes, the drift share against its
+    threshold, the drifted columns, the champion's realized AUC against its validation AUC)."""
     month = result["month"]
-    causes = retrain_causes(result, drift_threshold, decay_threshold)
+    causes = list(result.get("causes") or [])
+    drift_threshold, decay_threshold = result.get("drift_threshold"), result.get("decay_threshold")
     lines = [f"streamflow_drift requested a retrain on {month}: {result['reason']}", ""]
     if result.get("drift_share") is not None:
         drifted = ", ".join(result.get("drifted_columns") or []) or "none"

@@ -124,6 +124,21 @@ def drift_check_decision(
     )
 
 
+def retrain_causes(
+    drift_share: float | None, drift_threshold: float, performance: dict[str, Any], decay_threshold: float
+) -> list[str]:
+    """Which of the drift check's gates ask for a retrain: `first training` (no drift measured, no
+    champion), `drift`, `decay`; by the same rules as `drift_check_decision`."""
+    if drift_share is None:
+        return ["first training"]
+    causes = []
+    if drift_gate(drift_share, drift_threshold, has_champion=True)[0] == RETRAIN:
+        causes.append("drift")
+    if decay_gate(performance.get("auc"), performance.get("validation_auc"), decay_threshold)[0] == RETRAIN:
+        causes.append("decay")
+    return causes
+
+
 def _brier_metric() -> tuple[type, type]:
     """Evidently 0.7 has no Brier score: a custom single-value metric (charted by its UI as
     `evidently:metric_v2:BrierScore` without importing this class)."""

@@ -40,6 +40,22 @@ COLUMNS = ("predicted_at", "user_id", "features", "churn_probability", "model_na
 SHADOW_COLUMNS = ("shadow_version", "shadow_probability")
 
 
+def take_up_to(source: queue.Queue, wait_s: float, limit: int) -> list:
+    """Up to `limit` items of `source`: the first waited for up to `wait_s` (0: not at all), the rest
+    only if already there. Empty when nothing came."""
+    taken = []
+    try:
+        taken.append(source.get(timeout=wait_s) if wait_s > 0 else source.get_nowait())
+    except queue.Empty:
+        return taken
+    while len(taken) < limit:
+        try:
+            taken.append(source.get_nowait())
+        except queue.Empty:
+            break
+    return taken
+
+
 class PredictionLogWriter:
     """Writes `prediction_log` in batches from a background thread; never blocks or fails a request.
 
@@ -87,17 +103,7 @@ class PredictionLogWriter:
         logger.warning("prediction log: dropped %d rows (%d in total): %s", n, self.dropped, why)
 
     def _take_batch(self, wait_s: float) -> list[LogRow]:
-        batch: list[LogRow] = []
-        try:
-            batch.append(self._queue.get(timeout=wait_s) if wait_s > 0 else self._queue.get_nowait())
-        except queue.Empty:
-            return batch
-        while len(batch) < self.batch_rows:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+        return take_up_to(self._queue, wait_s, self.batch_rows)
 
     def _write(self, batch: Sequence[LogRow]) -> None:
         import psycopg

@@ -16,6 +16,8 @@ from typing import Any
 from airflow.sdk import Asset, Param
 from airflow.sdk.exceptions import AirflowFailException
 
+from streamflow_mlops.pipelines.runs import FEATURES_ASSET
+
 ML_TEAM = "streamflow-ml"
 DATA_TEAM = "streamflow-data"
 TAG_PREFIX = "streamflow"
@@ -34,7 +36,7 @@ MONTH_PATTERN = r"^month_\d{3}$"
 # ingest -> SNAPSHOTS -> features -> FEATURES -> drift -> RETRAIN_REQUEST -> train -> CHAMPION,
 # and rollback -> CHAMPION.
 SNAPSHOTS = Asset("streamflow_snapshots")
-FEATURES = Asset("streamflow_features")
+FEATURES = Asset(FEATURES_ASSET)
 RETRAIN_REQUEST = Asset("streamflow_retrain_request")
 CHAMPION = Asset("streamflow_champion")
 

@@ -24,7 +24,11 @@ from streamflow_mlops.monitoring.drift import (
     compute_drift,
     save_reports,
 )
-from streamflow_mlops.monitoring.performance import DEFAULT_DECAY_THRESHOLD, drift_check_decision
+from streamflow_mlops.monitoring.performance import (
+    DEFAULT_DECAY_THRESHOLD,
+    drift_check_decision,
+    retrain_causes,
+)
 from streamflow_mlops.pipelines.performance import (
     measure_realized_performance,
     performance_artifacts,
@@ -282,7 +286,9 @@ def run_drift_check(
     decision, reason = drift_check_decision(
         result["drift_share"], threshold, performance, decay_threshold, has_champion=champion is not None
     )
-    result.update(decision=decision, reason=reason, performance=performance)
+    causes = retrain_causes(result["drift_share"], threshold, performance, decay_threshold)
+    result.update(decision=decision, reason=reason, performance=performance, causes=causes)
+    result.update(drift_threshold=threshold, decay_threshold=decay_threshold)
     result["mlflow_run_id"] = log_monitoring_run(settings, result, threshold, report_files(measured))
     if measured is not None:
         result["dashboard_snapshot"] = add_dashboard_snapshots(month, measured, performance, settings)

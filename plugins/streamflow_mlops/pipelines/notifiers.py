@@ -56,8 +56,17 @@ class WebhookNotifier(BaseNotifier):
 
 
 def channels(settings: Settings) -> list[str]:
-    """The configured channels: `smtp`, `webhook`; empty means notifications are off."""
-    return [name for name, on in (("smtp", settings.notify_smtp_conn), ("webhook", settings.notify_webhook_url)) if on]
+    """The configured channels: `smtp`, `webhook`; empty means notifications are off. A mail channel
+    without recipients is half a configuration: left out with a warning, never an error that would
+    fail the task (or, read at parse time, a DAG)."""
+    mail = bool(settings.notify_smtp_conn)
+    if mail and not settings.notify_to:
+        log.warning(
+            "STREAMFLOW_NOTIFY_SMTP_CONN=%s has no STREAMFLOW_NOTIFY_TO (comma-separated recipients): no mail sent",
+            settings.notify_smtp_conn,
+        )
+        mail = False
+    return [name for name, on in (("smtp", mail), ("webhook", settings.notify_webhook_url)) if on]
 
 
 def deliver(message: Message, context: Any, settings: Settings) -> list[str]:
@@ -149,11 +158,7 @@ class RetrainRequestNotifier(StreamflowNotifier):
     def message(self, context: Any) -> Message:
         from streamflow_mlops.monitoring import notifications
 
-        result = context["ti"].xcom_pull(task_ids=self.result_task)
-        params = context["params"]
-        return notifications.retrain_request(
-            result, float(params["drift_threshold"]), float(params["decay_threshold"]), run_links(context)
-        )
+        return notifications.retrain_request(context["ti"].xcom_pull(task_ids=self.result_task), run_links(context))
 
 
 class ApprovalWaitingNotifier(StreamflowNotifier):

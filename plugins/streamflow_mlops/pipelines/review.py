@@ -189,9 +189,17 @@ class PromotionReview(HITLOperator):
                     "", type=["null", "string"], title="Comment", description="Why (kept on the version; optional)"
                 )
             },
+            # A review that fails (or is marked failed) never reaches execute_complete: the challenger's
+            # `shadow` alias comes off here too, or the service would shadow it for good.
+            on_failure_callback=self.end_shadow,
             **kwargs,
         )
         self.decision_task = decision_task
+
+    def end_shadow(self, context: Any) -> None:
+        decision = context["ti"].xcom_pull(task_ids=self.decision_task) or {}
+        if decision.get("version") is not None:
+            shadow_while_waiting(str(decision["version"]), waiting=False)
 
     def execute(self, context: Any) -> Any:
         decision = context["ti"].xcom_pull(task_ids=self.decision_task)
@@ -207,9 +215,7 @@ class PromotionReview(HITLOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        decision = context["ti"].xcom_pull(task_ids=self.decision_task) or {}
-        if decision.get("version") is not None:
-            shadow_while_waiting(str(decision["version"]), waiting=False)
+        self.end_shadow(context)
         if event.get("error_type") == "timeout":
             return {"chosen_options": [], "comment": "", "by": "", "at": _utc_now(), "timed_out": True}
         answer = super().execute_complete(context=context, event=event)

@@ -38,7 +38,6 @@ from streamflow_mlops.monitoring.campaigns import (
     control_sql,
     control_threshold,
 )
-from streamflow_mlops.pipelines.runs import month_to_score as month_to_score  # the scoring DAG's import
 
 if TYPE_CHECKING:
     import pandas as pd

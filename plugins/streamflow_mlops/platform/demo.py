@@ -70,14 +70,20 @@ def _fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+def loaded_months(settings: Settings) -> set[str]:
+    """The months loaded successfully so far (none in a fresh warehouse, which has no `ingestion_runs` yet)."""
+    with psycopg.connect(settings.db_url) as conn:
+        if conn.execute("SELECT to_regclass('streamflow.ingestion_runs')").fetchone()[0] is None:
+            return set()
+        query = "SELECT DISTINCT month FROM streamflow.ingestion_runs WHERE status = 'success'"
+        return {month for (month,) in conn.execute(query)}
+
+
 def lifecycle_done(settings: Settings) -> bool:
     """Both demo months ingested and a champion exists: a second run only starts the services."""
     try:
+        months = loaded_months(settings)
         with psycopg.connect(settings.db_url) as conn:
-            months = {
-                r[0]
-                for r in conn.execute("SELECT DISTINCT month FROM streamflow.ingestion_runs WHERE status = 'success'")
-            }
             trained = conn.execute("SELECT count(*) FROM streamflow.drift_reports").fetchone()[0]
     except psycopg.Error:
         return False
@@ -292,12 +298,7 @@ class Stack:
         return runs
 
     def month_loaded(self, month: str) -> bool:
-        """Whether `month` was loaded before (a fresh warehouse has no `ingestion_runs` table yet)."""
-        query = "SELECT 1 FROM streamflow.ingestion_runs WHERE month = %s AND status = 'success'"
-        with psycopg.connect(self.settings.db_url) as conn:
-            if conn.execute("SELECT to_regclass('streamflow.ingestion_runs')").fetchone()[0] is None:
-                return False
-            return conn.execute(query, (month,)).fetchone() is not None
+        return month in loaded_months(self.settings)
 
     def champion_and_scorer(self, month: str) -> tuple[str | None, str | None]:
         """The champion's version and the model version that scored `month` (None: not scored)."""

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL, Settings
 from streamflow_mlops.model.compiled import PipelineModel, ProbabilityModel
-from streamflow_mlops.model.registry import RegisteredVersion, bento_tag, champion_version, mlflow_client
+from streamflow_mlops.model.registry import RegisteredVersion, aliased_version, bento_tag, mlflow_client
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +132,16 @@ def newest_imported_tag() -> str | None:
     return str(max(models, key=lambda model: model.info.creation_time).tag)
 
 
-def champion_version_from_mlflow(tracking_uri: str) -> str | None:
-    """The MLflow version the `champion` alias points at, None before the first promotion (raises
-    when MLflow can't be reached)."""
-    version = champion_version(mlflow_client(tracking_uri))
+def aliased_version_from_mlflow(tracking_uri: str, alias: str) -> str | None:
+    """The MLflow version `alias` points at, None while it points nowhere (raises when MLflow can't
+    be reached)."""
+    version = aliased_version(mlflow_client(tracking_uri), alias)
     return None if version is None else str(version.version)
+
+
+def champion_version_from_mlflow(tracking_uri: str) -> str | None:
+    """The MLflow version the `champion` alias points at, None before the first promotion."""
+    return aliased_version_from_mlflow(tracking_uri, CHAMPION_ALIAS)
 
 
 class ChampionWatcher:

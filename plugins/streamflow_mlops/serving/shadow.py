@@ -21,16 +21,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings
-from streamflow_mlops.model.registry import load_version, mlflow_client, model_uri, shadow_version
-from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter
-from streamflow_mlops.serving.champion import Champion, checked_threshold, pipeline_model
+from streamflow_mlops.config.settings import REGISTERED_MODEL, SHADOW_ALIAS, Settings
+from streamflow_mlops.model.registry import load_version, mlflow_client, model_uri
+from streamflow_mlops.monitoring.prediction_log import LogRow, PredictionLogWriter, take_up_to
+from streamflow_mlops.serving.champion import Champion, aliased_version_from_mlflow, checked_threshold, pipeline_model
 
 logger = logging.getLogger(__name__)
 
 
-# Batches of log rows (one per model call, up to 64 rows each) waiting for the shadow: a few seconds
-# of traffic at the service's peak, so a shadow model slower than the champion sheds scores, not memory.
+# Batches of log rows (one per model call: a micro-batch of /predict calls, or one /predict_batch)
+# waiting for the shadow: bounded, so a shadow slower than the champion sheds scores, not memory.
 MAX_QUEUED_BATCHES = 256
 
 # Queued batches scored in one shadow model call.
@@ -115,12 +115,9 @@ class ShadowWatcher:
 def mlflow_shadow_watcher(settings: Settings) -> ShadowWatcher:
     """A ShadowWatcher on the settings' MLflow: the alias read and the version loaded from there."""
     uri = settings.mlflow_tracking_uri
-
-    def read() -> str | None:
-        version = shadow_version(mlflow_client(uri))
-        return None if version is None else str(version.version)
-
-    return ShadowWatcher(read, lambda version: load_shadow(version, uri))
+    return ShadowWatcher(
+        lambda: aliased_version_from_mlflow(uri, SHADOW_ALIAS), lambda version: load_shadow(version, uri)
+    )
 
 
 class ShadowScorer:
@@ -155,16 +152,7 @@ class ShadowScorer:
             self.log.submit(rows)
 
     def _take(self, wait_s: float) -> list[LogRow]:
-        try:
-            rows = list(self._queue.get(timeout=wait_s))
-        except queue.Empty:
-            return []
-        for _ in range(MAX_BATCHES_PER_CALL - 1):
-            try:
-                rows.extend(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return rows
+        return [row for batch in take_up_to(self._queue, wait_s, MAX_BATCHES_PER_CALL) for row in batch]
 
     def score_pending(self, wait_s: float = 0.0) -> int:
         """Score what is queued (up to MAX_BATCHES_PER_CALL batches) and pass it to the log; rows taken."""
@@ -187,6 +175,9 @@ class ShadowScorer:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.score_pending(wait_s=0.5)
+        self._drain()
+
+    def _drain(self) -> None:
         while self.score_pending():
             pass
 
@@ -198,6 +189,6 @@ class ShadowScorer:
         """Score and pass on what is queued, then stop (before the prediction log stops)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        while self.score_pending():
-            pass
+            self._thread.join(timeout=10)  # its loop drains the queue on the way out
+        else:
+            self._drain()
