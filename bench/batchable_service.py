@@ -15,7 +15,7 @@ for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 import bentoml  # noqa: E402
 
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
-from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
+from streamflow_mlops.extensions import bentoml as bentoml_extension  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import settle_heap  # noqa: E402
 from streamflow_mlops.serving.runtime import ServiceRuntime, worker_count  # noqa: E402
@@ -45,5 +45,4 @@ class BatchableChurnService:
         return [o.body() | {"status": o.status} if isinstance(o, ServingError) else o for o in outcomes]
 
 
-bentoml_timeout.install()
-accept.install(WORKERS, lambda: bentoml.server_context.worker_index)  # the bento's own accept, for a fair comparison
+bentoml_extension.install_request_timer_fix()

@@ -6,7 +6,7 @@ then the month is materialized into a fresh sqlite online store (the embedded de
 - `feast stock`: Feast's own local engine (`batch_engine: local`): a proto per value, one INSERT
   per feature value;
 - `bulk`: `materialize_month`, i.e. the repo's `BulkComputeEngine` (one `executemany` per batch
-  of Arrow rows, see plugins/streamflow_mlops/features/bulk_materialization.py), with 1 and 2 worker
+  of Arrow rows, see plugins/streamflow_mlops/extensions/feast/bulk_materialization.py), with 1 and 2 worker
   processes, then once more over the filled store (`bulk, update`: what a monthly re-run does).
 Figures: seconds, users/s and rows/s (a row is one feature value of one user, as stored). Both
 paths leave byte-identical tables (tests/unit/test_feature_repo.py). Goal: 1M users < 4 minutes.
@@ -44,11 +44,12 @@ from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES
 from streamflow_mlops.config.settings import FEATURE_SERVICE, REPO_ROOT, Settings
 from streamflow_mlops.data.warehouse import create_schema, load_drop
+from streamflow_mlops.extensions.feast.sqlite_store import feast_connection
 from streamflow_mlops.features.materialize import materialization_window, materialize_month
 from streamflow_mlops.features.online import online_features
 from streamflow_mlops.features.parity import check_parity, parity_sample_users
 from streamflow_mlops.features.retrieval import build_training_set
-from streamflow_mlops.features.store import _feature_store, apply_repo, feature_store, repo_config, sqlite_connection
+from streamflow_mlops.features.store import _feature_store, apply_repo, feature_store, repo_config
 from streamflow_mlops.synthetic.generate import DropSpec, write_drop
 
 MONTH = Month(0)
@@ -153,7 +154,7 @@ def fresh_online_tables(store) -> None:
         entities_to_keep=store.list_entities(),
         partial=False,
     )
-    sqlite_connection(store).execute("PRAGMA journal_mode = WAL")
+    feast_connection(store).execute("PRAGMA journal_mode = WAL")
 
 
 def cpu_seconds() -> float:

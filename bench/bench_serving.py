@@ -9,12 +9,16 @@ registered and imported. Then, side by side in one run, on 127.0.0.1:
 - `bento`: `bentoml serve` of bentos/churn_service (hand-written micro-batcher on /predict);
 - `batchable`: the same runtime behind `@bentoml.api(batchable=True)` (bench/batchable_service.py),
   BentoML's adaptive batching instead of the micro-batcher;
-- `unbalanced`: the bento with uvicorn's own accept (STREAMFLOW_SERVICE_BALANCE_ACCEPTS=0) instead
-  of serving/accept.py's least-connections accept;
+- `stock_timers`: the bento with BentoML's own request timeout middleware
+  (STREAMFLOW_SERVICE_CANCEL_REQUEST_TIMERS=0), one live timer left per request, instead of
+  extensions/bentoml.py's;
 - `shadow`: the bento while the registry alias `shadow` names a second version (a logistic
   regression): each /predict also scored by it off the request path (serving/shadow.py); its
   p50/p99 beside `bento`'s at the same load is the shadow's cost;
 - `floor`: no HTTP, the same features read with one SQL query and the pipeline called in-process.
+
+`python -m bench serving --timers` runs only the timer comparison: `bento`, `stock_timers`, then
+`bento` again (the noise), at concurrency 8 and 32, with the GC pause time each reported.
 
 `python -m bench serving --shadow` runs only the shadow comparison, short: `bento`, `shadow`, then
 `bento` again (`bento_again`: how far two runs of the same server differ here, the noise the
@@ -51,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CONCURRENCY = (1, 8, 32)
 SHADOW_ONLY = "--shadow" in sys.argv
+TIMERS_ONLY = "--timers" in sys.argv
 SHADOW_CONCURRENCY = (8, 32)
 WRK = shutil.which("wrk")
 SECONDS = float(os.environ.get("BENCH_SERVING_SECONDS", "20"))
@@ -612,9 +617,20 @@ def print_goals(results: dict[str, dict[int, dict]]) -> None:
          bento[32]["rps"] >= 20 * seeds[32]["rps"]),
     ]  # fmt: skip
     print("\ngoals: " + "; ".join(f"{text} {'met' if ok else 'MISSED'}" for text, ok in checks))
-    compare(results, "balanced vs uvicorn's accept", "bento", "unbalanced", CONCURRENCY[1:], splits=True)
+    print_timers(results, CONCURRENCY[1:])
     compare(results, "BentoML batchable vs the micro-batcher", "batchable", "bento", CONCURRENCY)
     print_shadow(results, CONCURRENCY)
+
+
+def print_timers(results: dict, levels: tuple) -> None:
+    """BentoML's timeout middleware with and without its timer cancelled, GC pauses included."""
+    compare(results, "cancelled timers vs BentoML's own", "bento", "stock_timers", levels)
+    if "stock_timers" in results:
+        gc = lambda r: "-" if r["gc_ms"] is None else f"{r['gc_ms']:.0f}"  # noqa: E731
+        print(
+            "GC pause (ms, all workers), cancelled vs BentoML's own: "
+            + ", ".join(f"c={c} {gc(results['bento'][c])} vs {gc(results['stock_timers'][c])}" for c in levels)
+        )
 
 
 def print_shadow(results: dict, levels: tuple) -> None:
@@ -677,11 +693,11 @@ def main() -> None:
                 "body": PREDICT_BODY,
                 "shadow": True,
             },
-            "unbalanced": {
+            "stock_timers": {
                 "cmd": [*bentoml_cmd, "bentos.churn_service.service:ChurnService"],
                 "ready": "/readyz",
                 "body": PREDICT_BODY,
-                "env": {"STREAMFLOW_SERVICE_BALANCE_ACCEPTS": "0"},
+                "env": {"STREAMFLOW_SERVICE_CANCEL_REQUEST_TIMERS": "0"},
             },
             "batchable": {
                 "cmd": [*bentoml_cmd, "bench.batchable_service:BatchableChurnService"],
@@ -692,6 +708,13 @@ def main() -> None:
         levels = CONCURRENCY
         if SHADOW_ONLY:
             targets = {"bento": targets["bento"], "shadow": targets["shadow"], "bento_again": targets["bento"]}
+            levels = SHADOW_CONCURRENCY
+        elif TIMERS_ONLY:
+            targets = {
+                "bento": targets["bento"],
+                "stock_timers": targets["stock_timers"],
+                "bento_again": targets["bento"],
+            }
             levels = SHADOW_CONCURRENCY
         env = {**stack["env"], **({"STREAMFLOW_SERVICE_WORKERS": BENTO_WORKERS} if BENTO_WORKERS else {})}
         shadow_seen: dict[str, str] = {}
@@ -713,7 +736,7 @@ def main() -> None:
                     stop(proc)
                     if target.get("shadow"):
                         shadow_alias(stack["settings"], None)
-            floor_stats = None if SHADOW_ONLY else floor(stack["settings"], users, SECONDS)
+            floor_stats = None if SHADOW_ONLY or TIMERS_ONLY else floor(stack["settings"], users, SECONDS)
         finally:
             from streamflow_mlops.platform.embedded import stop_embedded
 
@@ -727,6 +750,7 @@ def main() -> None:
         )
     if floor_stats is None:
         print_shadow(results, levels)
+        print_timers(results, levels)
         return
     single = floor_stats["single"]
     print(f"{'floor':<11}{1:>5}{single['rps']:>8.0f}{single['p50_ms']:>8.2f}{single['p99_ms']:>8.2f}")

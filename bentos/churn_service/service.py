@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 
 from streamflow_mlops.config.schema import USER_ID_REGEX  # noqa: E402
 from streamflow_mlops.config.settings import get_settings  # noqa: E402
-from streamflow_mlops.serving import accept, bentoml_timeout  # noqa: E402
+from streamflow_mlops.extensions import bentoml as bentoml_extension  # noqa: E402
 from streamflow_mlops.serving.errors import ServingError  # noqa: E402
 from streamflow_mlops.serving.heap import GcPauses, settle_heap  # noqa: E402
 from streamflow_mlops.serving.http import MAX_BODY_BYTES, BodySizeLimit, JsonBodyOnly  # noqa: E402
@@ -193,9 +193,7 @@ class ChurnService:
 
 
 # BentoML's traffic.timeout, minus the live timer its middleware leaves behind per request.
-bentoml_timeout.install()
-# Keep-alive connections spread evenly over the workers (serving/accept.py).
-if get_settings().service_balance_accepts:
-    accept.install(WORKERS, lambda: bentoml.server_context.worker_index)
+if get_settings().service_cancel_request_timers:
+    bentoml_extension.install_request_timer_fix()
 ChurnService.add_asgi_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 ChurnService.add_asgi_middleware(JsonBodyOnly)

@@ -14,7 +14,7 @@ from feast import FeatureStore
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, FEATURE_GROUPS, FEATURE_NAMES
 from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
-from streamflow_mlops.features import bulk_materialization
+from streamflow_mlops.extensions.feast import bulk_materialization
 from streamflow_mlops.features.materialize import materialization_window, materialize_month
 from streamflow_mlops.features.store import apply_repo, feature_store, repo_config
 from tests.conftest import load_months

@@ -12,6 +12,7 @@ PACKAGE = REPO / "plugins" / "streamflow_mlops"
 # Bottom to top; a module may import its own layer or any layer below it.
 LAYERS = {
     "config": 0,
+    "extensions": 1,
     "synthetic": 1,
     "data": 1,
     "features": 2,
@@ -49,7 +50,7 @@ def test_every_subpackage_is_a_layer_with_a_docstring():
         assert ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text())), name
 
 
-@pytest.mark.parametrize("module", sorted(m for m in library_modules() if m.count(".") == 2))
+@pytest.mark.parametrize("module", sorted(m for m in library_modules() if m.count(".") >= 2))
 def test_imports_point_down_the_layers(module):
     layer = LAYERS[module.split(".")[1]]
     upward = [
@@ -113,3 +114,34 @@ def test_nothing_in_the_repository_edits_the_import_path():
         if edits_the_import_path(ast.parse(path.read_text()))
     ]
     assert offenders == []
+
+
+FENCED = ("feast", "bentoml", "great_expectations", "uvicorn", "mlflow", "evidently", "airflow")
+
+
+def private_uses(path: Path) -> list[str]:
+    """Imports of a third-party library's private names or modules (a leading underscore)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FENCED:
+            parts = node.module.split(".")
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            found += [node.module] if any(p.startswith("_") for p in parts) else []
+        elif isinstance(node, ast.Import):
+            found += [
+                a.name
+                for a in node.names
+                if a.name.split(".")[0] in FENCED and any(p.startswith("_") for p in a.name.split("."))
+            ]
+    return found
+
+
+def test_third_party_internals_are_reached_only_from_extensions():
+    """The rest of the library (and the service) uses public APIs; extensions/ is the one boundary."""
+    sources = {**library_modules(), "bentos.churn_service.service": REPO / "bentos" / "churn_service" / "service.py"}
+    outside = {
+        module: uses
+        for module, path in sources.items()
+        if not module.startswith("streamflow_mlops.extensions.") and (uses := private_uses(path))
+    }
+    assert not outside, outside

@@ -184,8 +184,8 @@ def test_values_equal_handles_nan_none_and_exact_types():
 
 
 def test_repo_config_names_the_bulk_engine_and_the_hash_join_offline_store(settings):
-    from streamflow_mlops.features.bulk_materialization import BulkComputeEngine
-    from streamflow_mlops.features.offline_store import HashJoinPostgreSQLOfflineStore
+    from streamflow_mlops.extensions.feast.bulk_materialization import BulkComputeEngine
+    from streamflow_mlops.extensions.feast.offline_store import HashJoinPostgreSQLOfflineStore
 
     config = repo_config(settings)
     assert config.batch_engine_config["type"].endswith(BulkComputeEngine.__name__)
@@ -197,7 +197,7 @@ def test_string_key_encoder_is_feasts_serialize_entity_key():
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 
-    from streamflow_mlops.features.keys import string_key_encoder
+    from streamflow_mlops.extensions.feast.keys import string_key_encoder
 
     ids = ["7590-VHVEG", "", "x" * 300, "ключ-ü", "0000-AAAAA"]
     expected = [
@@ -219,7 +219,7 @@ def test_bulk_write_leaves_the_rows_feasts_own_write_leaves(tmp_path):
     from feast.types import Bool, Bytes, Float32, Float64, Int32, Int64, String
     from feast.utils import _convert_arrow_to_proto
 
-    from streamflow_mlops.features.bulk_materialization import can_write_in_bulk, write_arrow_batch
+    from streamflow_mlops.extensions.feast.bulk_materialization import can_write_in_bulk, write_arrow_batch
 
     user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
     types = {"s": String, "i": Int64, "i32": Int32, "f": Float64, "f32": Float32, "b": Bool, "raw": Bytes}
@@ -286,7 +286,7 @@ def test_bulk_write_is_only_for_feasts_sqlite_store(tmp_path):
     from feast.repo_config import RepoConfig
     from feast.types import Array, Int64
 
-    from streamflow_mlops.features.bulk_materialization import can_write_in_bulk
+    from streamflow_mlops.extensions.feast.bulk_materialization import can_write_in_bulk
 
     user = Entity(name="user", join_keys=[ENTITY], value_type=ValueType.STRING)
     source = PostgreSQLSource(name="src", table="t", timestamp_field="ts")

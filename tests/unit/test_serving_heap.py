@@ -11,7 +11,7 @@ import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streamflow_mlops.serving import bentoml_timeout
+from streamflow_mlops.extensions import bentoml as bentoml_extension
 from streamflow_mlops.serving.heap import GcPauses
 
 
@@ -60,8 +60,8 @@ async def answer_ok(scope, receive, send):
 def stock_timeout():
     """BentoML's own handler, also when an earlier test loaded the service (which installs the fix)."""
     current = TimeoutMiddleware.__call__
-    if bentoml_timeout.stock_call is not None:
-        TimeoutMiddleware.__call__ = bentoml_timeout.stock_call
+    if bentoml_extension.stock_call is not None:
+        TimeoutMiddleware.__call__ = bentoml_extension.stock_call
     yield
     TimeoutMiddleware.__call__ = current
 
@@ -69,7 +69,7 @@ def stock_timeout():
 @pytest.fixture()
 def fixed_timeout():
     original = TimeoutMiddleware.__call__
-    assert bentoml_timeout.install()
+    assert bentoml_extension.install_request_timer_fix()
     yield
     TimeoutMiddleware.__call__ = original
 

@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     # OpenTelemetry's middleware builds a span per request even with no exporter configured, about a
     # fifth of a request's CPU here; on, it traces the API routes again.
     service_tracing: bool = Field(False, validation_alias="STREAMFLOW_SERVICE_TRACING")
-    # Keep-alive connections spread evenly over the workers (serving/accept.py); off leaves accepts to uvicorn.
-    service_balance_accepts: bool = Field(True, validation_alias="STREAMFLOW_SERVICE_BALANCE_ACCEPTS")
+    # BentoML's request timeout with its timer cancelled per request (extensions/bentoml.py); off runs BentoML's own.
+    service_cancel_request_timers: bool = Field(True, validation_alias="STREAMFLOW_SERVICE_CANCEL_REQUEST_TIMERS")
     # The CPU priority (nice, 0..19) of everything the demo starts but the churn service: Airflow (and
     # the tasks it runs), MLflow and the Evidently UI. On a laptop they share the cores with serving;
     # their bursts (a DAG parse, a scheduler loop) otherwise preempted the service's workers and set

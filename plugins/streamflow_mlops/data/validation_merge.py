@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamflow_mlops.config.schema import ENTITY
+from streamflow_mlops.extensions.great_expectations import format_map_output, judge_on_metrics
 
 IN_OTHER_CHUNK_COLUMN = f"{ENTITY}_in_other_chunk"
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
@@ -89,15 +90,9 @@ def _map_counts(position: int, chunks: list[ChunkResult]) -> dict[str, Any]:
 
 def _formatted(counts: dict[str, Any], indexes: list[int], values: list[Any]) -> dict[str, Any]:
     """The result GE would report for these whole-file counts and first samples (GE's formatter)."""
-    from great_expectations.expectations.expectation import _format_map_output
-    from great_expectations.expectations.expectation_configuration import parse_result_format
-
     limit = RESULT_FORMAT["partial_unexpected_count"]
-    return _format_map_output(
-        parse_result_format(dict(RESULT_FORMAT)),
-        unexpected_list=values[:limit],
-        unexpected_index_list=indexes[:limit],
-        **counts,
+    return format_map_output(
+        RESULT_FORMAT, unexpected_list=values[:limit], unexpected_index_list=indexes[:limit], **counts
     )
 
 
@@ -119,7 +114,7 @@ def _merged_row_count(position: int, chunks: list[ChunkResult]) -> dict[str, Any
     kwargs = {k: v for k, v in _config(first)["kwargs"].items() if k != "batch_id"}
     expectation = ExpectationConfiguration(type=_config(first)["type"], kwargs=kwargs).to_domain_obj()
     rows = sum(c.results[position]["result"]["observed_value"] for c in chunks)
-    return {**first, **expectation._validate(metrics={"table.row_count": rows})}
+    return {**first, **judge_on_metrics(expectation, {"table.row_count": rows})}
 
 
 def _merged_one(position: int, chunks: list[ChunkResult]) -> dict[str, Any]:

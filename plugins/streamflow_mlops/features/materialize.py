@@ -14,7 +14,8 @@ import psycopg
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_GROUPS, TIMESTAMP
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
-from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store, sqlite_connection
+from streamflow_mlops.extensions.feast.sqlite_store import feast_connection
+from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def split_views(weights: Mapping[str, int], workers: int) -> list[list[str]]:
 def _materialize_views(settings: Settings, views: list[str], start: datetime, end: datetime) -> None:
     """Materialize some feature views (also the entry point of a worker process)."""
     store = feature_store(settings)
-    conn = sqlite_connection(store)
+    conn = feast_connection(store)
     if conn is not None:
         # Workers take turns on sqlite's single write lock, one batch at a time; Feast's 5 s
         # default busy timeout is shorter than another worker's batch on a loaded machine.
@@ -86,7 +87,7 @@ def materialize_month(
     says why, `skipped`) a month older than the newest loaded one unless `force`. `workers > 1`
     splits the feature views over that many processes (they take turns on sqlite's one write
     lock); one is the default, see bench/bench_features.py for both. Into sqlite each view is read
-    and written `STREAMFLOW_CHUNK_ROWS` rows at a time (features/bulk_materialization.py), so a
+    and written `STREAMFLOW_CHUNK_ROWS` rows at a time (extensions/feast/bulk_materialization.py), so a
     process's memory does not grow with the month.
     """
     settings = settings or get_settings()

@@ -37,7 +37,7 @@ def iter_historical(
 ) -> Iterator[pd.DataFrame]:
     """Feast's point-in-time join of the entity rows, as frames of at most `chunk_rows` rows
     (the `STREAMFLOW_CHUNK_ROWS` setting) in user_id order across the whole result: the join and
-    the sort run in Postgres, the task holds one chunk (features/offline_store.py)."""
+    the sort run in Postgres, the task holds one chunk (extensions/feast/offline_store.py)."""
     settings = settings or get_settings()
     store = feature_store(settings)
     job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(feature_service_name))

@@ -4,9 +4,9 @@ One `FeatureStore` per settings, built from `feature_repo/feature_store.yaml` wi
 of `Settings.feast_env()` laid over the process environment, so the CLI (`source .streamflow/env`)
 and the in-process code read the same file the same way without touching `os.environ`.
 
-Two Feast extension classes named in that file do the heavy lifting: `BulkComputeEngine`
-(`features/bulk_materialization.py`) materializes into the sqlite online store in bulk, and
-`HashJoinPostgreSQLOfflineStore` (`features/offline_store.py`) keeps the point-in-time join linear.
+Two Feast plugins named in that file do the heavy lifting (extensions/feast): `BulkComputeEngine`
+materializes into the sqlite online store in bulk, `HashJoinPostgreSQLOfflineStore` keeps the
+point-in-time join linear.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Mapping
+from contextlib import closing
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamflow_mlops.config.settings import FEATURE_SERVICE, Settings, get_settings
@@ -91,30 +94,30 @@ def repo_contents(project: str):
 
 
 def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
-    """`feast apply` in-process: register the repo's objects in the SQL registry, create online tables."""
-    from feast.repo_operations import apply_total_with_repo_instance
+    """`feast apply` in-process: register the repo's objects in the SQL registry, create online tables.
 
+    `FeatureStore.apply` creates the online tables of every view it is given (CREATE TABLE IF NOT
+    EXISTS), also when the shared registry already knew them: a new state dir over an external
+    Postgres registry gets its sqlite tables too."""
     settings = settings or get_settings()
     store = feature_store(settings)
     contents = repo_contents(store.project)
-    apply_total_with_repo_instance(store, store.project, store.registry, contents, skip_source_validation=False)
-    store.refresh_registry()
-    # Feast's plan for sqlite diffs against the tables the shared registry recorded, not against the
-    # file: a new state dir over the same registry (an external Postgres) would get no tables at all.
-    # Creating them is idempotent (CREATE TABLE IF NOT EXISTS).
-    store._get_provider().update_infra(
-        store.project,
-        tables_to_delete=[],
-        tables_to_keep=contents.feature_views,
-        entities_to_delete=[],
-        entities_to_keep=contents.entities,
-        partial=False,
+    store.apply(
+        [
+            *contents.projects,
+            *contents.data_sources,
+            *contents.entities,
+            *contents.feature_views,
+            *contents.feature_services,
+        ]
     )
-    conn = sqlite_connection(store)
-    if conn is not None:
+    store.refresh_registry()
+    path = sqlite_path(store)
+    if path is not None:
         # WAL (a property of the file, kept across connections): the service keeps reading while a
         # materialization writes, instead of waiting on, or timing out behind, the writer's lock.
-        conn.execute("PRAGMA journal_mode = WAL")
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
     summary = {
         "entities": sorted(e.name for e in contents.entities if e.name != "__dummy"),
         "feature_views": sorted(v.name for v in contents.feature_views),
@@ -135,9 +138,10 @@ def feature_names(feature_service_name: str = FEATURE_SERVICE, settings: Setting
     return [f.name for projection in service.feature_view_projections for f in projection.features]
 
 
-def sqlite_connection(store: FeatureStore):
-    """Feast's own sqlite connection of the store, or None for another online store."""
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
-    online = store._get_provider().online_store
-    return online._get_conn(store.config) if isinstance(online, SqliteOnlineStore) else None
+def sqlite_path(store: FeatureStore) -> Path | None:
+    """The file of Feast's sqlite online store (relative paths from the repo), or None for another store."""
+    online = store.config.online_store
+    if getattr(online, "type", None) != "sqlite":
+        return None
+    path = Path(online.path)
+    return path if path.is_absolute() else Path(store.repo_path) / path

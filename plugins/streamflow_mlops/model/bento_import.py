@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from streamflow_mlops.config.settings import REGISTERED_MODEL, Settings, get_settings
+from streamflow_mlops.extensions.bentoml import pinned_model_store
 from streamflow_mlops.model.registry import RegisteredVersion, bento_tag, load_version, model_uri
 
 log = logging.getLogger(__name__)
@@ -18,17 +19,9 @@ if TYPE_CHECKING:
 
 @contextmanager
 def bento_model_store(settings: Settings | None = None) -> Iterator[None]:
-    """Pin BentoML's model store to settings.bentoml_home for the block.
-
-    BentoML reads BENTOML_HOME once per process and caches the store; a long-lived worker or a
-    test session that changes its settings would otherwise write to the first home it saw.
-    """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
-
-    home = (settings or get_settings()).bentoml_home / "models"
-    home.mkdir(parents=True, exist_ok=True)
-    with BentoMLContainer.model_store.patch(ModelStore(str(home))):
+    """BentoML's model store at settings.bentoml_home for the block: a long-lived worker or a test
+    session that changes its settings would otherwise write to the first home the process saw."""
+    with pinned_model_store((settings or get_settings()).bentoml_home / "models"):
         yield
 
 

@@ -1,5 +1,5 @@
 """The service's feature reads: Feast's SDK, or a direct reader of Feast's sqlite online store (same bytes,
-no protobuf per value)."""
+no protobuf per value; its layout in extensions/feast/sqlite_store.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import Settings
-from streamflow_mlops.features.keys import string_key_encoder
+from streamflow_mlops.extensions.feast.keys import string_key_encoder
+from streamflow_mlops.extensions.feast.sqlite_store import select_features
 from streamflow_mlops.serving.errors import MissingFeatures, Unavailable, UnknownUser
 
 
@@ -118,14 +119,9 @@ class SqliteOnlineReader:
         by_view: dict[str, list[str]] = {}
         for ref in refs:
             by_view.setdefault(ref.view, []).append(ref.name)
-        key_marks = ",".join("?" * len(keys))
         selects, params = [], []
         for view, names in by_view.items():
-            table = f"{self.project}_{view}".replace('"', '""')
-            selects.append(
-                f'SELECT entity_key, feature_name, value FROM "{table}" '
-                f"WHERE entity_key IN ({key_marks}) AND feature_name IN ({','.join('?' * len(names))})"
-            )
+            selects.append(select_features(self.project, view, len(keys), len(names)))
             params.extend(keys)
             params.extend(names)
         try:
@@ -146,15 +142,12 @@ def entity_key_bytes(user_id: str) -> bytes:
 
 def build_reader(settings: Settings) -> OnlineFeatureReader:
     """The fastest reader for the configured online store, with the Feast SDK as the fallback."""
-    from streamflow_mlops.features.store import feature_store
+    from streamflow_mlops.features.store import feature_store, sqlite_path
 
     sdk = FeastSdkReader(settings)
     store = feature_store(settings)
-    online = store.config.online_store
-    if getattr(online, "type", None) == "sqlite" and store.config.entity_key_serialization_version == 3:
-        path = Path(online.path)
-        if not path.is_absolute():
-            path = Path(store.repo_path) / path
+    path = sqlite_path(store)
+    if path is not None and store.config.entity_key_serialization_version == 3:
         return SqliteOnlineReader(path, store.project, sdk)
     return sdk
 

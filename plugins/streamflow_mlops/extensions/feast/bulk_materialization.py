@@ -64,8 +64,8 @@ from feast.utils import _coerce_datetime, to_naive_utc
 from feast.value_type import ValueType
 
 from streamflow_mlops.config.settings import get_settings
-from streamflow_mlops.features.keys import string_key_encoder
-from streamflow_mlops.features.offline_store import HashJoinRetrievalJob
+from streamflow_mlops.extensions.feast.keys import string_key_encoder
+from streamflow_mlops.extensions.feast.offline_store import HashJoinRetrievalJob
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +326,8 @@ class BulkFeatureBuilder(LocalFeatureBuilder):
 class BulkComputeEngineConfig(LocalComputeEngineConfig):
     """Feast's local engine config (same `backend`), selected by this engine's class path."""
 
-    type: Literal["streamflow_mlops.features.bulk_materialization.BulkComputeEngine"] = (  # type: ignore[assignment]
-        "streamflow_mlops.features.bulk_materialization.BulkComputeEngine"
+    type: Literal["streamflow_mlops.extensions.feast.bulk_materialization.BulkComputeEngine"] = (  # type: ignore[assignment]
+        "streamflow_mlops.extensions.feast.bulk_materialization.BulkComputeEngine"
     )
 
 

@@ -29,8 +29,8 @@ from feast.type_map import pg_type_code_to_arrow
 class HashJoinPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     """Feast's Postgres offline store config (same fields), selected by this store's class path."""
 
-    type: Literal["streamflow_mlops.features.offline_store.HashJoinPostgreSQLOfflineStore"] = (
-        "streamflow_mlops.features.offline_store.HashJoinPostgreSQLOfflineStore"
+    type: Literal["streamflow_mlops.extensions.feast.offline_store.HashJoinPostgreSQLOfflineStore"] = (
+        "streamflow_mlops.extensions.feast.offline_store.HashJoinPostgreSQLOfflineStore"
     )
 
 

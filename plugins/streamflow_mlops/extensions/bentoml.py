@@ -1,19 +1,34 @@
-"""BentoML's request timeout (`traffic.timeout`) without a live timer left behind by every request.
+"""BentoML 1.4 internals the service relies on, in one place.
 
-BentoML 1.4's `TimeoutMiddleware` never cancels the timer it schedules per request; the timers pile
-up in the oldest GC generation and make full collections stall the workers (docs/decisions.md,
-"Request timers"). The replacement keeps the contract (a 504 JSON answer when no response has
-started within the timeout; the request is cancelled) and cancels its timer once the response
-starts or the request ends.
+- `install_request_timer_fix()`: BentoML's `TimeoutMiddleware` schedules a timer per request and
+  never cancels it; thousands of live timers per worker made full GC collections stall it
+  (docs/decisions.md, "Request timers"). The replacement keeps the contract (a 504 JSON answer when
+  no response has started within `traffic.timeout`, the request cancelled) and cancels its timer.
+  No upstream issue found for it (searched BentoML's tracker, 2026-12); #5642 is a neighbour.
+- `pinned_model_store(home)`: BentoML reads BENTOML_HOME once per process and caches its model
+  store; the public API has no argument for another store, so the container's provider is patched
+  for the block.
+
+Written against UPSTREAM; tests/unit/test_extensions.py fails when the patched code changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+UPSTREAM = "bentoml==1.4.40"
+# The upstream code this module replaces or reaches into, by qualified name (contract test).
+PATCHED = (
+    "bentoml._internal.server.http.traffic:TimeoutMiddleware.__call__",
+    "bentoml._internal.models.model:ModelStore.__init__",
+)
 
 # BentoML's own handler, kept when install() replaces it (tests compare the two).
 stock_call: Any = None
@@ -53,7 +68,7 @@ async def _call_with_cancelled_timer(self: Any, scope: dict, receive: Any, send:
     await request
 
 
-def install() -> bool:
+def install_request_timer_fix() -> bool:
     """Replace BentoML's TimeoutMiddleware request handler (once per process); False, with a warning,
     when this BentoML has no such middleware (its own then runs unchanged)."""
     try:
@@ -66,3 +81,14 @@ def install() -> bool:
         stock_call = TimeoutMiddleware.__call__
         TimeoutMiddleware.__call__ = _call_with_cancelled_timer
     return True
+
+
+@contextmanager
+def pinned_model_store(home: Path) -> Iterator[None]:
+    """BentoML's model store at `home` for the block, whatever BENTOML_HOME this process saw first."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home.mkdir(parents=True, exist_ok=True)
+    with BentoMLContainer.model_store.patch(ModelStore(str(home))):
+        yield
