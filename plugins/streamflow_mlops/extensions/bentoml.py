@@ -25,13 +25,19 @@ logger = logging.getLogger(__name__)
 
 UPSTREAM = "bentoml==1.4.40"
 # The upstream code this module replaces or reaches into, by qualified name (contract test).
+TIMEOUT_CALL = "bentoml._internal.server.http.traffic:TimeoutMiddleware.__call__"
 PATCHED = (
-    "bentoml._internal.server.http.traffic:TimeoutMiddleware.__call__",
+    TIMEOUT_CALL,
     "bentoml._internal.models.model:ModelStore.__init__",
 )
 
 # BentoML's own handler, kept when install() replaces it (tests compare the two).
 stock_call: Any = None
+
+
+def replaced(name: str) -> Any:
+    """The upstream object an installed patch replaced (None before install)."""
+    return {TIMEOUT_CALL: stock_call}[name]
 
 
 async def _call_with_cancelled_timer(self: Any, scope: dict, receive: Any, send: Any) -> None:
