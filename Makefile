@@ -31,9 +31,10 @@ test-fast: venv
 test-compose: venv
 	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
 
-# Faults survived (tests/faults): one compose stack, its parts killed mid-work one after another
-# (Redis, the churn service and Postgres under /predict load, ...), each outcome asserted and its
-# figures printed; logs of a failed run under .streamflow/compose-logs/faults/.
+# Faults survived (tests/faults): one compose stack (CeleryExecutor, two workers), a worker killed
+# in month_000's training and promotion, then its parts killed mid-work one after another (Redis,
+# the churn service and Postgres under /predict load, ...), each outcome asserted and its figures
+# printed (13-15 min); logs of a failed run under .streamflow/compose-logs/faults/.
 test-faults: venv
 	STREAMFLOW_FAULT_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/faults
 

@@ -113,10 +113,12 @@ def ensure_engine(timings: Timings) -> None:
 
 
 class ComposeStack:
-    def __init__(self, name: str, celery: bool = False) -> None:
+    def __init__(self, name: str, celery: bool = False, workers: int = 1) -> None:
+        """`workers`: Celery workers (`up --scale airflow-worker=N`), with `celery` only."""
         self.name = name
         self.project = f"streamflow-test-{name}"
         self.celery = celery
+        self.workers = workers if celery else 0
         self.work = STATE / "compose-test" / name
         self.env_file = self.work / "env"
         self.drops = self.work / "drops"
@@ -178,31 +180,44 @@ class ComposeStack:
                     raise RuntimeError(f"building {image} failed; see {LOGS / f'build-{image}.log'}")
 
     def up(self) -> None:
-        self.compose("up", "-d", "--build", "--wait", "--wait-timeout", "600", timeout=900)
+        scale = ["--scale", f"airflow-worker={self.workers}"] if self.workers > 1 else []
+        self.compose("up", "-d", "--build", "--wait", "--wait-timeout", "600", *scale, timeout=900)
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
 
+    def containers(self, service: str) -> list[str]:
+        return self.compose("ps", "-a", "-q", service).stdout.split()
+
     def container(self, service: str) -> str:
-        ids = self.compose("ps", "-a", "-q", service).stdout.split()
+        ids = self.containers(service)
         assert len(ids) == 1, f"{service}: containers {ids}"
         return ids[0]
 
     def inspect(self, service: str) -> dict:
+        """`docker inspect` of the service's one container."""
         return json.loads(run(["docker", "inspect", self.container(service)], timeout=60).stdout)[0]
 
-    def check(self) -> None:
-        """Every long-running container still up: what wait_for_chain asks of its processes."""
+    def inspect_all(self, service: str) -> list[dict]:
+        """`docker inspect` of each of the service's containers (a scaled service has several)."""
+        return json.loads(run(["docker", "inspect", *self.containers(service)], timeout=60).stdout)
+
+    def check(self, skip: tuple[str, ...] = ()) -> None:
+        """Every long-running container still up: what wait_for_chain asks of its processes
+        (but `skip`'s services, which a test is killing on purpose)."""
         for service in self.services:
-            state = self.inspect(service)["State"]
-            if state["Status"] != "running":
-                raise RuntimeError(f"{service} is {state['Status']} (exit {state['ExitCode']})")
+            if service in skip:
+                continue
+            for container in self.inspect_all(service):
+                state = container["State"]
+                if state["Status"] != "running":
+                    raise RuntimeError(f"{service} is {state['Status']} (exit {state['ExitCode']})")
 
     def wait_healthy(self, timeout: float = 600) -> float:
         """Seconds until every long-running service runs and, where it has a health check, is healthy."""
 
         def healthy() -> bool:
-            states = [self.inspect(service)["State"] for service in self.services]
+            states = [container["State"] for service in self.services for container in self.inspect_all(service)]
             return all(s["Status"] == "running" and s.get("Health", {}).get("Status") == "healthy" for s in states)
 
         return wait_until(f"{self.name}: every service healthy", healthy, timeout, every=3)

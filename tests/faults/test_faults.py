@@ -1,8 +1,11 @@
 """Faults survived: parts of the running compose stack killed mid-work, the outcome asserted.
 
-One stack (LocalExecutor) with month_000's champion serving; the faults follow one another, each
-starting from a healthy stack, under load from `tests/faults/load.py` where it concerns serving.
-Each prints its figures (requests failed, rows lost, seconds to recover) and the moment it landed.
+One stack, CeleryExecutor with two workers (`--profile celery`, `--scale airflow-worker=2`). Its
+first month (month_000) runs with a Celery worker killed twice on the way: during the training
+task (fault 7), then during `promote`, once the challenger is registered and before the alias
+moves (fault 2). Its champion then serves, and the serving faults follow one another, each
+starting from a healthy stack, under load from `tests/faults/load.py`. Each prints its figures
+(requests failed, rows lost, seconds to recover, tries) and the moment it landed.
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 import pytest
 
 from streamflow_mlops.data.ingest import LOAD_LOCK_KEY
-from streamflow_mlops.platform.lifecycle import AirflowAPI
+from streamflow_mlops.platform.lifecycle import AirflowAPI, wait_for_chain
 from streamflow_mlops.serving.scoring import REQUEST_TIMEOUT_S
 from tests.compose.conftest import managed_stack
 from tests.compose.stack import (
+    LIFECYCLE_DAGS,
     ComposeStack,
     csv_rows,
     ready,
     run,
-    run_month_lifecycle,
     wait_for_run,
     wait_until,
     warehouse_fingerprint,
@@ -44,6 +48,17 @@ POSTGRES_OUTAGE_S = 10.0
 BIG_MONTH, BIG_MONTH_START, BIG_MONTH_AS_OF, BIG_MONTH_USERS = "month_002", "2", "2024-03-31", 200_000
 # An answer may take the service's own request timeout, plus a loaded 2-core machine's slack; never more.
 LATEST_ANSWER_S = REQUEST_TIMEOUT_S + 5
+WORKER = "airflow-worker"
+# Two Celery workers: a task of a killed one is retried on the other (or on it, restarted).
+WORKERS = 2
+# Training must have been under way this long, and registered nothing yet, when its worker is killed.
+TRAINING_FOR_S = 3.0
+# The scheduler looks for tasks without a heartbeat every 10 s
+# ([scheduler] task_instance_heartbeat_timeout_detection_interval); slack for a loaded machine.
+DETECTION_SLACK_S = 10 + 20
+# A dead worker's task is retried within 3 min of its death: the heartbeat timeout, the check, the
+# 30 s retry delay (Airflow's default timeout alone, 300 s, left it `running` for 5 min).
+RETRIED_WITHIN_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +69,7 @@ def stack(request, engine, timings):
         with timings.phase("faults: up -d --build --wait"):
             stack.up()
 
-    yield from managed_stack(request, timings, ComposeStack("faults"), setup)
+    yield from managed_stack(request, timings, ComposeStack("faults", celery=True, workers=WORKERS), setup)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +78,242 @@ def api(stack) -> AirflowAPI:
 
 
 @pytest.fixture(scope="module")
-def champion(stack, api, timings) -> str:
-    """month_000 through the lifecycle: the champion every serving fault runs against."""
-    with timings.phase("faults: month_000 (ingest -> features -> drift -> train -> promote)"):
-        runs = run_month_lifecycle(stack, api, "month_000")
-    assert runs["streamflow_train"]["state"] == "success"
+def month_000(stack, api, timings) -> dict:
+    """month_000 through the lifecycle, a Celery worker killed twice in its `streamflow_train` run:
+    during `train_challenger` (fault 7), then during `promote` (fault 2). What each kill hit and
+    how the chain ended, for the two tests below; a kill that missed its window is None there."""
+    before = {run["dag_run_id"] for dag_id in LIFECYCLE_DAGS for run in api.runs(dag_id)}
+    with timings.phase("faults: month_000 with a Celery worker killed in training, then in promote"):
+        api.trigger("streamflow_ingest", {"month": "month_000"})
+        train_run = wait_until_value(
+            "month_000's streamflow_train run", lambda: new_train_run(api, before), 1200, every=1
+        )
+        say(f"streamflow_train {train_run} started")
+        killed = {
+            "training": kill_in_window(
+                stack, api, train_run, "train_challenger", lambda tis, registry: training_window(tis, registry)
+            ),
+            "promote": kill_in_window(
+                stack, api, train_run, "promote", lambda tis, registry: promote_window(tis, registry)
+            ),
+        }
+        runs = wait_for_chain(api, "month_000", before, timeout=1200, processes=WorkersUnderAttack(stack))
+    return {"killed": killed, "runs": runs, "train_run": train_run, "ended": time.time()}
+
+
+@pytest.fixture(scope="module")
+def champion(stack, month_000) -> str:
+    """month_000's champion: the one every serving fault runs against."""
+    assert month_000["runs"]["streamflow_train"]["state"] == "success"
     wait_until("churn-service /readyz with the first champion", lambda: ready(stack.service_url), 180)
     return stack.champion()["version"]
+
+
+class WorkersUnderAttack:
+    """`processes` for wait_for_chain: every service running, but the Celery workers being killed."""
+
+    def __init__(self, stack: ComposeStack) -> None:
+        self.stack = stack
+
+    def check(self) -> None:
+        self.stack.check(skip=(WORKER,))
+
+
+def wait_until_value(what: str, value: Callable[[], object], timeout: float, every: float = 1.0):
+    found = []
+
+    def done() -> bool:
+        found[:] = [value()]
+        return found[0] is not None
+
+    wait_until(what, done, timeout, every)
+    return found[0]
+
+
+def new_train_run(api: AirflowAPI, before: set[str]) -> str | None:
+    """The chain's streamflow_train run once it exists; raises when a run of the chain failed first."""
+    for dag_id in LIFECYCLE_DAGS:
+        failed = [r for r in api.runs(dag_id) if r["dag_run_id"] not in before and r["state"] == "failed"]
+        assert not failed, f"{dag_id} failed before training: {failed}"
+    new = [r["dag_run_id"] for r in api.runs("streamflow_train") if r["dag_run_id"] not in before]
+    return new[0] if new else None
+
+
+def registry_state(stack: ComposeStack) -> dict:
+    """`versions`: every version of streamflow_churn with its tags; `aliases`: alias -> version."""
+    answer = httpx.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/model-versions/search",
+        params={"filter": "name='streamflow_churn'"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    versions = {
+        v["version"]: {tag["key"]: tag["value"] for tag in v.get("tags", [])}
+        for v in answer.json().get("model_versions", [])
+    }
+    model = httpx.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/get", params={"name": "streamflow_churn"}, timeout=30
+    )
+    if model.status_code == 404 or "RESOURCE_DOES_NOT_EXIST" in model.text:
+        return {"versions": versions, "aliases": {}}
+    model.raise_for_status()
+    aliases = {a["alias"]: a["version"] for a in model.json()["registered_model"].get("aliases", [])}
+    return {"versions": versions, "aliases": aliases}
+
+
+def seconds_since(moment: str | None) -> float:
+    """Seconds from an Airflow/MLflow ISO timestamp to now (this machine's clock, as the containers')."""
+    return time.time() - timestamp(moment) if moment else 0.0
+
+
+def timestamp(moment: str) -> float:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+
+
+def training_window(tis: dict[str, dict], registry: dict) -> bool | None:
+    """Fault 7's moment: train_challenger running for a few seconds, no version registered yet.
+    None once it is past (training registered or ended)."""
+    ti = tis.get("train_challenger", {})
+    if registry["versions"] or ti.get("state") in ("success", "failed", "up_for_retry"):
+        return None
+    running = ti.get("state") == "running" and ti.get("try_number") == 1
+    return running and seconds_since(ti["start_date"]) >= TRAINING_FOR_S
+
+
+def promote_window(tis: dict[str, dict], registry: dict) -> bool | None:
+    """Fault 2's moment: the challenger registered, `promote` running, the alias not moved yet.
+    None once it is past (the alias moved or promote ended)."""
+    ti = tis.get("promote", {})
+    if "champion" in registry["aliases"] or ti.get("state") in ("success", "failed", "skipped", "up_for_retry"):
+        return None
+    return bool(registry["versions"]) and ti.get("state") == "running" and ti.get("try_number") == 1
+
+
+def kill_in_window(
+    stack: ComposeStack, api: AirflowAPI, run_id: str, task_id: str, window: Callable[[dict, dict], bool | None]
+) -> dict | None:
+    """Poll Airflow and MLflow until `window` opens, then SIGKILL (from the host, as the OOM killer
+    would) the main process of the Celery worker container running `task_id`; what the kill hit,
+    or None when the window passed unseen. The container's `restart: always` brings it back."""
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        tis = api.task_instances("streamflow_train", run_id)
+        registry = registry_state(stack)
+        opened = window(tis, registry)
+        if opened is None:
+            say(f"the window for killing {task_id}'s worker passed unseen: {task_states(tis)}, {registry}")
+            return None
+        if opened:
+            ti = tis[task_id]
+            workers = {c["Config"]["Hostname"]: c for c in stack.inspect_all(WORKER)}
+            worker = workers[ti["hostname"]]
+            os.kill(worker["State"]["Pid"], signal.SIGKILL)
+            killed = time.time()
+            hit = {
+                "task": task_id,
+                "try": ti["try_number"],
+                "worker": ti["hostname"],
+                "running s": round(killed - timestamp(ti["start_date"]), 1),
+                "at": killed,
+                "states": task_states(tis),
+                "registry": registry,
+            }
+            say(f"Celery worker {ti['hostname']} SIGKILLed while {task_id} try {ti['try_number']} was running "
+                f"({hit['running s']}s in); tasks {hit['states']}; registered versions (decision tag) "
+                f"{ {v: t.get('decision') for v, t in registry['versions'].items()} }; "
+                f"aliases {registry['aliases']}")  # fmt: skip
+            return hit
+        time.sleep(0.25)
+    raise TimeoutError(f"{task_id}: no window within 1200s")
+
+
+def task_states(tis: dict[str, dict]) -> dict[str, str | None]:
+    return {task_id: ti["state"] for task_id, ti in tis.items()}
+
+
+def tries(stack: ComposeStack, run_id: str, task_id: str) -> list[dict]:
+    path = f"/api/v2/dags/streamflow_train/dagRuns/{run_id}/taskInstances/{task_id}/tries"
+    return sorted(stack.airflow_get(path)["task_instances"], key=lambda ti: ti["try_number"])
+
+
+def heartbeat_timeout_s(stack: ComposeStack) -> float:
+    """[scheduler] task_instance_heartbeat_timeout as the stack's scheduler has it (300: Airflow's default)."""
+    config = json.loads(stack.compose("config", "--format", "json").stdout)
+    environment = config["services"]["airflow-scheduler"].get("environment", {})
+    return float(environment.get("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", 300))
+
+
+def recovery_figures(stack: ComposeStack, run_id: str, hit: dict) -> tuple[list[dict], dict]:
+    """The killed task's tries and the figures of its recovery: when the scheduler failed the dead
+    try (its end), when the next try started, where it ran and how long it took."""
+    attempts = tries(stack, run_id, hit["task"])
+    dead, retry = attempts[0], attempts[-1]
+    figures = {
+        "killed after s": hit["running s"],
+        "tries": [f"{t['try_number']} {t['state']} on {t['hostname']}" for t in attempts],
+        "dead try failed after s": dead["end_date"] and round(timestamp(dead["end_date"]) - hit["at"], 1),
+        "retry started after s": retry["start_date"] and round(timestamp(retry["start_date"]) - hit["at"], 1),
+        "retry ran s": retry["end_date"] and round(timestamp(retry["end_date"]) - timestamp(retry["start_date"]), 1),
+        "retry on": "the other worker" if retry["hostname"] != hit["worker"] else "the killed worker, restarted",
+    }
+    return attempts, figures
+
+
+def test_celery_worker_killed_mid_task_the_task_is_retried_and_the_chain_completes(stack, month_000, timings):
+    """Fault 7: the worker running train_challenger SIGKILLed mid-training (nothing registered yet):
+    the scheduler fails the dead try after the heartbeat timeout, the retry trains on a worker
+    (the other, or this one restarted), and month_000's chain completes."""
+    hit = month_000["killed"]["training"]
+    assert hit is not None, "the kill missed train_challenger's run (it registered before the poll saw it running)"
+    assert hit["states"]["train_challenger"] == "running" and not hit["registry"]["versions"]
+    attempts, figures = recovery_figures(stack, month_000["train_run"], hit)
+    timeout_s = heartbeat_timeout_s(stack)
+    figures |= {
+        "heartbeat timeout s": timeout_s,
+        "worker restarts": {c["Config"]["Hostname"]: c["RestartCount"] for c in stack.inspect_all(WORKER)},
+        "chain": {dag_id: run["state"] for dag_id, run in month_000["runs"].items()},
+        "chain done after kill s": round(month_000["ended"] - hit["at"]),
+    }
+    report("celery worker killed mid-task (train_challenger)", figures)
+    assert len(attempts) == 2 and attempts[-1]["state"] == "success", attempts
+    assert all(run["state"] == "success" for run in month_000["runs"].values()), month_000["runs"]
+    # Noticed within the heartbeat timeout and the scheduler's check, not Airflow's default 5 min.
+    failed_after = figures["dead try failed after s"]
+    assert failed_after is not None and failed_after <= timeout_s + DETECTION_SLACK_S, figures
+    assert figures["retry started after s"] <= RETRIED_WITHIN_S, figures
+
+
+def test_train_process_killed_between_registration_and_alias_move_leaves_one_champion(stack, month_000, timings):
+    """Fault 2: the worker running `promote` SIGKILLed after the challenger was registered and before
+    the alias moved: the retry completes the promotion; one version carries the alias, its tags
+    say so, and no other version of month_000 is promoted."""
+    hit = month_000["killed"]["promote"]
+    assert hit is not None, "the kill missed promote's window (the alias moved before the poll saw promote running)"
+    challenger = max(hit["registry"]["versions"], key=int)
+    assert hit["states"]["promote"] == "running" and "champion" not in hit["registry"]["aliases"]
+    attempts, figures = recovery_figures(stack, month_000["train_run"], hit)
+    after = registry_state(stack)
+    versions, champion = after["versions"], after["aliases"].get("champion")
+    month_versions = {v: t for v, t in versions.items() if t.get("month") == "month_000"}
+    promoted = [v for v, t in month_versions.items() if t.get("decision") == "promoted"]
+    moved = versions.get(champion, {}).get("champion_since")
+    figures |= {
+        "challenger at the kill": f"v{challenger} decision={hit['registry']['versions'][challenger].get('decision')}",
+        "alias moved after s": moved and round(timestamp(moved) - hit["at"], 1),
+        "champion": champion,
+        "month_000 versions": {v: t.get("decision") for v, t in month_versions.items()},
+        "train run": month_000["runs"]["streamflow_train"]["state"],
+    }
+    report("train process killed between registration and the alias move", figures)
+    assert month_000["runs"]["streamflow_train"]["state"] == "success"
+    assert len(attempts) == 2 and attempts[-1]["state"] == "success", attempts
+    assert figures["retry started after s"] <= RETRIED_WITHIN_S, figures
+    assert champion == challenger and promoted == [champion], (champion, month_versions)
+    tags = versions[champion]
+    assert tags["champion_since"] and not tags.get("replaced_by") and tags["previous_champion"] == ""
+    # Every other promoted version (none on this fresh stack) says what replaced it.
+    standing = [v for v, t in versions.items() if t.get("decision") == "promoted" and not t.get("replaced_by")]
+    assert standing == [champion], versions
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +326,7 @@ def healthy(stack) -> None:
     """Each fault starts from a stack whose every service is up and healthy again (a fault that
     failed half-way may have left its service stopped)."""
     for service in stack.services:
-        if stack.inspect(service)["State"]["Status"] != "running":
+        if any(c["State"]["Status"] != "running" for c in stack.inspect_all(service)):
             say(f"{service} was left down: starting it")
             stack.compose("start", service)
     seconds = stack.wait_healthy()
@@ -92,7 +336,7 @@ def healthy(stack) -> None:
 
 
 def restart_counts(stack: ComposeStack) -> dict[str, int]:
-    return {service: stack.inspect(service)["RestartCount"] for service in stack.services}
+    return {service: sum(c["RestartCount"] for c in stack.inspect_all(service)) for service in stack.services}
 
 
 def report(title: str, figures: dict[str, object]) -> None:

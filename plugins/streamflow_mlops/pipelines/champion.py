@@ -3,7 +3,8 @@
 Every move is a compare-and-set on the `champion` alias and safe to retry:
 - the model is imported into BentoML and the target version tagged *before* the alias moves, so a
   service following the alias never looks for a model its store lacks, and a retry after a failure
-  anywhere later finds the move already made (`request` tag = the Airflow run) and changes nothing;
+  anywhere later finds the move already made (`request` tag = the Airflow run) and only writes the
+  tags that follow the move (`champion_since`, `replaced_by`) if the failed try had not;
 - the alias moves only if it still points where the decision saw it: a promotion compared against
   champion v3 must not replace a v4 that another run promoted meanwhile (`ChampionMovedError`).
 MLflow has no atomic compare-and-set, so the DAGs also run these tasks one at a time (a pool of one
@@ -78,6 +79,25 @@ def set_champion(client: MlflowClient, version: str, expected: str | None, tags:
     return _summary(client, version, bento, expected)
 
 
+def complete_move(client: MlflowClient, current: ModelVersion, previous: str | None) -> list[str]:
+    """For a retry that finds the alias already on `current`: the tags `set_champion` writes after
+    moving it (`champion_since`; `replaced_at`/`replaced_by` on `previous`), where the process that
+    moved it died before writing them; a replaced version keeping no `replaced_by` would read as a
+    champion still. Returns what it wrote ([] when the move was complete)."""
+    version = str(current.version)
+    now = utc_now()
+    written = []
+    if not current.tags.get("champion_since"):
+        _set_tags(client, version, {"champion_since": now})
+        written.append(f"champion_since on {version}")
+    if previous is not None and previous != version:
+        replaced = client.get_model_version(REGISTERED_MODEL, previous)
+        if replaced.tags.get("replaced_by") != version:
+            _set_tags(client, previous, {"replaced_at": now, "replaced_by": version})
+            written.append(f"replaced_by on {previous}")
+    return written
+
+
 def promote_and_import(
     decision: dict[str, Any], request: str = "", review: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -93,8 +113,13 @@ def promote_and_import(
     version = str(decision["version"])
     expected = decision.get("champion_version") or None
     current = champion_version(client)
-    if _version_or_none(current) == version:
-        log.info("version %s is already the champion (a retried promotion): nothing to do", version)
+    if current is not None and str(current.version) == version:
+        written = complete_move(client, current, expected)
+        log.info(
+            "version %s is already the champion (a retried promotion): %s",
+            version,
+            f"completed its move ({', '.join(written)})" if written else "nothing to do",
+        )
         return _summary(client, version, import_to_bentoml(client, version), expected)
     champion = set_champion(
         client,
@@ -130,7 +155,13 @@ def rollback_champion(version: str | int | None, by: str, reason: str, request: 
     client = configure_mlflow()
     current = champion_version(client)
     if request and current is not None and current.tags.get("rollback_request") == request:
-        log.info("rollback %s already moved the champion to %s: nothing to do", request, current.version)
+        written = complete_move(client, current, current.tags.get("rolled_back_from") or None)
+        log.info(
+            "rollback %s already moved the champion to %s: %s",
+            request,
+            current.version,
+            f"completed its move ({', '.join(written)})" if written else "nothing to do",
+        )
         return _summary(client, str(current.version), import_to_bentoml(client, str(current.version)), None) | {
             "previous_version": current.tags.get("rolled_back_from") or None,
             "by": by,

@@ -62,9 +62,13 @@ class AirflowAPI:
         params = {"order_by": "-run_after", "limit": 50}
         return self._read(f"/api/v2/dags/{dag_id}/dagRuns", params)["dag_runs"]
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        """The run's task instances by task id (state, try_number, hostname, start_date...)."""
         answer = self._read(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
+        return {ti["task_id"]: ti for ti in answer["task_instances"]}
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {task_id: ti["state"] for task_id, ti in self.task_instances(dag_id, run_id).items()}
 
 
 def wait_for_chain(
