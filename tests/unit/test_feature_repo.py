@@ -36,6 +36,7 @@ def repo(settings):
     return repo_contents(repo_config(settings).project)
 
 
+@pytest.mark.slow
 def test_feast_cli_finds_the_same_objects_in_feature_repo(settings):
     """`feast apply` parses feature_repo/*.py itself; it must find exactly what the library applies.
 

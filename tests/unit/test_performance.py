@@ -93,6 +93,7 @@ def test_reliability_table_covers_every_row_in_score_order():
     assert all(abs(b["mean_predicted"] - b["observed_rate"]) < 0.1 for b in table)
 
 
+@pytest.mark.slow
 def test_evidently_report_has_the_same_auc_and_brier():
     labels, scores = sample(800)
     frame = pd.DataFrame({"user_id": [f"{i:04d}-AAAAA" for i in range(800)], "churn_label": labels,

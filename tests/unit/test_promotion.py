@@ -136,6 +136,7 @@ def test_interval_is_finite():
     assert math.isfinite(result.ci_low) and math.isfinite(result.ci_high)
 
 
+@pytest.mark.slow
 def test_beyond_max_rows_the_rescaled_interval_is_the_full_bootstrap_one():
     rng = np.random.default_rng(5)
     y = (rng.random(60_000) < 0.26).astype(int)

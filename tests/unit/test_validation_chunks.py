@@ -166,6 +166,7 @@ def test_chunked_validation_gives_the_whole_files_outcome(damage, named, good_mo
         assert not chunked.success and any(named in line for line in lines), lines
 
 
+@pytest.mark.slow
 def test_a_duplicate_across_chunks_is_reported_as_on_the_whole_file(good_month, tmp_path):
     month = shutil.copytree(good_month, tmp_path / good_month.name)
     duplicate_in_later_chunk(month)
@@ -179,6 +180,7 @@ def test_a_duplicate_across_chunks_is_reported_as_on_the_whole_file(good_month, 
     assert sum("orphan_user_id" in describe_reason(r) for r in reasons) == len(RAW_TABLES) - 1
 
 
+@pytest.mark.slow
 def test_digests_are_those_of_the_files_bytes(good_month):
     validation = validate_drop(good_month, EXPECTATIONS, chunk_rows=SMALL_CHUNK)
     assert validation.sha256 == {

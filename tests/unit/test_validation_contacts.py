@@ -47,12 +47,14 @@ def test_the_committed_suite_is_the_generated_one_and_checks_no_user_coverage():
     assert OPTIONAL_TABLES == (CONTACTS,) and CONTACTS not in RAW_TABLES
 
 
+@pytest.mark.slow
 def test_a_drop_without_contacts_is_valid_and_keeps_its_digest(plain_month):
     validation = validate_drop(plain_month, EXPECTATIONS, chunk_rows=SMALL_CHUNK)
     assert validation.success and CONTACTS.name not in validation.row_counts
     assert set(file_digests(plain_month)) == {t.file for t in RAW_TABLES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_rows", [SMALL_CHUNK, 10 * USERS])
 def test_good_contacts_are_validated_and_counted(plain_month, tmp_path, chunk_rows):
     reached = user_ids(plain_month, 120) + ["9999-QQQQQ"]  # one who has left since: allowed
@@ -65,6 +67,7 @@ def test_good_contacts_are_validated_and_counted(plain_month, tmp_path, chunk_ro
     assert drop_digest(file_digests(month), b"") != drop_digest(file_digests(plain_month), b"")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("lines", "expectation"),
     [
@@ -80,6 +83,7 @@ def test_broken_contacts_reject_the_drop_with_reasons(plain_month, tmp_path, lin
     assert {(r["file"], r["expectation"]) for r in validation.reasons} == {(CONTACTS.file, expectation)}
 
 
+@pytest.mark.slow
 def test_a_contact_repeated_across_chunks_is_reported_as_on_the_whole_file(plain_month, tmp_path):
     reached = user_ids(plain_month, 100)
     month = with_contacts(plain_month, tmp_path, ["user_id", *reached, reached[3]])
