@@ -639,7 +639,7 @@ def print_shadow(results: dict, levels: tuple) -> None:
     compare(results, "noise (the same server run twice)", "bento_again", "bento", levels)
 
 
-def compare(results: dict, title: str, first: str, second: str, levels: tuple, splits: bool = False) -> None:
+def compare(results: dict, title: str, first: str, second: str, levels: tuple) -> None:
     """One line: `first` against `second`, level by level (connections split, req/s, p99)."""
     if first not in results or second not in results:
         return
@@ -648,7 +648,6 @@ def compare(results: dict, title: str, first: str, second: str, levels: tuple, s
         f"{title}: "
         + ", ".join(
             f"c={c} "
-            + (f"connections {a[c]['split']} vs {b[c]['split']}, " if splits else "")
             + f"{a[c]['rps']:.0f} vs {b[c]['rps']:.0f} req/s, p50 {a[c]['p50_ms']:.2f} vs {b[c]['p50_ms']:.2f} ms, "
             + f"p99 {a[c]['p99_ms']:.1f} vs {b[c]['p99_ms']:.1f} ms"
             for c in levels

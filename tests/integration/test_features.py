@@ -20,7 +20,7 @@ from streamflow_mlops.features.materialize import materialization_window, materi
 from streamflow_mlops.features.online import online_features
 from streamflow_mlops.features.parity import FeatureParityError, check_parity, parity_sample_users
 from streamflow_mlops.features.retrieval import build_training_set, feature_frame
-from streamflow_mlops.features.store import apply_repo, feature_names, repo_config
+from streamflow_mlops.features.store import apply_repo, feature_names, feature_store, repo_config
 from streamflow_mlops.platform.embedded import write_env_file
 from tests.conftest import load_months
 
@@ -141,6 +141,24 @@ def test_apply_makes_online_tables_in_a_new_state_dir_over_the_same_registry(sta
     apply_repo()
     assert set(materialize_month("month_000")["users"].values()) == {USERS}
     assert check_parity("month_000")["mismatches"] == 0
+
+
+def test_apply_removes_what_the_repo_no_longer_declares(stack_env):
+    """A view registered by an earlier version of the repo is dropped from the shared registry,
+    as `feast apply` does: materialization lists the registry's views."""
+    import copy
+
+    from streamflow_mlops.features.definitions import FEATURE_VIEWS
+
+    apply_repo()
+    store = feature_store()
+    retired = copy.copy(next(iter(FEATURE_VIEWS.values())))
+    retired.name = "retired_view"
+    store.apply([retired])
+    assert "retired_view" in {v.name for v in store.list_feature_views()}
+    apply_repo()
+    store.refresh_registry()
+    assert {v.name for v in store.list_feature_views()} == set(FEATURE_VIEWS)
 
 
 def test_materializing_a_month_that_is_not_loaded_fails(stack_env, tmp_path):

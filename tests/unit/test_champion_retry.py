@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from streamflow_mlops.pipelines import champion as champion_module
-from streamflow_mlops.pipelines.champion import promote_and_import
+from streamflow_mlops.pipelines.champion import promote_and_import, rollback_champion
 
 
 class Killed(BaseException):
@@ -94,8 +94,9 @@ def assert_one_champion(registry: Registry) -> None:
         ("set_registered_model_alias", 1),  # tagged, the alias not moved
         ("set_model_version_tag", 4),  # the alias moved, champion_since not written
         ("set_model_version_tag", 5),  # champion_since written, the old champion not marked replaced
+        ("set_model_version_tag", 6),  # replaced_at written on the old champion, replaced_by not
     ],
-    ids=["tagging", "moving", "after-move", "marking-replaced"],
+    ids=["tagging", "moving", "after-move", "marking-replaced", "replaced-by"],
 )
 def test_a_promotion_killed_anywhere_is_completed_by_its_retry(registry, dies_at):
     registry.die_at = dies_at
@@ -112,3 +113,22 @@ def test_a_retry_after_a_complete_promotion_writes_nothing(registry):
     promote_and_import(DECISION, request="run-1")
     assert len(registry.calls) == writes
     assert_one_champion(registry)
+
+
+@pytest.mark.parametrize("dies_at", [4, 5, 6, 7, 8], ids=lambda n: f"tag-{n}")
+def test_a_rollback_killed_after_the_move_is_completed_by_its_retry(registry, monkeypatch, dies_at):
+    """Back to v1, which reigned before: its old champion_since is renewed, v2 is marked replaced."""
+    promote_and_import(DECISION, request="run-1")
+    monkeypatch.setattr(champion_module, "utc_now", iter(f"t{n}" for n in range(10, 99)).__next__)
+    monkeypatch.setattr(champion_module, "existing_versions", lambda client: ["1", "2"])
+    # 5 rollback tags go on v1 before the alias moves; the kill lands after it (tags 6-8) or before (4-5).
+    registry.die_at = ("set_model_version_tag", registry.calls.count("set_model_version_tag") + dies_at)
+    with pytest.raises(Killed):
+        rollback_champion(None, by="ops", reason="bad month", request="rollback-1")
+    rollback_champion(None, by="ops", reason="bad month", request="rollback-1")
+    assert registry.aliases == {"champion": "1"}
+    assert registry.tags["1"]["champion_since"] > registry.tags["1"]["rollback_at"]
+    assert (
+        registry.tags["2"]["replaced_by"] == "1"
+        and registry.tags["2"]["replaced_at"] > registry.tags["1"]["rollback_at"]
+    )

@@ -25,6 +25,7 @@ EXTENSIONS: tuple[ModuleType, ...] = (bentoml_extension, feast_extension, ge_ext
 # sha256 (first 16 hex digits) of each patched object's source, at the extension's UPSTREAM.
 PINNED = {
     "bentoml._internal.server.http.traffic:TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
+    "bentoml._internal.server.http.traffic:TimeoutMiddleware.__init__": "657435a0bd7f971c",
     "bentoml._internal.models.model:ModelStore.__init__": "58067d1d819c4fdd",
     "great_expectations.expectations.expectation:_format_map_output": "bc59b4bb2e0c038d",
     "great_expectations.expectations.core.expect_table_row_count_to_be_between:"
@@ -37,6 +38,9 @@ PINNED = {
     "feast.infra.compute_engines.dag.plan:ExecutionPlan.execute": "fa487efc9a50aed6",
     "feast.infra.compute_engines.local.nodes:LocalOutputNode.execute": "f81c5527eb80a8c3",
     "feast.infra.compute_engines.local.nodes:LocalSourceReadNode.execute": "754c3a72b153230c",
+    "feast.infra.compute_engines.local.nodes:LocalFilterNode.execute": "72ce9f01a4f5d45e",
+    "feast.infra.compute_engines.local.nodes:LocalDedupNode.execute": "fcad43622eb94f51",
+    "feast.utils:_coerce_datetime": "fd957fb33ffcb0ac",
     "feast.infra.online_stores.sqlite:SqliteOnlineStore._get_conn": "d12b367dce4b6888",
     "feast.infra.online_stores.sqlite:SqliteOnlineStore.online_write_batch": "46515d7f155c9986",
     "feast.infra.online_stores.sqlite:SqliteOnlineStore.update": "d4fe5aa559208dff",

@@ -28,6 +28,7 @@ UPSTREAM = "bentoml==1.4.40"
 TIMEOUT_CALL = "bentoml._internal.server.http.traffic:TimeoutMiddleware.__call__"
 PATCHED = (
     TIMEOUT_CALL,
+    "bentoml._internal.server.http.traffic:TimeoutMiddleware.__init__",
     "bentoml._internal.models.model:ModelStore.__init__",
 )
 

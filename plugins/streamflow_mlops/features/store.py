@@ -94,14 +94,18 @@ def repo_contents(project: str):
 
 
 def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
-    """`feast apply` in-process: register the repo's objects in the SQL registry, create online tables.
+    """`feast apply` in-process: register the repo's objects in the SQL registry, create online
+    tables, and remove from the registry (and the online store) what the repo no longer declares.
 
     `FeatureStore.apply` creates the online tables of every view it is given (CREATE TABLE IF NOT
     EXISTS), also when the shared registry already knew them: a new state dir over an external
     Postgres registry gets its sqlite tables too."""
+    from feast.repo_operations import extract_objects_for_apply_delete
+
     settings = settings or get_settings()
     store = feature_store(settings)
     contents = repo_contents(store.project)
+    _, retired, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
     store.apply(
         [
             *contents.projects,
@@ -109,7 +113,9 @@ def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
             *contents.entities,
             *contents.feature_views,
             *contents.feature_services,
-        ]
+        ],
+        objects_to_delete=retired,
+        partial=False,
     )
     store.refresh_registry()
     path = sqlite_path(store)
@@ -123,6 +129,8 @@ def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
         "feature_views": sorted(v.name for v in contents.feature_views),
         "feature_services": sorted(s.name for s in contents.feature_services),
     }
+    if retired:
+        log.info("feast apply removed what the repo no longer declares: %s", sorted(o.name for o in retired))
     log.info("feast apply: %s", summary)
     return summary
 

@@ -79,20 +79,27 @@ def set_champion(client: MlflowClient, version: str, expected: str | None, tags:
     return _summary(client, version, bento, expected)
 
 
-def complete_move(client: MlflowClient, current: ModelVersion, previous: str | None) -> list[str]:
+def complete_move(
+    client: MlflowClient, current: ModelVersion, previous: str | None, moved_at: str | None = None
+) -> list[str]:
     """For a retry that finds the alias already on `current`: the tags `set_champion` writes after
     moving it (`champion_since`; `replaced_at`/`replaced_by` on `previous`), where the process that
     moved it died before writing them; a replaced version keeping no `replaced_by` would read as a
-    champion still. Returns what it wrote ([] when the move was complete)."""
+    champion still. `moved_at` is a tag the move wrote before the alias (a rollback's `rollback_at`):
+    a version rolled back to keeps its `champion_since` from an earlier reign, older than that.
+    Returns what it wrote ([] when the move was complete)."""
     version = str(current.version)
     now = utc_now()
     written = []
-    if not current.tags.get("champion_since"):
+    since = current.tags.get("champion_since", "")
+    if not since or (moved_at and since < moved_at):
         _set_tags(client, version, {"champion_since": now})
         written.append(f"champion_since on {version}")
     if previous is not None and previous != version:
         replaced = client.get_model_version(REGISTERED_MODEL, previous)
-        if replaced.tags.get("replaced_by") != version:
+        if replaced.tags.get("replaced_by") != version or (
+            moved_at and replaced.tags.get("replaced_at", "") < moved_at
+        ):
             _set_tags(client, previous, {"replaced_at": now, "replaced_by": version})
             written.append(f"replaced_by on {previous}")
     return written
@@ -104,7 +111,8 @@ def promote_and_import(
     """Make the challenger of a `promote` decision the champion (BentoML import, then the alias).
 
     The decision's `champion_version` is the version it was compared against: the alias moves only
-    from there. A retry after the alias moved returns the same answer and tags nothing again.
+    from there. A retry after the alias moved returns the same answer and writes only the tags the
+    failed try had not (`complete_move`).
     `review` (pipelines/review.py `Review.tags()`) records who approved it, on the version.
     """
     if not decision.get("promote"):
@@ -151,11 +159,14 @@ def rollback_target(current: ModelVersion | None, version: str | None, existing:
 def rollback_champion(version: str | int | None, by: str, reason: str, request: str = "") -> dict[str, Any]:
     """Point the alias at `version`, or at the version the current champion replaced, and
     re-import it; who and why become tags on it, and are in the summary returned (`by`, `reason`).
-    `request` (the Airflow run id) makes a retry of the same request a no-op instead of a second step back."""
+    `request` (the Airflow run id) makes a retry of the same request complete that move (`complete_move`)
+    instead of taking a second step back."""
     client = configure_mlflow()
     current = champion_version(client)
     if request and current is not None and current.tags.get("rollback_request") == request:
-        written = complete_move(client, current, current.tags.get("rolled_back_from") or None)
+        written = complete_move(
+            client, current, current.tags.get("rolled_back_from") or None, current.tags.get("rollback_at") or None
+        )
         log.info(
             "rollback %s already moved the champion to %s: %s",
             request,

@@ -147,7 +147,9 @@ def build_reader(settings: Settings) -> OnlineFeatureReader:
     sdk = FeastSdkReader(settings)
     store = feature_store(settings)
     path = sqlite_path(store)
-    if path is not None and store.config.entity_key_serialization_version == 3:
+    # The direct reader knows Feast's unversioned table names and key serialization v3 only.
+    versioned = getattr(store.config.registry, "enable_online_feature_view_versioning", False)
+    if path is not None and store.config.entity_key_serialization_version == 3 and not versioned:
         return SqliteOnlineReader(path, store.project, sdk)
     return sdk
 
