@@ -1,77 +1,84 @@
-"""A promotion retried after its process died part-way (tests/faults, fault 2, in miniature): the
-retry ends with one champion whose tags agree with the alias, whatever step the first try reached.
+"""A promotion or rollback retried after its process died part-way (tests/faults, fault 2, in
+miniature): the retry ends with one champion whose tags agree with the alias, whatever step the
+first try reached.
 
-An in-memory stand-in for the MLflow client's registry calls; the BentoML import is stubbed.
-"""
+A real MLflow registry (sqlite backend in a temp dir); the process "dies" at the n-th registry write
+through a thin proxy of the client. Only the BentoML import is stubbed (it needs a logged model)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow import MlflowClient
 
+from streamflow_mlops.config.settings import CHAMPION_ALIAS, REGISTERED_MODEL
 from streamflow_mlops.pipelines import champion as champion_module
 from streamflow_mlops.pipelines.champion import promote_and_import, rollback_champion
 
 
 class Killed(BaseException):
-    """The process dying at a given registry call (BaseException: nothing in the library catches it)."""
+    """The process dying at a given registry write (BaseException: nothing in the library catches it)."""
+
+
+# A real MLflow registry per case: ~2 s each, so make test runs these, not make test-fast.
+pytestmark = pytest.mark.slow
+
+WRITES = ("set_model_version_tag", "set_registered_model_alias")
 
 
 class Registry:
-    """Versions, their tags and the aliases of `streamflow_churn`; `die_at` (call name, n) raises
-    Killed at the n-th such call, once."""
+    """A real MlflowClient whose writes are counted; `die_at` (write name, n) raises Killed at the
+    n-th such write, once. Reads and everything else go straight to MLflow."""
 
-    def __init__(self, versions: dict[str, dict[str, str]], champion: str | None) -> None:
-        self.tags = {version: dict(tags) for version, tags in versions.items()}
-        self.aliases = {"champion": champion} if champion else {}
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
         self.calls: list[str] = []
         self.die_at: tuple[str, int] | None = None
 
-    def _call(self, name: str) -> None:
-        self.calls.append(name)
-        if self.die_at and self.die_at[0] == name and self.calls.count(name) == self.die_at[1]:
-            self.die_at = None
-            raise Killed(name)
+    def __getattr__(self, name: str):
+        method = getattr(self.client, name)
+        if name not in WRITES:
+            return method
 
-    def _version(self, version: str) -> SimpleNamespace:
-        return SimpleNamespace(version=version, tags=dict(self.tags[version]), run_id=f"run-{version}", aliases=[])
+        def write(*args, **kwargs):
+            self.calls.append(name)
+            if self.die_at and self.die_at[0] == name and self.calls.count(name) == self.die_at[1]:
+                self.die_at = None
+                raise Killed(name)
+            return method(*args, **kwargs)
 
-    def get_model_version(self, name: str, version: str) -> SimpleNamespace:
-        return self._version(str(version))
+        return write
 
-    def get_model_version_by_alias(self, name: str, alias: str) -> SimpleNamespace:
-        if alias not in self.aliases:
-            raise MlflowException(f"no alias {alias}", error_code=RESOURCE_DOES_NOT_EXIST)
-        return self._version(self.aliases[alias])
+    @property
+    def tags(self) -> dict[str, dict[str, str]]:
+        versions = self.client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+        return {str(v.version): dict(v.tags) for v in versions}
 
-    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
-        self._call("set_model_version_tag")
-        self.tags[str(version)][key] = value
-
-    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
-        self._call("set_registered_model_alias")
-        self.aliases[alias] = str(version)
+    @property
+    def aliases(self) -> dict[str, str]:
+        return {
+            alias: str(version) for alias, version in self.client.get_registered_model(REGISTERED_MODEL).aliases.items()
+        }
 
     def promoted_not_replaced(self) -> list[str]:
         """Versions whose tags say they are the champion: promoted (or rolled back to) and not replaced."""
-        return [v for v, t in self.tags.items() if t.get("decision") == "promoted" and not t.get("replaced_by")]
+        return sorted(v for v, t in self.tags.items() if t.get("decision") == "promoted" and not t.get("replaced_by"))
 
 
 MONTH = {"month": "month_001", "as_of": "2024-02-29"}
 
 
 @pytest.fixture
-def registry(monkeypatch) -> Registry:
-    registry = Registry(
-        {
-            "1": {"month": "month_000", "as_of": "2024-01-31", "decision": "promoted", "champion_since": "t0"},
-            "2": {**MONTH, "decision": "promote"},
-        },
-        champion="1",
-    )
+def registry(monkeypatch, tmp_path) -> Registry:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model(REGISTERED_MODEL)
+    tags = [
+        {"month": "month_000", "as_of": "2024-01-31", "decision": "promoted", "champion_since": "t0"},
+        {**MONTH, "decision": "promote"},
+    ]
+    for version_tags in tags:
+        client.create_model_version(REGISTERED_MODEL, source=str(tmp_path / "model"), tags=version_tags)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, "1")
+    registry = Registry(client)
     monkeypatch.setattr(champion_module, "configure_mlflow", lambda: registry)
     monkeypatch.setattr(champion_module, "import_to_bentoml", lambda client, version: f"streamflow_churn:v{version}")
     return registry
@@ -120,7 +127,6 @@ def test_a_rollback_killed_after_the_move_is_completed_by_its_retry(registry, mo
     """Back to v1, which reigned before: its old champion_since is renewed, v2 is marked replaced."""
     promote_and_import(DECISION, request="run-1")
     monkeypatch.setattr(champion_module, "utc_now", iter(f"t{n}" for n in range(10, 99)).__next__)
-    monkeypatch.setattr(champion_module, "existing_versions", lambda client: ["1", "2"])
     # 5 rollback tags go on v1 before the alias moves; the kill lands after it (tags 6-8) or before (4-5).
     registry.die_at = ("set_model_version_tag", registry.calls.count("set_model_version_tag") + dies_at)
     with pytest.raises(Killed):
