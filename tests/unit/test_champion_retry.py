@@ -69,7 +69,8 @@ MONTH = {"month": "month_001", "as_of": "2024-02-29"}
 
 @pytest.fixture
 def registry(monkeypatch, tmp_path) -> Registry:
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a registry URI an earlier test set
     client.create_registered_model(REGISTERED_MODEL)
     tags = [
         {"month": "month_000", "as_of": "2024-01-31", "decision": "promoted", "champion_since": "t0"},
