@@ -6,11 +6,13 @@
 # image, so Airflow is never upgraded or downgraded by accident. Where the lock and the image's
 # constraints disagree on a shared package, the lock wins; the image's extra providers that the
 # project never imports are left as they are. requirements-celery.txt adds the CeleryExecutor
-# (resolved against the lock, see its header).
+# (resolved against the lock, see its header). The Spark engine's packages (docker/without-spark.txt,
+# ~480 MB) are left out: this image runs the postgres engine.
 FROM apache/airflow:3.3.2-python3.11
 
-COPY requirements.txt docker/airflow/requirements-celery.txt /tmp/requirements/
-RUN uv pip install --no-cache -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-celery.txt
+COPY requirements.txt docker/airflow/requirements-celery.txt docker/without-spark.txt /tmp/requirements/
+RUN uv pip install --no-cache -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-celery.txt \
+    --excludes /tmp/requirements/without-spark.txt
 
 # The library, installed like any distribution (its dependencies are the lock above): DAG tasks,
 # the Feast CLI and `python -m streamflow_mlops` import it from site-packages, not from a path.

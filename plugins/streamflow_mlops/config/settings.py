@@ -49,6 +49,11 @@ DEFAULT_VALUE_HORIZON_MONTHS = 12.0
 DEFAULT_NOTIFY_FROM = "streamflow@localhost"
 # The demo's background processes run at this nice increment (why: the `demo_nice` field below).
 DEFAULT_DEMO_NICE = 10
+# Where a month's heavy work runs (docs/spark.md): `postgres` (one Postgres and the task's own
+# process, the default) or `spark` (Parquet tables under the lake, Spark jobs on STREAMFLOW_SPARK_MASTER).
+Engine = Literal["postgres", "spark"]
+ENGINES = get_args(Engine)
+DEFAULT_SPARK_MASTER = "local[*]"
 
 
 def replace_database(url: str, database: str) -> str:
@@ -131,13 +136,22 @@ class Settings(BaseSettings):
     # their bursts (a DAG parse, a scheduler loop) otherwise preempted the service's workers and set
     # its p99 (bench/bench_serving.py). Idle serving leaves them the whole machine. 0 keeps them equal.
     demo_nice: int = Field(DEFAULT_DEMO_NICE, validation_alias="STREAMFLOW_DEMO_NICE")
+    # The data plane (docs/spark.md). The control tables, MLflow, Airflow and Feast's registry stay
+    # in Postgres with either engine.
+    engine: Engine = Field("postgres", validation_alias="STREAMFLOW_ENGINE")
+    spark_master: str = Field(DEFAULT_SPARK_MASTER, validation_alias="STREAMFLOW_SPARK_MASTER")
+    # Where the spark engine's tables live: a local path (the default, under the state dir) or a
+    # Hadoop URL every executor can reach (`s3a://bucket/streamflow`, `hdfs://...`).
+    lake_url_override: str | None = Field(None, validation_alias="STREAMFLOW_LAKE_URL")
+    # Extra Spark properties, `key=value` separated by commas or newlines (`spark.executor.memory=8g`).
+    spark_conf: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="STREAMFLOW_SPARK_CONF", repr=False)
 
     @field_validator("repo_root", "state_dir", "drops_dir")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.resolve()
 
-    @field_validator("approval", mode="before")
+    @field_validator("approval", "engine", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -146,6 +160,17 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return tuple(a.strip() for a in value.split(",") if a.strip()) if isinstance(value, str) else value
+
+    @field_validator("spark_conf", mode="before")
+    @classmethod
+    def _spark_properties(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
+        malformed = [p for p in pairs if "=" not in p or not p.split("=", 1)[0].strip().startswith("spark.")]
+        if malformed:
+            raise ValueError(f"STREAMFLOW_SPARK_CONF takes spark.<name>=<value> pairs; not: {malformed}")
+        return pairs
 
     @field_validator("demo_nice", mode="before")
     @classmethod
@@ -227,6 +252,16 @@ class Settings(BaseSettings):
     def bentoml_home(self) -> Path:
         """BentoML's store: BENTOML_HOME when set (tests, a user's own store), else under the state dir."""
         return Path(self.bentoml_home_override) if self.bentoml_home_override else self.state_dir / "bentoml"
+
+    @property
+    def lake_url(self) -> str:
+        """The spark engine's lake: STREAMFLOW_LAKE_URL, else `<state dir>/lake`."""
+        return (self.lake_url_override or str(self.state_dir / "lake")).rstrip("/")
+
+    @property
+    def spark_properties(self) -> dict[str, str]:
+        """STREAMFLOW_SPARK_CONF as a mapping."""
+        return dict((k.strip(), v.strip()) for k, v in (p.split("=", 1) for p in self.spark_conf))
 
     @property
     def pgdata(self) -> Path:
