@@ -214,3 +214,19 @@ def load_months(db_url: str, drops_dir: Path, months, users: int, seed: int = 42
             folder = write_drop(spec, drops_dir)
             with conn.transaction():
                 load_drop(conn, folder, spec.as_of)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test run (its JVM takes seconds to start), the way
+    the spark engine starts it (data/spark.py)."""
+    pytest.importorskip("pyspark")
+    from streamflow_mlops.data.spark import spark_session, stop_spark_session
+
+    home = Path(tempfile.mkdtemp(prefix="streamflow-test-spark-"))
+    settings = SettingsWithoutEnvironment(
+        repo_root=REPO, state_dir=home, drops_dir=home / "drops", spark_master="local[2]", engine="spark"
+    )
+    yield spark_session(settings)
+    stop_spark_session()
+    shutil.rmtree(home, ignore_errors=True)
