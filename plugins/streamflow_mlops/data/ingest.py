@@ -22,6 +22,8 @@ from psycopg.types.json import Jsonb
 
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, get_settings
+from streamflow_mlops.data import lake_load
+from streamflow_mlops.data.spark import spark_session
 from streamflow_mlops.data.validation import (
     DropValidation,
     describe_reason,
@@ -274,7 +276,9 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
                 labels_as_of = date.fromisoformat(validated.get("labels_as_of") or validated["as_of"])
                 changed = force or last_loaded_digest(conn, month) != digest
                 counts = (
-                    load_drop(conn, folder, month.as_of, labels_as_of) if changed else dict(validated["row_counts"])
+                    load_month_data(conn, folder, month.as_of, labels_as_of)
+                    if changed
+                    else dict(validated["row_counts"])
                 )
                 run_id = record_run(
                     conn,
@@ -303,6 +307,16 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
         "changed": changed,
         "load_seconds": round(seconds, 3),
     }
+
+
+def load_month_data(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of: date) -> dict[str, int]:
+    """The month's raw and snapshot tables through the configured engine: into the warehouse in
+    the caller's transaction, or (STREAMFLOW_ENGINE=spark) into the lake, swapped in at the end of
+    the load while the caller holds the load lock; its `ingestion_runs` row commits after the swap."""
+    settings = get_settings()
+    if settings.engine == "spark":
+        return lake_load.load_drop(spark_session(settings), settings.lake_url, folder, as_of, labels_as_of)
+    return load_drop(conn, folder, as_of, labels_as_of)
 
 
 def _record_failure(get_conn: ConnectionFactory, month: Month, started_at: datetime, exc: Exception) -> None:
