@@ -52,6 +52,8 @@ PINNED = {
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres:"
     "PostgreSQLRetrievalJob.__init__": "6dfb20131322d2ce",
     "feast.infra.utils.postgres.connection_utils:_get_conn": "5dd462e6d7f60ce2",
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark:SparkRetrievalJob.__init__": "b44d99e95f8c819b",
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark:SparkRetrievalJob.to_spark_df": "51d0dc0274cf28e5",
 }
 
 

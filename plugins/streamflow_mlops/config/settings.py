@@ -228,6 +228,12 @@ class Settings(BaseSettings):
         return self.repo_root / "feature_repo"
 
     @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast repo's config for the engine: `feature_store.yaml`, or `feature_store.spark.yaml`."""
+        name = "feature_store.spark.yaml" if self.engine == "spark" else "feature_store.yaml"
+        return self.feature_repo / name
+
+    @property
     def expectations_dir(self) -> Path:
         return self.repo_root / "expectations"
 
@@ -291,6 +297,7 @@ class Settings(BaseSettings):
             "STREAMFLOW_PG_SSLMODE": parse_qs(parts.query).get("sslmode", ["prefer"])[0],
             "STREAMFLOW_FEAST_REGISTRY_URL": with_driver(self.db_url, "psycopg"),
             "STREAMFLOW_FEAST_ONLINE_STORE": self.online_store,
+            "STREAMFLOW_LAKE_URL": self.lake_url,
         }
 
     def client_env(self) -> dict[str, str]:
@@ -314,6 +321,12 @@ class Settings(BaseSettings):
             "PGPASSWORD": urlsplit(self.db_url).password or "",
         }
         env.update(self.feast_env())
+        if self.engine == "spark":
+            env |= {
+                "STREAMFLOW_ENGINE": self.engine,
+                "STREAMFLOW_SPARK_MASTER": self.spark_master,
+                "FEAST_FS_YAML_FILE_PATH": str(self.feature_store_yaml),
+            }
         return env
 
 

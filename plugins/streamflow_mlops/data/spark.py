@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,10 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
         if is_local(settings.spark_master):
             # The driver's block manager and RPC listen on this address; local mode keeps them on loopback.
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            # The Python workers (materialization, scoring) run this process's interpreter and
+            # packages, not whatever `python3` is first on the PATH. A cluster's workers run their
+            # own (PYSPARK_PYTHON of the driver names it, docs/spark.md).
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         (settings.state_dir / "spark-tmp").mkdir(parents=True, exist_ok=True)
         builder = SparkSession.builder.master(settings.spark_master).appName(APP_NAME)
         for key, value in session_properties(settings).items():

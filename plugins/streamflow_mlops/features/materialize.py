@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,13 +32,41 @@ def materialization_window(as_of: datetime, ttl: timedelta) -> tuple[datetime, d
     return as_of - ttl, as_of
 
 
-def _snapshot_users(conn: psycopg.Connection, as_of: datetime) -> dict[str, int]:
-    return {
-        g.name: conn.execute(
-            f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.{g.table} WHERE {TIMESTAMP} = %s", (as_of,)
-        ).fetchone()[0]
-        for g in FEATURE_GROUPS
-    }
+def snapshot_facts(settings: Settings, as_of: datetime) -> tuple[dict[str, int], datetime | None]:
+    """Each view's users at `as_of`, and the newest snapshot the engine's tables hold."""
+    if settings.engine == "spark":
+        return _lake_snapshot_facts(settings, as_of)
+    with psycopg.connect(settings.db_url) as conn:
+        users = {
+            g.name: conn.execute(
+                f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.{g.table} WHERE {TIMESTAMP} = %s", (as_of,)
+            ).fetchone()[0]
+            for g in FEATURE_GROUPS
+        }
+        newest = conn.execute(f"SELECT max({TIMESTAMP}) FROM {WAREHOUSE_SCHEMA}.{FEATURE_GROUPS[0].table}").fetchone()
+    return users, newest[0]
+
+
+def _lake_snapshot_facts(settings: Settings, as_of: datetime) -> tuple[dict[str, int], datetime | None]:
+    from pyspark.errors import AnalysisException
+
+    from streamflow_mlops.data.spark import spark_session
+    from streamflow_mlops.features.definitions import lake_table_sql
+
+    spark = spark_session(settings)
+    users, newest = {}, None
+    for g in FEATURE_GROUPS:
+        table = lake_table_sql(settings.lake_url, g.table)
+        try:
+            row = spark.sql(
+                f"SELECT count_if({TIMESTAMP} = DATE '{as_of.date()}'), max({TIMESTAMP}) FROM {table}"
+            ).first()
+        except AnalysisException:  # no month loaded yet: the table's folder does not exist
+            row = (0, None)
+        users[g.name] = int(row[0] or 0)
+        if g is FEATURE_GROUPS[0] and row[1] is not None:
+            newest = datetime.combine(row[1], datetime.min.time(), tzinfo=UTC)
+    return users, newest
 
 
 def split_views(weights: Mapping[str, int], workers: int) -> list[list[str]]:
@@ -55,6 +83,10 @@ def split_views(weights: Mapping[str, int], workers: int) -> list[list[str]]:
 def _materialize_views(settings: Settings, views: list[str], start: datetime, end: datetime) -> None:
     """Materialize some feature views (also the entry point of a worker process)."""
     store = feature_store(settings)
+    if settings.engine == "spark":
+        from streamflow_mlops.data.spark import spark_session
+
+        spark_session(settings)  # the library's session, before Feast's compute engine starts a default one
     conn = feast_connection(store)
     if conn is not None:
         # Workers take turns on sqlite's single write lock, one batch at a time; Feast's 5 s
@@ -94,9 +126,7 @@ def materialize_month(
     store = feature_store(settings)
     month = Month.parse(month)
     as_of = month.as_of_ts
-    with psycopg.connect(settings.db_url) as conn:
-        users = _snapshot_users(conn, as_of)
-        newer = conn.execute(f"SELECT max({TIMESTAMP}) FROM {WAREHOUSE_SCHEMA}.{FEATURE_GROUPS[0].table}").fetchone()[0]
+    users, newer = snapshot_facts(settings, as_of)
     empty = sorted(name for name, n in users.items() if n == 0)
     if empty:
         raise ValueError(f"{month}: no snapshot rows at {as_of:%Y-%m-%d} for {empty}")

@@ -74,6 +74,22 @@ def parity_sample_users(conn: psycopg.Connection, as_of: datetime, size: int) ->
     return [r[0] for r in rows]
 
 
+def lake_parity_sample_users(settings: Settings, as_of: datetime, size: int) -> list[str]:
+    """`parity_sample_users` on the spark engine: the same users, from the lake's snapshot table."""
+    from streamflow_mlops.data.spark import spark_session
+    from streamflow_mlops.features.definitions import lake_table_sql
+
+    rows = (
+        spark_session(settings)
+        .sql(
+            f"SELECT {ENTITY} FROM {lake_table_sql(settings.lake_url, FEATURE_GROUPS[0].table)} "
+            f"WHERE {TIMESTAMP} = DATE '{as_of.date()}' ORDER BY md5({ENTITY}) LIMIT {int(size)}"
+        )
+        .collect()
+    )
+    return [r[0] for r in rows]
+
+
 def check_parity(
     month: str | Month,
     sample: int = PARITY_SAMPLE,
@@ -87,8 +103,11 @@ def check_parity(
     settings = settings or get_settings()
     month = Month.parse(month)
     as_of = month.as_of_ts
-    with psycopg.connect(settings.db_url) as conn:
-        users = parity_sample_users(conn, as_of, sample)
+    if settings.engine == "spark":
+        users = lake_parity_sample_users(settings, as_of, sample)
+    else:
+        with psycopg.connect(settings.db_url) as conn:
+            users = parity_sample_users(conn, as_of, sample)
     if not users:
         raise FeatureParityError(f"{month}: no users at {as_of.date()} to check")
     names = feature_names(feature_service_name, settings)

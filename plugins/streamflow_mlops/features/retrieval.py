@@ -1,4 +1,8 @@
-"""Point-in-time reads from Feast's offline store: training sets and feature frames at a month's as_of."""
+"""Point-in-time reads from Feast's offline store: training sets and feature frames at a month's as_of.
+
+The entity rows are a SQL query Feast runs where the tables are: Postgres's warehouse, or (spark
+engine) Spark SQL over the lake's Parquet; the same users, timestamps and sample either way.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY, LABEL, TIMESTAMP
 from streamflow_mlops.config.settings import FEATURE_SERVICE, WAREHOUSE_SCHEMA, Settings, get_settings
+from streamflow_mlops.features.definitions import lake_table_sql
 from streamflow_mlops.features.store import feature_names, feature_store
 
 if TYPE_CHECKING:
@@ -21,14 +26,22 @@ if TYPE_CHECKING:
 EVENT_TIMESTAMP = "event_timestamp"
 
 
-def _entity_query(table: str, as_of: datetime, extra: Sequence[str] = (), where: str = "") -> str:
-    """SQL for an entity dataframe: a month's users at its as_of (Feast runs it server-side)."""
+def table_sql(table: str, settings: Settings) -> str:
+    """How the engine's SQL names a table: `streamflow.users`, or the lake path for Spark (pure)."""
+    if settings.engine == "spark":
+        return lake_table_sql(settings.lake_url, table)
+    return f"{WAREHOUSE_SCHEMA}.{table}"
+
+
+def _entity_query(table: str, as_of: datetime, settings: Settings, extra: Sequence[str] = (), where: str = "") -> str:
+    """SQL for an entity dataframe: a month's users at its as_of (Feast runs it where the tables are)."""
     columns = "".join(f", {c}" for c in extra)
     day = as_of.date().isoformat()
     condition = f" AND {where}" if where else ""
+    timestamp = "TIMESTAMP" if settings.engine == "spark" else "TIMESTAMPTZ"
     return (
-        f"SELECT {ENTITY}, TIMESTAMPTZ '{as_of.isoformat()}' AS {EVENT_TIMESTAMP}{columns} "
-        f"FROM {WAREHOUSE_SCHEMA}.{table} WHERE {TIMESTAMP} = DATE '{day}'{condition}"
+        f"SELECT {ENTITY}, {timestamp} '{as_of.isoformat()}' AS {EVENT_TIMESTAMP}{columns} "
+        f"FROM {table_sql(table, settings)} WHERE {TIMESTAMP} = DATE '{day}'{condition}"
     )
 
 
@@ -40,6 +53,10 @@ def iter_historical(
     the sort run in Postgres, the task holds one chunk (extensions/feast/offline_store.py)."""
     settings = settings or get_settings()
     store = feature_store(settings)
+    if settings.engine == "spark":
+        from streamflow_mlops.data.spark import spark_session
+
+        spark_session(settings)  # the library's session (master, UTC), before Feast starts a default one
     job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(feature_service_name))
     for batch in job.iter_record_batches(ENTITY, chunk_rows or settings.chunk_rows):
         frame = batch.to_pandas().rename(columns={EVENT_TIMESTAMP: TIMESTAMP})
@@ -75,10 +92,12 @@ def iter_training_set(
     brought (`labels_as_of`), every feature of the FeatureService as of the labels' own as_of
     (nothing later), and `churn_label`. Columns: user_id, as_of (the labels'), features in the
     service's order, churn_label. Raises ValueError when the month has no labelled users."""
+    settings = settings or get_settings()
     as_of = labels_as_of(month, settings)
     names = feature_names(feature_service_name, settings)
     empty = True
-    for frame in iter_historical(_entity_query("labels", as_of, [LABEL]), feature_service_name, settings, chunk_rows):
+    entity_sql = _entity_query("labels", as_of, settings, [LABEL])
+    for frame in iter_historical(entity_sql, feature_service_name, settings, chunk_rows):
         empty = False
         yield frame[[ENTITY, TIMESTAMP, *names, LABEL]]
     if empty:
@@ -95,10 +114,11 @@ def iter_feature_frames(
     """The month's users (from `users`) with their point-in-time features at as_of, a chunk at a
     time in user_id order; no labels needed. With `sample_rows`, only the users of the month's
     seeded hash sample of about that size (`sample_condition`)."""
+    settings = settings or get_settings()
     as_of = month.as_of_ts
-    where = sample_condition(month_users(month, settings), sample_rows) if sample_rows else ""
+    where = sample_condition(month_users(month, settings), sample_rows, engine=settings.engine) if sample_rows else ""
     names = feature_names(feature_service_name, settings)
-    entity_sql = _entity_query("users", as_of, where=where)
+    entity_sql = _entity_query("users", as_of, settings, where=where)
     for frame in iter_historical(entity_sql, feature_service_name, settings, chunk_rows):
         yield frame[[ENTITY, TIMESTAMP, *names]]
 
@@ -129,7 +149,13 @@ def month_users(month: Month, settings: Settings | None = None) -> int:
     """How many users the month's `users` partition holds."""
     import psycopg
 
-    with psycopg.connect((settings or get_settings()).db_url) as conn:
+    settings = settings or get_settings()
+    if settings.engine == "spark":
+        from streamflow_mlops.data.spark import spark_session
+
+        query = f"SELECT count(*) FROM {table_sql('users', settings)} WHERE {TIMESTAMP} = DATE '{month.as_of}'"
+        return int(spark_session(settings).sql(query).first()[0])
+    with psycopg.connect(settings.db_url) as conn:
         (count,) = conn.execute(
             f"SELECT count(*) FROM {WAREHOUSE_SCHEMA}.users WHERE {TIMESTAMP} = %s",
             (month.as_of,),
@@ -144,8 +170,12 @@ def month_users(month: Month, settings: Settings | None = None) -> int:
 SAMPLE_BUCKETS = 2**60
 
 
-def sample_condition(total_rows: int, sample_rows: int, column: str = ENTITY) -> str:
-    """SQL keeping about `sample_rows` of `total_rows` users by their md5 bucket; '' keeps all (pure)."""
+def sample_condition(total_rows: int, sample_rows: int, column: str = ENTITY, engine: str = "postgres") -> str:
+    """SQL keeping about `sample_rows` of `total_rows` users by their md5 bucket; '' keeps all (pure).
+    The same users on either engine: the bucket is the same 15 hex digits, read as a number."""
     if total_rows <= sample_rows:
         return ""
-    return f"('x' || substr(md5({column}), 1, 15))::bit(60)::bigint < {SAMPLE_BUCKETS * sample_rows // total_rows}"
+    bound = SAMPLE_BUCKETS * sample_rows // total_rows
+    if engine == "spark":
+        return f"CAST(conv(substr(md5({column}), 1, 15), 16, 10) AS BIGINT) < {bound}"
+    return f"('x' || substr(md5({column}), 1, 15))::bit(60)::bigint < {bound}"

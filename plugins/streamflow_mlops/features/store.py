@@ -51,7 +51,7 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
 
     settings = settings or get_settings()
     env = {**os.environ, **settings.feast_env()}
-    text = (settings.feature_repo / FEATURE_STORE_YAML).read_text()
+    text = settings.feature_store_yaml.read_text()
     config = RepoConfig(**yaml.safe_load(expand_vars(text, env)))
     config.repo_path = settings.feature_repo
     return config
@@ -71,24 +71,27 @@ def feature_store(settings: Settings | None = None) -> FeatureStore:
     return _feature_store(settings or get_settings())
 
 
-def repo_contents(project: str):
-    """What `feast apply` would find in `feature_repo/`: the library's definitions, plus the project
-    and Feast's dummy entity (for entity-less views) that its own repo parser adds."""
+def repo_contents(project: str, settings: Settings | None = None):
+    """What `feast apply` would find in `feature_repo/`: the library's definitions on the settings'
+    engine, plus the project and Feast's dummy entity (for entity-less views) that its own repo
+    parser adds."""
     from feast.feature_view import DUMMY_ENTITY
     from feast.project import Project
     from feast.repo_contents import RepoContents
 
-    from streamflow_mlops.features.definitions import FEATURE_VIEWS, SOURCES, churn_model_v1, user
+    from streamflow_mlops.features.definitions import churn_feature_service, feature_views, sources, user
 
+    source_by_group = sources(settings)
+    views = feature_views(source_by_group)
     return RepoContents(
         projects=[Project(name=project)],
-        data_sources=list(SOURCES.values()),
-        feature_views=list(FEATURE_VIEWS.values()),
+        data_sources=list(source_by_group.values()),
+        feature_views=list(views.values()),
         on_demand_feature_views=[],
         stream_feature_views=[],
         label_views=[],
         entities=[user, DUMMY_ENTITY],
-        feature_services=[churn_model_v1],
+        feature_services=[churn_feature_service(views)],
         permissions=[],
     )
 
@@ -104,7 +107,7 @@ def apply_repo(settings: Settings | None = None) -> dict[str, list[str]]:
 
     settings = settings or get_settings()
     store = feature_store(settings)
-    contents = repo_contents(store.project)
+    contents = repo_contents(store.project, settings)
     _, retired, _, _ = extract_objects_for_apply_delete(store.project, store.registry, contents)
     store.apply(
         [

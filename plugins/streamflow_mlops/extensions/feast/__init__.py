@@ -6,8 +6,11 @@
   bulk, a chunk at a time (docs/decisions.md, "Bulk materialization"); upstream asks for the same
   in feast-dev/feast#2594 (materialization speed) and #2071 (memory), both closed unfixed.
 - `sqlite_store`: the sqlite online store's table layout, read directly by the service.
+- `spark_offline_store` (spark engine): Feast's Spark offline store whose retrievals are read back
+  a chunk at a time in user_id order, as the Postgres one's are.
 
-Both plugins are named by class path in `feature_repo/feature_store.yaml`.
+The first two are named by class path in `feature_repo/feature_store.yaml`, the last in
+`feature_repo/feature_store.spark.yaml`.
 """
 
 UPSTREAM = "feast==0.67.0"
@@ -30,4 +33,6 @@ PATCHED = (
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres:PostgreSQLRetrievalJob._to_arrow_internal",
     "feast.infra.offline_stores.contrib.postgres_offline_store.postgres:PostgreSQLRetrievalJob.__init__",
     "feast.infra.utils.postgres.connection_utils:_get_conn",
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark:SparkRetrievalJob.__init__",
+    "feast.infra.offline_stores.contrib.spark_offline_store.spark:SparkRetrievalJob.to_spark_df",
 )
