@@ -51,18 +51,19 @@ def table_url(lake_url: str, table: str) -> str:
     return f"{lake_url}/{table}"
 
 
-def partition_dir(as_of: date) -> str:
-    return f"{TIMESTAMP}={as_of.isoformat()}"
+def partition_dir(value: date | str, column: str = TIMESTAMP) -> str:
+    """A month's folder name: `as_of=2024-01-31` (or `month=month_000` for a table keyed by month)."""
+    return f"{column}={value.isoformat() if isinstance(value, date) else value}"
 
 
-def partition_url(lake_url: str, table: str, as_of: date) -> str:
-    """Where the month of `as_of` of `table` lives (pure)."""
-    return f"{table_url(lake_url, table)}/{partition_dir(as_of)}"
+def partition_url(lake_url: str, table: str, value: date | str, column: str = TIMESTAMP) -> str:
+    """Where the month `value` of `table` lives (pure)."""
+    return f"{table_url(lake_url, table)}/{partition_dir(value, column)}"
 
 
-def staging_url(lake_url: str, table: str, as_of: date) -> str:
+def staging_url(lake_url: str, table: str, value: date | str, column: str = TIMESTAMP) -> str:
     """A fresh folder to write the month aside in, under the table's `_staging` (pure but for the token)."""
-    return f"{table_url(lake_url, table)}/{STAGING}/{partition_dir(as_of)}.{uuid.uuid4().hex[:12]}"
+    return f"{table_url(lake_url, table)}/{STAGING}/{partition_dir(value, column)}.{uuid.uuid4().hex[:12]}"
 
 
 def _exchange(a: Path, b: Path) -> None:

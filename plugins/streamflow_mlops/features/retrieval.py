@@ -123,6 +123,19 @@ def iter_feature_frames(
         yield frame[[ENTITY, TIMESTAMP, *names]]
 
 
+def feature_frame_on_spark(month: Month, feature_service_name: str, settings: Settings):
+    """The month's users with their point-in-time features as a Spark DataFrame (spark engine):
+    what `iter_feature_frames` streams to the task, left on the executors (user_id and the
+    service's features; no order)."""
+    from streamflow_mlops.data.spark import spark_session
+
+    spark_session(settings)
+    store = feature_store(settings)
+    entity_sql = _entity_query("users", month.as_of_ts, settings)
+    job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(feature_service_name))
+    return job.to_spark_df().select(ENTITY, *feature_names(feature_service_name, settings))
+
+
 def build_training_set(
     month: Month, feature_service_name: str = FEATURE_SERVICE, settings: Settings | None = None
 ) -> pd.DataFrame:

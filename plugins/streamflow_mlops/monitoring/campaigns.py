@@ -85,6 +85,16 @@ def control_sql(user_id: str = "user_id", month: str = "%(month)s", threshold: s
     )
 
 
+def control_spark_sql(month: str, threshold: int, user_id: str = "user_id") -> str:
+    """The same rule as a Spark SQL boolean expression, the month and threshold inlined (pure)."""
+    if not month.replace("_", "").isalnum():
+        raise ValueError(f"not a month name: {month!r}")
+    return (
+        f"(CAST(conv(substr(md5(concat({user_id}, ':{month}:{CONTROL_SALT}')), 1, {HASH_BITS // 4}), 16, 10) "
+        f"AS BIGINT) < {int(threshold)})"
+    )
+
+
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson's score interval for a proportion (0, 1 for an empty sample)."""
     if n == 0:

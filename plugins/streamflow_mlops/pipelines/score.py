@@ -68,10 +68,15 @@ class NoChampionError(LookupError):
     """Nothing to score with: no version carries the `champion` alias yet."""
 
 
-def newest_loaded_month(db_url: str) -> Month | None:
-    """The newest month with users in the warehouse, or None before the first load."""
+def newest_loaded_month(db_url: str, settings: Settings | None = None) -> Month | None:
+    """The newest month with users in the warehouse (the lake on the spark engine), or None before the first load."""
     import psycopg
 
+    settings = settings or get_settings()
+    if settings.engine == "spark":
+        from streamflow_mlops.pipelines.score_spark import newest_lake_month
+
+        return newest_lake_month(settings)
     with psycopg.connect(db_url) as conn:
         (as_of,) = conn.execute(f"SELECT max(as_of) FROM {WAREHOUSE_SCHEMA}.users").fetchone()
     return None if as_of is None else Month.of_as_of(as_of)
@@ -400,18 +405,24 @@ def score_month(
     model = batch_model(champion)
     seconds["model"] = time.perf_counter() - started
     mark = time.perf_counter()
-    with psycopg.connect(settings.db_url) as conn:
-        written = replace_month_scores(
-            conn, month, model, champion, settings, top_k=top_k, rank_by=rank_by, control_share=control_share
-        )
-        seconds["score_and_write"] = time.perf_counter() - mark
-        figures = month_summary(conn, month, champion.threshold, top_k)
-        lists = {arm: retention_list(conn, month, rank_by, arm) for arm in (TREATMENT, CONTROL)}
-    paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month.name)
     options = {
         "top_k": top_k, "rank_by": rank_by, "control_share": control_share,
         "horizon_months": settings.value_horizon_months,
     }  # fmt: skip
+    if settings.engine == "spark":
+        from streamflow_mlops.pipelines.score_spark import score_on_spark
+
+        written, figures, lists = score_on_spark(month, model, champion, settings, options)
+        seconds["score_and_write"] = time.perf_counter() - mark
+    else:
+        with psycopg.connect(settings.db_url) as conn:
+            written = replace_month_scores(
+                conn, month, model, champion, settings, top_k=top_k, rank_by=rank_by, control_share=control_share
+            )
+            seconds["score_and_write"] = time.perf_counter() - mark
+            figures = month_summary(conn, month, champion.threshold, top_k)
+            lists = {arm: retention_list(conn, month, rank_by, arm) for arm in (TREATMENT, CONTROL)}
+    paths = export_retention_list(lists, top_k, settings.state_dir / "scores", month.name)
     summary = scoring_summary(month, champion, options, figures, paths, seconds)
     summary["mlflow_run_id"] = log_scoring_run(settings, summary, paths.values())
     seconds["total"] = time.perf_counter() - started
@@ -459,7 +470,12 @@ def add_scores_to_dashboard(summary: dict[str, Any], settings: Settings | None =
     add_scores_snapshot(month, summary["scored_users"], summary["predicted_churn_rate"], settings)
     if summary.get("model_month") == month.name:
         return f"{month}: scores (no realized performance: the champion trained on {month})"
-    scored = labelled_scores(settings.db_url, month, summary["scored_users"], settings.drift_sample_rows)
+    if settings.engine == "spark":
+        from streamflow_mlops.pipelines.score_spark import labelled_scores_on_spark
+
+        scored = labelled_scores_on_spark(settings, month, summary["scored_users"], settings.drift_sample_rows)
+    else:
+        scored = labelled_scores(settings.db_url, month, summary["scored_users"], settings.drift_sample_rows)
     if len(scored) == 0 or scored["churn_label"].nunique() < 2:
         return f"{month}: scores (labels not there yet)"
     add_classification_snapshot(month, scored, float(summary["threshold"]), settings)
