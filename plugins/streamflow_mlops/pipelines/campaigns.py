@@ -102,6 +102,45 @@ def campaign_rows(conn: psycopg.Connection, month: Month, labels_as_of: date, dr
     return frame, bool(has_contacts)
 
 
+def lake_campaign_rows(
+    conn: psycopg.Connection, settings: Settings, month: Month, labels_as_of: date, drop_as_of: date
+) -> Any:
+    """`campaign_rows` on the spark engine: the campaign's rows (Postgres, a list's length) joined
+    in Spark with the lake's labels and the next drop's contacts."""
+    import pandas as pd
+    from pyspark.errors import AnalysisException
+
+    from streamflow_mlops.data.spark import spark_session
+    from streamflow_mlops.features.definitions import lake_table_sql
+
+    spark = spark_session(settings)
+    targeted = pd.DataFrame(
+        conn.execute(
+            f"SELECT user_id, arm, churn_probability, monthly_fee FROM {S}.retention_campaigns WHERE month = %s",
+            (month.name,),
+        ).fetchall(),
+        columns=[ENTITY, "arm", "churn_probability", "monthly_fee"],
+    )
+    spark.createDataFrame(
+        targeted, f"{ENTITY} string, arm string, churn_probability double, monthly_fee double"
+    ).createOrReplaceTempView("streamflow_campaign")
+    try:
+        contacts = spark.sql(
+            f"SELECT {ENTITY} FROM {lake_table_sql(settings.lake_url, 'contacts')} WHERE as_of = DATE '{drop_as_of}'"
+        )
+        has_contacts = contacts.limit(1).count() > 0
+    except AnalysisException:  # no drop has brought a contacts.csv yet
+        contacts, has_contacts = spark.createDataFrame([], f"{ENTITY} string"), False
+    contacts.createOrReplaceTempView("streamflow_contacts")
+    frame = spark.sql(
+        f"SELECT c.user_id, c.arm, l.{LABEL}, c.churn_probability, c.monthly_fee, k.user_id IS NOT NULL AS reached "
+        f"FROM streamflow_campaign c JOIN {lake_table_sql(settings.lake_url, 'labels')} l "
+        f"ON l.user_id = c.user_id AND l.as_of = DATE '{labels_as_of}' "
+        "LEFT JOIN streamflow_contacts k ON k.user_id = c.user_id"
+    ).toPandas()
+    return frame, has_contacts
+
+
 def record_outcome(conn: psycopg.Connection, row: dict[str, Any]) -> None:
     """Upsert the campaign month's `campaign_outcomes` row (a re-measure replaces it)."""
     columns = ", ".join(OUTCOME_COLUMNS)
@@ -130,7 +169,10 @@ def measure_campaign(month: Month, settings: Settings | None = None) -> dict[str
         ).fetchone()
         if not campaign[2]:
             return {"status": "skipped", "month": month.name, "reason": f"no retention list was exported for {month}"}
-        frame, has_contacts = campaign_rows(conn, month, outcome_as_of, outcome_month.as_of)
+        if settings.engine == "spark":
+            frame, has_contacts = lake_campaign_rows(conn, settings, month, outcome_as_of, outcome_month.as_of)
+        else:
+            frame, has_contacts = campaign_rows(conn, month, outcome_as_of, outcome_month.as_of)
         arms = set(frame["arm"])
         if len(frame) == 0:
             return {"status": "pending", "month": month.name, "reason": f"{outcome_month}'s labels are not loaded yet"}
