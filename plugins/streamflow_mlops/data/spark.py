@@ -56,10 +56,11 @@ def session_properties(settings: Settings) -> dict[str, str]:
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
-        "spark.local.dir": str(settings.state_dir / "spark-tmp"),
     }
     if local:
         properties |= {
+            # Shuffle and spill files under the state dir (a cluster's workers have their own).
+            "spark.local.dir": str(settings.state_dir / "spark-tmp"),
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.driver.host": "127.0.0.1",
             "spark.ui.enabled": "false",

@@ -143,7 +143,8 @@ def materialize_month(
         raise ValueError(f"feature views disagree on ttl ({ttls}); one window per month needs one ttl")
     start, end = materialization_window(as_of, ttls.pop())
     weights = {name: users[name] * len(v.features) for name, v in views.items()}
-    groups = split_views(weights, workers)
+    # On Spark the executors share the work out; more driver processes would only start more sessions.
+    groups = split_views(weights, 1 if settings.engine == "spark" else workers)
 
     started = time.perf_counter()
     if len(groups) == 1:
