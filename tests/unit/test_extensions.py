@@ -32,6 +32,8 @@ PINNED = {
     "ExpectTableRowCountToBeBetween._validate": "1ac4fa20e4588b5c",
     "great_expectations.expectations.core.expect_table_row_count_to_equal:"
     "ExpectTableRowCountToEqual._validate": "f26141f1fa07f47f",
+    "great_expectations.expectations.metrics.map_metric_provider.map_condition_auxilliary_methods:"
+    "_spark_map_condition_index": "13cb4a349eef4c7f",
     "feast.infra.compute_engines.local.compute:LocalComputeEngine._materialize_one": "a5dcf23bb4471a8b",
     "feast.infra.compute_engines.local.compute:LocalComputeEngine._get_backend": "51fb0078cc4ce994",
     "feast.infra.compute_engines.local.feature_builder:LocalFeatureBuilder": "14a602f7df7e4c0a",

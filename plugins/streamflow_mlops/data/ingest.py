@@ -170,6 +170,17 @@ def last_loaded_digest(conn: psycopg.Connection, month: Month) -> str | None:
     return row[0] if row else None
 
 
+def validate_drop_on_engine(folder: Path, expectations_dir: Path) -> DropValidation:
+    """The drop validated by the configured engine (STREAMFLOW_ENGINE): pandas chunk by chunk, or
+    Spark DataFrames; both give the same `DropValidation` (tests/spark/test_validation_engines.py)."""
+    if get_settings().engine == "spark":
+        from streamflow_mlops.data.spark import spark_session
+        from streamflow_mlops.data.validation_spark import validate_drop_spark
+
+        return validate_drop_spark(folder, expectations_dir, spark_session())
+    return validate_drop(folder, expectations_dir)
+
+
 def validate_month(month: str | Month, get_conn: ConnectionFactory) -> dict[str, Any]:
     """Validate every CSV of the month before anything is written.
 
@@ -187,7 +198,7 @@ def validate_month(month: str | Month, get_conn: ConnectionFactory) -> dict[str,
     labels_as_of = as_of
     if as_of is not None and not manifest_issue:
         labels_as_of, manifest_issue = read_labels_as_of(folder, as_of)
-    validation = validate_drop(folder, settings.expectations_dir)
+    validation = validate_drop_on_engine(folder, settings.expectations_dir)
     if manifest_issue:
         validation.success = False
         validation.reasons.insert(

@@ -170,7 +170,12 @@ def parse_well_formed(raw: pd.Series, dtype: str) -> pd.Series:
     """
     distinct = pd.Series(raw.dropna().unique(), dtype=object)
     well_formed = distinct[distinct.str.fullmatch(TYPE_REGEX[dtype]).astype(bool)]
-    numbers = pd.Series(pd.to_numeric(well_formed, errors="coerce").to_numpy(), index=well_formed.to_numpy())
+    parsed = pd.to_numeric(well_formed, errors="coerce")
+    if parsed.dtype.kind == "f":
+        # pandas' fast parser is off by an ulp on some long decimals (77540500.464756634) and on
+        # whole numbers beyond uint64; Python's float, like PostgreSQL's and Spark's, rounds right.
+        parsed = well_formed.map(float).astype("float64")
+    numbers = pd.Series(parsed.to_numpy(), index=well_formed.to_numpy())
     return pd.to_numeric(raw.map(numbers))
 
 

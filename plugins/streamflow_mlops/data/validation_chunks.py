@@ -218,7 +218,7 @@ class FileValidation:
     problem: str | None = None
 
 
-def _unreadable(check: FileCheck, validator: ChunkValidator, problem: UnreadableFile) -> FileValidation:
+def judged_unreadable(check: FileCheck, validator: ChunkValidator, problem: UnreadableFile) -> FileValidation:
     """A file that could not be read, judged as one with no rows, whatever chunks went before."""
     empty = pd.DataFrame()
     unread = validator.validate(check.suites, check.params, empty, check.values_view(empty, IdHashes()))
@@ -241,7 +241,7 @@ def _validation_pass(
         merged = merged_file_result(check.suite, check.file, chunks)
         return FileValidation(merged, rows, len(chunks)), np.concatenate(hashes)
     # Outside the handler, so GE's own errors on the empty frame do not carry the parser's traceback.
-    return _unreadable(check, validator, problem), NO_IDS
+    return judged_unreadable(check, validator, problem), NO_IDS
 
 
 def validate_file(
@@ -256,7 +256,7 @@ def validate_file(
     unchecked_rows = first_rows_problem(path, chunk_rows)
     if unchecked_rows is not None:
         problem = earliest_problem(reading_problem(path, chunk_rows), unchecked_rows)
-        return _unreadable(check, validator, problem), IdHashes()
+        return judged_unreadable(check, validator, problem), IdHashes()
     first, file_hashes = _validation_pass(check, path, validator, chunk_rows, IdHashes())
     ids = IdHashes.sorting(file_hashes)
     repeated = repeated_ids(ids) if first.chunks > 1 else IdHashes()
