@@ -6,13 +6,34 @@
 # image, so Airflow is never upgraded or downgraded by accident. Where the lock and the image's
 # constraints disagree on a shared package, the lock wins; the image's extra providers that the
 # project never imports are left as they are. requirements-celery.txt adds the CeleryExecutor
-# (resolved against the lock, see its header). The Spark engine's packages (docker/without-spark.txt,
-# ~480 MB) are left out: this image runs the postgres engine.
+# (resolved against the lock, see its header).
+#
+# The Spark engine's packages (docker/without-spark.txt, ~500 MB) and a JRE (~215 MB) are only in
+# the image built with STREAMFLOW_ENGINE=spark (compose passes its own STREAMFLOW_ENGINE and tags
+# the image by it): with that engine every task is a Spark driver in client mode. The default
+# (postgres) image stays as it was, and both share every layer up to the engine's.
 FROM apache/airflow:3.3.2-python3.11
 
 COPY requirements.txt docker/airflow/requirements-celery.txt docker/without-spark.txt /tmp/requirements/
 RUN uv pip install --no-cache -r /tmp/requirements/requirements.txt -r /tmp/requirements/requirements-celery.txt \
     --excludes /tmp/requirements/without-spark.txt
+
+# Declared here, not above: a different value leaves the layers above cached.
+ARG STREAMFLOW_ENGINE=postgres
+USER root
+# Debian's Java 17 (pyspark 4 runs on 17 or 21); the JRE's postinst links man pages into
+# /usr/share/man/man1, which slim images may lack.
+RUN if [ "$STREAMFLOW_ENGINE" = spark ]; then \
+        mkdir -p /usr/share/man/man1 \
+        && apt-get update \
+        && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+USER airflow
+# What the install above left out (pyspark, py4j), at the lock's versions.
+RUN if [ "$STREAMFLOW_ENGINE" = spark ]; then \
+        uv pip install --no-cache -c /tmp/requirements/requirements.txt -r /tmp/requirements/without-spark.txt; \
+    fi
 
 # The library, installed like any distribution (its dependencies are the lock above): DAG tasks,
 # the Feast CLI and `python -m streamflow_mlops` import it from site-packages, not from a path.

@@ -34,8 +34,13 @@ with os.fdopen(fd, "w") as file:
 PY
 
 owner="${AIRFLOW_UID:-50000}:0"
-for directory in "$STREAMFLOW_HOME" "$BENTOML_HOME" "$STREAMFLOW_DROPS_DIR" \
-                 "${AIRFLOW__LOGGING__BASE_LOG_FOLDER:-/opt/airflow/logs}" "$(dirname "$passwords_file")"; do
+directories=("$STREAMFLOW_HOME" "$BENTOML_HOME" "$STREAMFLOW_DROPS_DIR"
+             "${AIRFLOW__LOGGING__BASE_LOG_FOLDER:-/opt/airflow/logs}" "$(dirname "$passwords_file")")
+# The spark engine's lake when it is a path (the shared volume), not a URL (s3a://...).
+if [[ "${STREAMFLOW_LAKE_URL:-}" == /* ]]; then
+    directories+=("$STREAMFLOW_LAKE_URL")
+fi
+for directory in "${directories[@]}"; do
     mkdir -p "$directory"
     chown -R "$owner" "$directory"
 done

@@ -44,10 +44,12 @@ SERVICES = (
     "churn-service",
 )
 CELERY_SERVICES = ("airflow-broker", "airflow-worker")
+SPARK_SERVICES = ("spark-master", "spark-worker")
 LIFECYCLE_DAGS = ("streamflow_ingest", "streamflow_features", "streamflow_drift", "streamflow_train")
 # DESIGN: the service picks up a newly promoted champion without a restart (it polls every ~10 s).
 READY_AFTER_PROMOTION_S = 60
 BUILT_IMAGES = {"mlflow": "mlflow", "churn-service": "churn-service", "airflow": "airflow-init"}
+SPARK_IMAGES = {"spark": "spark-master"}
 
 
 def free_port() -> int:
@@ -113,16 +115,28 @@ def ensure_engine(timings: Timings) -> None:
 
 
 class ComposeStack:
-    def __init__(self, name: str, celery: bool = False, workers: int = 1) -> None:
-        """`workers`: Celery workers (`up --scale airflow-worker=N`), with `celery` only."""
+    def __init__(
+        self,
+        name: str,
+        celery: bool = False,
+        workers: int = 1,
+        spark: bool = False,
+        services: tuple[str, ...] | None = None,
+    ) -> None:
+        """`workers`: Celery workers (`up --scale airflow-worker=N`), with `celery` only. `spark`:
+        the `spark` profile and STREAMFLOW_ENGINE=spark. `services`: start only these (and what
+        they depend on) instead of every service of the profiles."""
         self.name = name
         self.project = f"streamflow-test-{name}"
         self.celery = celery
+        self.spark = spark
         self.workers = workers if celery else 0
         self.work = STATE / "compose-test" / name
         self.env_file = self.work / "env"
         self.drops = self.work / "drops"
-        self.services = SERVICES + (CELERY_SERVICES if celery else ())
+        self.only = services
+        self.services = services or SERVICES + (CELERY_SERVICES if celery else ()) + (SPARK_SERVICES if spark else ())
+        self.built_images = BUILT_IMAGES | (SPARK_IMAGES if spark else {})
         self.env: dict[str, str] = {}
 
     # --- setup -------------------------------------------------------------------------------
@@ -135,13 +149,15 @@ class ComposeStack:
         run(["bash", str(REPO / "docker" / "init-env.sh"), str(self.env_file)], timeout=60, cwd=REPO)
         overrides = {
             "COMPOSE_PROJECT_NAME": self.project,
-            "COMPOSE_PROFILES": "celery" if self.celery else "",
+            "COMPOSE_PROFILES": ",".join(p for p, on in (("celery", self.celery), ("spark", self.spark)) if on),
             "AIRFLOW_EXECUTOR": "CeleryExecutor" if self.celery else "LocalExecutor",
+            "STREAMFLOW_ENGINE": "spark" if self.spark else "postgres",
             "STREAMFLOW_DROPS_HOST_DIR": str(self.drops),
             "STREAMFLOW_AIRFLOW_PORT": str(free_port()),
             "STREAMFLOW_MLFLOW_PORT": str(free_port()),
             "STREAMFLOW_SERVICE_PORT": str(free_port()),
             "STREAMFLOW_EVIDENTLY_PORT": str(free_port()),
+            "STREAMFLOW_SPARK_UI_PORT": str(free_port()),
             # The lifecycle runs unattended; the approval flow is tested against a live api-server in tests/e2e.
             "STREAMFLOW_APPROVAL": "auto",
         }
@@ -172,7 +188,7 @@ class ComposeStack:
 
     def build(self, timings: Timings) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        for image, service in BUILT_IMAGES.items():
+        for image, service in self.built_images.items():
             with timings.phase(f"build image {image}"):
                 result = self.compose("build", service, timeout=1800, check=False)
                 (LOGS / f"build-{image}.log").write_text(result.stdout + result.stderr)
@@ -181,7 +197,7 @@ class ComposeStack:
 
     def up(self) -> None:
         scale = ["--scale", f"airflow-worker={self.workers}"] if self.workers > 1 else []
-        self.compose("up", "-d", "--build", "--wait", "--wait-timeout", "600", *scale, timeout=900)
+        self.compose("up", "-d", "--build", "--wait", "--wait-timeout", "600", *scale, *(self.only or ()), timeout=900)
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
@@ -222,8 +238,9 @@ class ComposeStack:
 
         return wait_until(f"{self.name}: every service healthy", healthy, timeout, every=3)
 
-    def exec(self, service: str, *command: str, timeout: float = 600) -> str:
-        return self.compose("exec", "-T", service, *command, timeout=timeout).stdout
+    def exec(self, service: str, *command: str, timeout: float = 600, index: int = 1) -> str:
+        """`command` in the service's container (the `index`-th of a scaled service), its stdout."""
+        return self.compose("exec", "-T", "--index", str(index), service, *command, timeout=timeout).stdout
 
     def psql(self, sql: str) -> str:
         user = self.env["POSTGRES_USER"]

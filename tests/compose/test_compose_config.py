@@ -55,7 +55,7 @@ def _compose(docker_compose: list[str], *args: str, env_file: Path = ENV_EXAMPLE
 @pytest.fixture(scope="module")
 def resolved(docker_compose) -> dict:
     # Compose v2 resolves only the active profiles' services: ask for all of them.
-    result = _compose(docker_compose, "--profile", "celery", "config", "--format", "json")
+    result = _compose(docker_compose, "--profile", "celery", "--profile", "spark", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -70,10 +70,12 @@ def env_example() -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def test_config_accepts_env_example_with_and_without_the_celery_profile(docker_compose):
+def test_config_accepts_env_example_with_and_without_the_celery_and_spark_profiles(docker_compose):
     for args in (("config", "--quiet"), ("--profile", "celery", "config", "--quiet")):
         result = _compose(docker_compose, *args)
         assert result.returncode == 0, result.stderr
+    result = _compose(docker_compose, "--profile", "spark", "config", "--quiet", STREAMFLOW_ENGINE="spark")
+    assert result.returncode == 0, result.stderr
 
 
 def test_config_refuses_a_missing_secret(docker_compose, tmp_path):
@@ -97,11 +99,16 @@ def test_the_whole_system_is_there(resolved):
         "churn-service",
         "airflow-broker",
         "airflow-worker",
+        "spark-master",
+        "spark-worker",
     }
     assert expected <= set(resolved["services"])
     assert resolved["services"]["postgres"]["image"].startswith("postgres:16")
-    celery = {name for name, service in resolved["services"].items() if "celery" in service.get("profiles", [])}
-    assert celery == {"airflow-broker", "airflow-worker"}
+    profiles = {"celery": {"airflow-broker", "airflow-worker"}, "spark": {"spark-master", "spark-worker"}}
+    for profile, members in profiles.items():
+        found = {name for name, service in resolved["services"].items() if profile in service.get("profiles", [])}
+        assert found == members, profile
+    assert resolved["services"]["spark-worker"]["deploy"]["replicas"] == 2
 
 
 def test_every_long_running_service_has_a_health_check(resolved):
@@ -145,6 +152,54 @@ def test_streamflow_bind_opens_every_published_port(docker_compose):
     services = json.loads(result.stdout)["services"]
     for name in CONTRACT_PORTS:
         assert {p["host_ip"] for p in services[name]["ports"]} == {"0.0.0.0"}, name
+
+
+def test_the_spark_master_ui_is_published_on_localhost_only_and_its_rpc_port_not_at_all(resolved, docker_compose):
+    ports = [(p["host_ip"], p["target"]) for p in resolved["services"]["spark-master"]["ports"]]
+    assert ports == [("127.0.0.1", 8080)]
+    assert "ports" not in resolved["services"]["spark-worker"]
+    result = _compose(docker_compose, "--profile", "spark", "config", "--format", "json", STREAMFLOW_BIND="0.0.0.0")
+    assert result.returncode == 0, result.stderr
+    assert {p["host_ip"] for p in json.loads(result.stdout)["services"]["spark-master"]["ports"]} == {"0.0.0.0"}
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Target path -> source (a named volume's name, or a host path) of the service's mounts."""
+    return {volume["target"]: volume["source"] for volume in service.get("volumes", [])}
+
+
+def test_spark_workers_see_the_drops_and_the_lake_where_the_airflow_tasks_do(resolved):
+    services = resolved["services"]
+    workers = _mounts(services["spark-worker"])
+    for name in ("airflow-scheduler", "airflow-worker"):
+        environment = services[name]["environment"]
+        assert environment["STREAMFLOW_SPARK_MASTER"] == "spark://spark-master:7077"
+        airflow = _mounts(services[name])
+        for path in (environment["STREAMFLOW_LAKE_URL"], environment["STREAMFLOW_DROPS_DIR"]):
+            assert path in airflow and workers.get(path) == airflow[path], (name, path)
+    assert services["spark-worker"]["user"] == services["airflow-scheduler"]["user"]
+
+
+def test_the_airflow_image_is_built_and_tagged_for_the_engine(docker_compose):
+    for engine in ("postgres", "spark"):
+        result = _compose(docker_compose, "--profile", "spark", "config", "--format", "json", STREAMFLOW_ENGINE=engine)
+        assert result.returncode == 0, result.stderr
+        services = json.loads(result.stdout)["services"]
+        for name in ("airflow-init", "airflow-scheduler", "evidently"):
+            assert services[name]["image"] == f"streamflow-airflow:3.3.2-{engine}", name
+        assert services["airflow-init"]["build"]["args"] == {"STREAMFLOW_ENGINE": engine}
+        assert services["airflow-scheduler"]["environment"]["STREAMFLOW_ENGINE"] == engine
+
+
+def test_the_spark_image_starts_with_the_churn_service_image_layers():
+    """The Spark image reuses churn-service's lock layer (build time and disk): same first steps."""
+
+    def head(name: str) -> str:
+        text = (REPO / "docker" / name).read_text()
+        steps = [line for line in re.sub(r"\\\n", " ", text).splitlines() if line and not line.startswith("#")]
+        return "\n".join(steps[:4])
+
+    assert head("spark.Dockerfile") == head("churn-service.Dockerfile")
 
 
 def _bind_sources(service: dict) -> list[Path]:
@@ -204,7 +259,7 @@ def test_every_dockerfile_copy_source_exists_in_the_build_context(resolved):
         for service in resolved["services"].values()
         if "build" in service
     }
-    assert len(builds) == 3
+    assert len(builds) == 4
     for context, dockerfile in builds:
         sources = _copy_sources(Path(context) / dockerfile)
         assert sources, dockerfile
@@ -231,7 +286,7 @@ def test_build_context_leaves_out_local_state_and_secrets():
 
 
 def test_images_install_the_library_as_a_distribution_not_through_pythonpath():
-    for name in ("airflow.Dockerfile", "churn-service.Dockerfile"):
+    for name in ("airflow.Dockerfile", "churn-service.Dockerfile", "spark.Dockerfile"):
         dockerfile = (REPO / "docker" / name).read_text()
         assert "PYTHONPATH" not in dockerfile, name
         assert re.search(r"COPY .*pyproject\.toml README\.md", dockerfile), name
@@ -369,6 +424,7 @@ def _airflow_init_env(tmp_path: Path, db_url: str) -> dict[str, str]:
         "STREAMFLOW_HOME": str(tmp_path / "state"),
         "BENTOML_HOME": str(tmp_path / "state" / "bentoml"),
         "STREAMFLOW_DROPS_DIR": str(tmp_path / "drops"),
+        "STREAMFLOW_LAKE_URL": str(tmp_path / "lake"),
     }
 
 
@@ -409,7 +465,7 @@ def test_airflow_init_migrates_and_the_admin_password_from_env_logs_in(tmp_path,
     )
     assert json.loads(passwords.stdout.strip().splitlines()[-1]) == {"admin": env["AIRFLOW_ADMIN_PASSWORD"]}
     assert (tmp_path / "auth" / "passwords.json").stat().st_mode & 0o077 == 0
-    for directory in ("state", "state/bentoml", "drops", "logs"):
+    for directory in ("state", "state/bentoml", "drops", "logs", "lake"):
         assert (tmp_path / directory).is_dir()
 
 
