@@ -4,8 +4,9 @@ A Spark master and two workers beside Airflow (LocalExecutor); month_000's inges
 through Airflow's REST API, loads the month through the cluster: its task is the driver of a
 Spark application, both workers run an executor of it and finish its tasks, and the lake volume
 holds every raw and snapshot table of the month with the drop's rows, where the warehouse holds
-none. The rest of the month (features, train, score, the service serving the result) waits for
-the slices that put those steps on Spark: its test is written and skipped until then.
+none. Then the rest of the month follows on the cluster (features materialized into Redis by the
+executors, drift, training on Feast's Spark training set, promotion) and the churn service serves
+the champion on the values the cluster materialized.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ from tests.compose.stack import (
 MONTH, AS_OF = "month_000", date(2024, 1, 31)
 LAKE = "/opt/streamflow/lake"
 WORKERS = 2
-# TODO(issue 26, slices "Feast on Spark" and "scoring on the executors"): add "churn-service" back
-# (the whole of SERVICES) when test_the_month_through_features_train_and_score_is_served runs.
-STACK_SERVICES = tuple(s for s in SERVICES if s != "churn-service") + SPARK_SERVICES
+STACK_SERVICES = tuple(SERVICES) + SPARK_SERVICES
 
 # Run in a worker's container: the executors it ran for the given applications (its own JSON) and
 # the tasks they finished (their logs under SPARK_WORKER_DIR/<app>/<executor>/stderr).
@@ -140,10 +139,6 @@ def test_the_lake_holds_month_000_and_the_warehouse_does_not(stack, ingest):
     assert stack.psql("SELECT count(*) FROM streamflow.users").strip() == "0"
 
 
-@pytest.mark.skip(
-    reason="TODO(issue 26): features, training and scoring on the spark engine are the Feast-on-Spark "
-    "and mapInPandas slices; then start churn-service too (STACK_SERVICES) and drop this mark"
-)
 def test_the_month_through_features_train_and_score_is_served(stack, api, ingest, timings):
     with timings.phase("spark: month_000 (features -> drift -> train -> promote)"):
         runs = wait_for_chain(api, MONTH, ingest["before"], timeout=1200, processes=stack)
@@ -156,6 +151,21 @@ def test_the_month_through_features_train_and_score_is_served(stack, api, ingest
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == {"name": "streamflow_churn", "version": champion}
     assert answer.json()["features"]["watch_hours_30d"] == pytest.approx(float(month[user]["watch_hours_30d"]))
+
+    # The promotion's champion event scores the month on the executors into the lake's churn_scores.
+    promoted_at = runs["streamflow_train"]["end_date"]
+
+    def scored() -> bool:
+        after = [r for r in api.runs("streamflow_score") if (r.get("start_date") or "") >= promoted_at]
+        failed = [r for r in after if r["state"] == "failed"]
+        assert not failed, f"streamflow_score failed: {failed}"
+        return any(r["state"] == "success" for r in after)
+
+    with timings.phase("spark: month_000 scored on the cluster"):
+        wait_until("streamflow_score after the promotion", scored, 900, every=5)
+    folder = lake.partition_url(LAKE, "churn_scores", MONTH, "month")
+    rows = json.loads(stack.exec("airflow-scheduler", "python", "-c", LAKE_ROWS, folder))
+    assert rows[folder] == len(csv_rows(stack.drops / MONTH / "users.csv"))
 
 
 def iso_ms(timestamp: str) -> int:
