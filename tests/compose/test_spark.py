@@ -152,14 +152,14 @@ def test_the_month_through_features_train_and_score_is_served(stack, api, ingest
     assert answer.json()["model"] == {"name": "streamflow_churn", "version": champion}
     assert answer.json()["features"]["watch_hours_30d"] == pytest.approx(float(month[user]["watch_hours_30d"]))
 
-    # The promotion's champion event scores the month on the executors into the lake's churn_scores.
-    promoted_at = runs["streamflow_train"]["end_date"]
-
+    # The promotion's champion event scores the month on the executors into the lake's churn_scores
+    # (the features event's run before it found no champion and skipped its `score` task).
     def scored() -> bool:
-        after = [r for r in api.runs("streamflow_score") if (r.get("start_date") or "") >= promoted_at]
-        failed = [r for r in after if r["state"] == "failed"]
+        after = [r for r in api.runs("streamflow_score") if r["dag_run_id"] not in ingest["before"]]
+        failed = [r["dag_run_id"] for r in after if r["state"] == "failed"]
         assert not failed, f"streamflow_score failed: {failed}"
-        return any(r["state"] == "success" for r in after)
+        done = [r for r in after if r["state"] == "success"]
+        return any(api.task_states("streamflow_score", r["dag_run_id"]).get("score") == "success" for r in done)
 
     with timings.phase("spark: month_000 scored on the cluster"):
         wait_until("streamflow_score after the promotion", scored, 900, every=5)
