@@ -108,9 +108,8 @@ def swap_in(spark: SparkSession | None, staged_url: str, target_url: str) -> Non
         raise OSError(f"could not rename {staged_url} to {target_url}")
 
 
-def drop_partition(spark: SparkSession | None, lake_url: str, table: str, as_of: date) -> None:
-    """Remove the month of `table`, if it is there."""
-    url = partition_url(lake_url, table, as_of)
+def remove(spark: SparkSession | None, url: str) -> None:
+    """Remove a folder of the lake (a month, or one written aside and never swapped in), if there."""
     if is_local(url):
         shutil.rmtree(local_path(url), ignore_errors=True)
         return
@@ -119,14 +118,14 @@ def drop_partition(spark: SparkSession | None, lake_url: str, table: str, as_of:
         fs.delete(path, True)
 
 
+def drop_partition(spark: SparkSession | None, lake_url: str, table: str, as_of: date) -> None:
+    """Remove the month of `table`, if it is there."""
+    remove(spark, partition_url(lake_url, table, as_of))
+
+
 def remove_staged(spark: SparkSession | None, staged_url: str) -> None:
     """Clean up a month written aside and never swapped in (a failed load)."""
-    if is_local(staged_url):
-        shutil.rmtree(local_path(staged_url), ignore_errors=True)
-        return
-    fs, path, _ = _hadoop_fs(spark, staged_url)
-    if fs.exists(path):
-        fs.delete(path, True)
+    remove(spark, staged_url)
 
 
 def months(lake_url: str, table: str) -> list[date]:

@@ -261,6 +261,18 @@ def validate_drop(folder: Path, expectations_dir: Path, chunk_rows: int | None =
         if t.name != USERS.name:
             check = file_check(t, expectations_dir, params, user_ids)
             files[t.name], _ = validate_file(check, folder / t.file, validator, chunk_rows)
+    return drop_validation(folder, tables, files, sha256, time.perf_counter() - started)
+
+
+def drop_validation(
+    folder: Path,
+    tables: tuple[Table, ...],
+    files: dict[str, Any],
+    sha256: dict[str, str | None],
+    seconds: float,
+    engine: str = "",
+) -> DropValidation:
+    """The drop's outcome from its files' (FileValidation per table name), with its failure reasons."""
     results = {t.file: files[t.name].result for t in tables}
     problems = {t.file: files[t.name].problem for t in tables if files[t.name].problem}
     validation = DropValidation(
@@ -269,10 +281,10 @@ def validate_drop(folder: Path, expectations_dir: Path, chunk_rows: int | None =
         problems=problems,
         sha256=sha256,
         row_counts={t.name: files[t.name].row_count for t in tables},
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
     validation.reasons = failure_reasons(results, problems)
-    log.info("validated %s in %.1fs: %s", folder, validation.seconds, "pass" if validation.success else "FAIL")
+    log.info("validated %s%s in %.1fs: %s", folder, engine, seconds, "pass" if validation.success else "FAIL")
     return validation
 
 

@@ -41,7 +41,7 @@ from streamflow_mlops.data.validation import (
     DropValidation,
     covers_users,
     drop_tables,
-    failure_reasons,
+    drop_validation,
     file_check,
 )
 from streamflow_mlops.data.validation_chunks import (
@@ -279,16 +279,4 @@ def validate_drop_spark(folder: Path, expectations_dir: Path, spark: SparkSessio
     finally:
         if users_rows is not None:
             users_rows.unpersist()
-    results = {t.file: files[t.name].result for t in tables}
-    problems = {t.file: files[t.name].problem for t in tables if files[t.name].problem}
-    validation = DropValidation(
-        success=not problems and all(r["success"] for r in results.values()),
-        results=results,
-        problems=problems,
-        sha256=sha256,
-        row_counts={t.name: files[t.name].row_count for t in tables},
-        seconds=time.perf_counter() - started,
-    )
-    validation.reasons = failure_reasons(results, problems)
-    log.info("validated %s on Spark in %.1fs: %s", folder, validation.seconds, "pass" if validation.success else "FAIL")
-    return validation
+    return drop_validation(folder, tables, files, sha256, time.perf_counter() - started, engine=" on Spark")

@@ -26,17 +26,23 @@ from typing import TYPE_CHECKING, Any
 from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import ENTITY
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
-from streamflow_mlops.model.reasons import reasons_json, top_reason_indices
 from streamflow_mlops.monitoring.campaigns import (
     CONTROL,
     DEFAULT_CONTROL_SHARE,
     DEFAULT_RANK_BY,
     DEFAULT_TOP_K,
-    RANK_BY,
     RANK_COLUMN,
     TREATMENT,
     control_sql,
     control_threshold,
+)
+from streamflow_mlops.pipelines.score_rows import (
+    DECILES,
+    FEE,
+    RETENTION_COLUMNS,
+    check_rank_by,
+    score_chunk,
+    summary_figures,
 )
 
 if TYPE_CHECKING:
@@ -49,10 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORING_EXPERIMENT = "streamflow_scoring"
-DECILES = 10
-FEE = "monthly_fee"
-# The exported lists: `rank` is the position by `rank_by` (the order the team works through).
-RETENTION_COLUMNS = ("rank", ENTITY, "churn_probability", FEE, "expected_loss", "decile", "reasons")
 SCORING_PARAMS = (
     "month", "as_of", "model_version", "feature_service", "top_k", "threshold", "rank_by", "control_share",
     "horizon_months",
@@ -82,33 +84,6 @@ def newest_loaded_month(db_url: str, settings: Settings | None = None) -> Month 
     return None if as_of is None else Month.of_as_of(as_of)
 
 
-def score_chunk(model: PipelineModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per user of the chunk: user_id, churn_probability, monthly_fee, reasons (JSON). Rows
-    are scored independently, so a month scored chunk by chunk has the probabilities of one
-    whole-month call. The fee is the FeatureService's point-in-time `monthly_fee` (the one the model
-    saw, the subscriptions row at as_of); a FeatureService without it cannot value a churner."""
-    import pandas as pd
-
-    frame = frame.reset_index(drop=True)
-    if FEE not in frame:
-        raise KeyError(f"the features have no {FEE}: expected_loss needs each user's fee")
-    probabilities, contributions = model.explain_frame(frame)
-    if contributions is None:
-        reasons = ["[]"] * len(frame)
-    else:
-        features = model.explainer.features
-        values = {name: frame[name].to_numpy() for name in features}
-        reasons = reasons_json(features, values, contributions, top_reason_indices(contributions))
-    return pd.DataFrame(
-        {
-            ENTITY: frame[ENTITY].to_numpy(),
-            "churn_probability": probabilities,
-            FEE: frame[FEE].to_numpy(dtype=float),
-            "reasons": reasons,
-        }
-    )
-
-
 def copy_text(scores: pd.DataFrame) -> str:
     """A chunk's scores as COPY text for the stage: user_id, churn_probability, monthly_fee, reasons,
     tab-separated.
@@ -128,12 +103,6 @@ def copy_text(scores: pd.DataFrame) -> str:
     )
     # In COPY's text format a backslash starts an escape (JSON's \uXXXX, \"): doubled, it is itself.
     return text.replace("\\", "\\\\")
-
-
-def check_rank_by(rank_by: str) -> str:
-    if rank_by not in RANK_COLUMN:
-        raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
-    return rank_by
 
 
 def rank_sql(users: int, rank_by: str = DEFAULT_RANK_BY) -> str:
@@ -234,18 +203,7 @@ def month_summary(conn: psycopg.Connection, month: Month, threshold: float, top_
         f"FROM {WAREHOUSE_SCHEMA}.churn_scores WHERE month = %(month)s",
         {"threshold": threshold, "top_k": top_k, "month": month.name},
     ).fetchone()
-    scored, churn_rate, mean, top_min, treated, control, total, by_probability, by_loss = row
-    return {
-        "scored_users": int(scored),
-        "predicted_churn_rate": float(churn_rate),
-        "mean_probability": float(mean),
-        "top_k_min_probability": float(top_min),
-        "treatment_users": int(treated),
-        "control_users": int(control),
-        "expected_loss_total": float(total),
-        "top_k_expected_loss_by_probability": float(by_probability),
-        "top_k_expected_loss_by_expected_loss": float(by_loss),
-    }
+    return summary_figures(row)
 
 
 def retention_list(conn: psycopg.Connection, month: Month, rank_by: str, arm: str) -> pd.DataFrame:

@@ -35,7 +35,14 @@ from streamflow_mlops.monitoring.campaigns import (
     control_spark_sql,
     control_threshold,
 )
-from streamflow_mlops.pipelines.score import DECILES, FEE, RETENTION_COLUMNS, check_rank_by, score_chunk
+from streamflow_mlops.pipelines.score_rows import (
+    DECILES,
+    FEE,
+    RETENTION_COLUMNS,
+    check_rank_by,
+    score_chunk,
+    summary_figures,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,18 +188,7 @@ def month_summary(scores: DataFrame, threshold: float, top_k: int) -> dict[str, 
         F.coalesce(F.sum(F.when(F.col("rank") <= top_k, loss)), F.lit(0.0)),
         F.coalesce(F.sum(F.when(F.col("loss_rank") <= top_k, loss)), F.lit(0.0)),
     ).first()
-    scored, churn_rate, mean, top_min, treated, control, total, by_probability, by_loss = row
-    return {
-        "scored_users": int(scored),
-        "predicted_churn_rate": float(churn_rate),
-        "mean_probability": float(mean),
-        "top_k_min_probability": float(top_min),
-        "treatment_users": int(treated),
-        "control_users": int(control),
-        "expected_loss_total": float(total),
-        "top_k_expected_loss_by_probability": float(by_probability),
-        "top_k_expected_loss_by_expected_loss": float(by_loss),
-    }
+    return summary_figures(row)
 
 
 def retention_list(scores: DataFrame, rank_by: str, arm: str) -> pd.DataFrame:
