@@ -207,7 +207,10 @@ def test_the_same_scores_ranks_lists_and_campaign(engines):
     assert spark.campaign == postgres.campaign and len(spark.campaign) == TOP_K
     for key in ("scored_users", "predicted_churn_rate", "treatment_users", "control_users", "top_k_min_probability"):
         assert spark.summary[key] == postgres.summary[key], key
-    for key in ("mean_probability", "expected_loss_total", "top_k_expected_loss_by_expected_loss"):
+    for key in (
+        "mean_probability", "expected_loss_total", "top_k_expected_loss_by_probability",
+        "top_k_expected_loss_by_expected_loss",
+    ):  # fmt: skip
         assert spark.summary[key] == pytest.approx(postgres.summary[key], rel=1e-12), key  # sums in another order
     for key, expected in postgres.lists.items():
         listed = spark.lists[key]

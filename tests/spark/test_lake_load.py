@@ -110,24 +110,27 @@ def test_a_failed_load_leaves_the_lake_as_it_was(spark, tmp_path, drops):
 
 
 def test_the_ingest_dag_tasks_load_into_the_lake_with_the_spark_engine(spark, stack_env, monkeypatch, drops):
-    """validate_month + load_month as the DAG calls them: the month lands in the lake, its
-    `ingestion_runs` row in Postgres, and the warehouse's data tables stay empty."""
+    """validate_month + load_month as the DAG calls them: a month the warehouse holds is loaded
+    again once the engine is spark (the lake lacks it), its `ingestion_runs` rows in Postgres;
+    a re-run then finds it unchanged."""
     from streamflow_mlops.config.settings import get_settings
     from streamflow_mlops.data.ingest import load_month, validate_month
 
     shutil.copytree(drops[0], stack_env.drops_dir / drops[0].name)
+
+    def connect():
+        return psycopg.connect(stack_env.db_url)
+
+    # The month went to the warehouse first; the engine switched since: the same drop is loaded again.
+    assert load_month(validate_month("month_000", connect), connect)["changed"] is True
     monkeypatch.setenv("STREAMFLOW_ENGINE", "spark")
     get_settings.cache_clear()
     settings = get_settings()
-
-    def connect():
-        return psycopg.connect(settings.db_url)
-
     loaded = load_month(validate_month("month_000", connect), connect)
     assert loaded["changed"] is True and loaded["row_counts"]["usage_agg_30d_snapshots"] == 300
     assert lake.months(settings.lake_url, "usage_agg_30d_snapshots") == [DropSpec(0).as_of]
     assert load_month(validate_month("month_000", connect), connect)["changed"] is False
     with psycopg.connect(settings.db_url) as conn:
         statuses = conn.execute("SELECT status FROM streamflow.ingestion_runs ORDER BY run_id").fetchall()
-        assert statuses == [("success",), ("unchanged",)]
-        assert conn.execute("SELECT count(*) FROM streamflow.users").fetchone() == (0,)
+        assert statuses == [("success",), ("success",), ("unchanged",)]
+        assert conn.execute("SELECT count(*) FROM streamflow.users").fetchone() == (300,)  # the first load's

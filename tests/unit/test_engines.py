@@ -31,7 +31,8 @@ def test_spark_settings_are_read_from_the_environment(monkeypatch):
             "STREAMFLOW_ENGINE": " Spark ",
             "STREAMFLOW_SPARK_MASTER": "spark://spark-master:7077",
             "STREAMFLOW_LAKE_URL": "s3a://bucket/streamflow/",
-            "STREAMFLOW_SPARK_CONF": "spark.executor.memory=8g, spark.hadoop.fs.s3a.endpoint=http://minio:9000",
+            "STREAMFLOW_SPARK_CONF": "spark.executor.memory=8g, spark.hadoop.fs.s3a.endpoint=http://minio:9000,"
+            "spark.jars.packages=org.a:b:1,org.c:d:2\nspark.sql.session.timeZone=Europe/Paris",
         },
         monkeypatch,
     )
@@ -40,7 +41,11 @@ def test_spark_settings_are_read_from_the_environment(monkeypatch):
     assert settings.spark_properties == {
         "spark.executor.memory": "8g",
         "spark.hadoop.fs.s3a.endpoint": "http://minio:9000",
+        "spark.jars.packages": "org.a:b:1,org.c:d:2",  # a value's own commas stay in it
+        "spark.sql.session.timeZone": "Europe/Paris",
     }
+    # The session runs in UTC whatever is asked: the point-in-time joins assume it.
+    assert session_properties(settings)["spark.sql.session.timeZone"] == "UTC"
     # Spark properties may carry object-store keys: never in a settings repr (and so in a log).
     assert "minio" not in repr(settings)
 
@@ -72,6 +77,7 @@ def test_a_cluster_session_keeps_utc_under_the_users_java_options(monkeypatch):
     )
     properties = session_properties(settings)
     assert "spark.driver.bindAddress" not in properties
+    assert properties["spark.ui.enabled"] == "false"  # the driver's UI would listen on every interface
     assert properties["spark.executor.extraJavaOptions"] == f"-Xss4m {UTC_JAVA_OPTION}"
     assert properties["spark.sql.shuffle.partitions"] == "64"
 
@@ -100,3 +106,23 @@ def test_the_postgres_engine_never_imports_pyspark():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_month_is_swapped_in_where_the_filesystem_refuses_an_exchange(tmp_path, monkeypatch):
+    """NFS answers RENAME_EXCHANGE with EINVAL: the old month moves aside, the new one in."""
+    import errno
+
+    from streamflow_mlops.data import lake
+
+    target, staged = tmp_path / "users" / "as_of=2024-01-31", tmp_path / "users" / "_staging" / "new"
+    for folder, text in ((target, "old"), (staged, "new")):
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_text(text)
+
+    def refuse(a, b):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(lake, "_exchange", refuse)
+    lake.swap_in_local(staged, target)
+    assert (target / "part-0.parquet").read_text() == "new"
+    assert not staged.exists() and list((tmp_path / "users" / "_staging").iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -166,7 +167,8 @@ class Settings(BaseSettings):
     def _spark_properties(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        pairs = tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
+        # A value may hold commas (spark.jars.packages=a,b): a pair ends only where the next spark. key starts.
+        pairs = tuple(p.strip() for p in re.split(r"\n|,(?=\s*spark\.)", value) if p.strip())
         malformed = [p for p in pairs if "=" not in p or not p.split("=", 1)[0].strip().startswith("spark.")]
         if malformed:
             raise ValueError(f"STREAMFLOW_SPARK_CONF takes spark.<name>=<value> pairs; not: {malformed}")

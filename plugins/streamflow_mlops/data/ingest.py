@@ -285,7 +285,7 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOAD_LOCK_KEY,))
                 labels_as_of = date.fromisoformat(validated.get("labels_as_of") or validated["as_of"])
-                changed = force or last_loaded_digest(conn, month) != digest
+                changed = force or last_loaded_digest(conn, month) != digest or not month_in_engine(conn, month.as_of)
                 counts = (
                     load_month_data(conn, folder, month.as_of, labels_as_of)
                     if changed
@@ -318,6 +318,16 @@ def load_month(validated: dict[str, Any], get_conn: ConnectionFactory, force: bo
         "changed": changed,
         "load_seconds": round(seconds, 3),
     }
+
+
+def month_in_engine(conn: psycopg.Connection, as_of: date) -> bool:
+    """Whether the configured engine's tables hold the month: a drop recorded as loaded may have
+    gone to the other engine (STREAMFLOW_ENGINE switched since), or its lake may be gone."""
+    settings = get_settings()
+    if settings.engine == "spark":
+        return lake_load.holds_month(spark_session(settings), settings.lake_url, as_of)
+    row = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {WAREHOUSE_SCHEMA}.users WHERE as_of = %s)", (as_of,)).fetchone()
+    return bool(row[0])
 
 
 def load_month_data(conn: psycopg.Connection, folder: Path, as_of: date, labels_as_of: date) -> dict[str, int]:

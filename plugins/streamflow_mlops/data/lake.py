@@ -85,7 +85,18 @@ def swap_in_local(staged: Path, target: Path) -> None:
         # The month exists (ENOTEMPTY/EEXIST): exchange the two, then delete the old one aside.
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
             raise
-    _exchange(staged, target)
+    try:
+        _exchange(staged, target)
+    except (OSError, AttributeError) as exc:
+        # NFS and some FUSE filesystems refuse RENAME_EXCHANGE (EINVAL), old C libraries lack
+        # renameat2: the old month is moved aside first, then the new one in; not atomic (a reader
+        # between the two renames finds the month missing).
+        if isinstance(exc, OSError) and exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        aside = staged.with_name(f"{staged.name}.old")
+        os.rename(target, aside)
+        os.rename(staged, target)
+        staged = aside
     shutil.rmtree(staged)
 
 

@@ -100,6 +100,19 @@ def swap_all(spark: SparkSession, lake_url: str, staged: dict[str, tuple[str, da
     log.info("swapped in %d tables", len(staged))
 
 
+def holds_month(spark: SparkSession, lake_url: str, as_of: date) -> bool:
+    """Whether the lake holds the month of `as_of` in every snapshot table (the load's last tables)."""
+    from pyspark.errors import AnalysisException
+
+    for g in FEATURE_GROUPS:
+        try:
+            if read_table(spark, lake_url, g.table, [as_of]).limit(1).count() == 0:
+                return False
+        except AnalysisException:  # the table's folder does not exist yet
+            return False
+    return True
+
+
 def read_table(spark: SparkSession, lake_url: str, table: str, as_of: Iterable[date] | None = None) -> DataFrame:
     """A lake table (every month, or the months given) with `as_of` as a date column."""
     from pyspark.sql import functions as F

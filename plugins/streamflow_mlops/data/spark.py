@@ -56,6 +56,8 @@ def session_properties(settings: Settings) -> dict[str, str]:
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
+        # The driver's UI (and its kill links) would listen on every interface of the task's host.
+        "spark.ui.enabled": "false",
     }
     if local:
         properties |= {
@@ -63,10 +65,11 @@ def session_properties(settings: Settings) -> dict[str, str]:
             "spark.local.dir": str(settings.state_dir / "spark-tmp"),
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.driver.host": "127.0.0.1",
-            "spark.ui.enabled": "false",
             "spark.driver.memory": "2g",
         }
     properties |= settings.spark_properties
+    # Feast's point-in-time joins and the lake's as_of casts assume UTC: not overridable.
+    properties["spark.sql.session.timeZone"] = "UTC"
     for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
         if UTC_JAVA_OPTION not in properties[key]:
             properties[key] = f"{properties[key]} {UTC_JAVA_OPTION}".strip()

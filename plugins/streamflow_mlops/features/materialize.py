@@ -15,7 +15,7 @@ from streamflow_mlops.config.months import Month
 from streamflow_mlops.config.schema import FEATURE_GROUPS, TIMESTAMP
 from streamflow_mlops.config.settings import WAREHOUSE_SCHEMA, Settings, get_settings
 from streamflow_mlops.extensions.feast.sqlite_store import feast_connection
-from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store
+from streamflow_mlops.features.store import SQLITE_BUSY_TIMEOUT_MS, feature_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,13 @@ def _materialize_views(settings: Settings, views: list[str], start: datetime, en
     """Materialize some feature views (also the entry point of a worker process)."""
     store = feature_store(settings)
     if settings.engine == "spark":
-        from streamflow_mlops.data.spark import spark_session
+        from streamflow_mlops.data.spark import is_local, spark_session
 
+        if not is_local(settings.spark_master) and sqlite_path(store) is not None:
+            raise ValueError(
+                "the sqlite online store is a file on this machine, which a cluster's executors cannot write: "
+                "set STREAMFLOW_FEAST_ONLINE_STORE to a Redis store (docs/spark.md)"
+            )
         spark_session(settings)  # the library's session, before Feast's compute engine starts a default one
     conn = feast_connection(store)
     if conn is not None:

@@ -132,12 +132,17 @@ def lake_campaign_rows(
     except AnalysisException:  # no drop has brought a contacts.csv yet
         contacts, has_contacts = spark.createDataFrame([], f"{ENTITY} string"), False
     contacts.createOrReplaceTempView("streamflow_contacts")
-    frame = spark.sql(
-        f"SELECT c.user_id, c.arm, l.{LABEL}, c.churn_probability, c.monthly_fee, k.user_id IS NOT NULL AS reached "
-        f"FROM streamflow_campaign c JOIN {lake_table_sql(settings.lake_url, 'labels')} l "
-        f"ON l.user_id = c.user_id AND l.as_of = DATE '{labels_as_of}' "
-        "LEFT JOIN streamflow_contacts k ON k.user_id = c.user_id"
-    ).toPandas()
+    try:
+        frame = spark.sql(
+            f"SELECT c.user_id, c.arm, l.{LABEL}, c.churn_probability, c.monthly_fee, "
+            "k.user_id IS NOT NULL AS reached "
+            f"FROM streamflow_campaign c JOIN {lake_table_sql(settings.lake_url, 'labels')} l "
+            f"ON l.user_id = c.user_id AND l.as_of = DATE '{labels_as_of}' "
+            "LEFT JOIN streamflow_contacts k ON k.user_id = c.user_id"
+        ).toPandas()
+    finally:
+        spark.catalog.dropTempView("streamflow_campaign")
+        spark.catalog.dropTempView("streamflow_contacts")
     return frame, has_contacts
 
 

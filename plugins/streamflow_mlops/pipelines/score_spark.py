@@ -89,7 +89,8 @@ def ranked(scored: DataFrame, users: int, month: Month, model_version: str, opti
         F.lit(month.as_of).alias("as_of"),
         probability,
         F.col("rank").cast("int").alias("rank"),
-        F.expr(f"({DECILES} * rank + {n} - 1) div {n}").cast("smallint").alias("decile"),
+        # bigint: 10 x rank overflows an int past 214M users.
+        F.expr(f"({DECILES} * CAST(rank AS BIGINT) + {n} - 1) div {n}").cast("smallint").alias("decile"),
         F.lit(str(model_version)).alias("model_version"),
         F.col("reasons"),
         F.current_timestamp().alias("scored_at"),
@@ -130,12 +131,12 @@ def write_month_scores(
         if users == 0:
             raise LookupError(f"{month}: no users at {month.as_of} in the feature store")
         ranked(scored, users, month, champion.version, options).write.parquet(final_url)
+        lake.swap_in(spark, final_url, lake.partition_url(settings.lake_url, SCORES_TABLE, month.name, MONTH_KEY))
     except BaseException:
         lake.remove_staged(spark, final_url)
         raise
     finally:
         lake.remove_staged(spark, scored_url)
-    lake.swap_in(spark, final_url, lake.partition_url(settings.lake_url, SCORES_TABLE, month.name, MONTH_KEY))
     return users
 
 
@@ -273,9 +274,13 @@ def labelled_scores_on_spark(settings: Settings, month: Month, scored_users: int
         pd.DataFrame({ENTITY: [r[0] for r in treated]}, dtype=object), f"{ENTITY} string"
     ).createOrReplaceTempView("streamflow_treated")
     sample = sample_condition(scored_users, sample_rows, column="s.user_id", engine="spark")
-    rows = spark.sql(
-        "SELECT s.user_id, l.churn_label, s.churn_probability FROM streamflow_month_scores s "
-        f"JOIN {lake_table_sql(settings.lake_url, 'labels')} l ON l.user_id = s.user_id AND l.as_of = s.as_of "
-        "LEFT ANTI JOIN streamflow_treated t ON t.user_id = s.user_id" + (f" WHERE {sample}" if sample else "")
-    ).toPandas()
+    try:
+        rows = spark.sql(
+            "SELECT s.user_id, l.churn_label, s.churn_probability FROM streamflow_month_scores s "
+            f"JOIN {lake_table_sql(settings.lake_url, 'labels')} l ON l.user_id = s.user_id AND l.as_of = s.as_of "
+            "LEFT ANTI JOIN streamflow_treated t ON t.user_id = s.user_id" + (f" WHERE {sample}" if sample else "")
+        ).toPandas()
+    finally:
+        spark.catalog.dropTempView("streamflow_month_scores")
+        spark.catalog.dropTempView("streamflow_treated")
     return rows[[ENTITY, "churn_label", "churn_probability"]]

@@ -66,9 +66,9 @@ class SortedSparkRetrievalJob(SparkRetrievalJob):
         if not staging:
             raise ValueError("the spark offline store needs a staging_location to read retrievals in chunks")
         url = f"{staging.rstrip('/')}/{uuid.uuid4().hex}"
-        self.to_spark_df().orderBy(order_by).write.parquet(url)
         filesystem, path = arrow_filesystem(url)
         try:
+            self.to_spark_df().orderBy(order_by).write.parquet(url)
             files = sorted(
                 info.path
                 for info in filesystem.get_file_info(pa.fs.FileSelector(path))
@@ -80,7 +80,7 @@ class SortedSparkRetrievalJob(SparkRetrievalJob):
         finally:
             if isinstance(filesystem, pa.fs.LocalFileSystem):
                 shutil.rmtree(path, ignore_errors=True)
-            else:
+            elif filesystem.get_file_info(path).type != pa.fs.FileType.NotFound:
                 filesystem.delete_dir(path)
 
 
