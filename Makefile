@@ -27,9 +27,9 @@ test-fast: venv
 
 # The container mode on a Docker engine (tests/compose): builds the images, runs the lifecycle
 # through a compose stack and the containerized bento, then `down -v` (~20 min; logs of a failed
-# run under .streamflow/compose-logs/); then a celery stack's first month and a spark stack's
-# first ingest (+4 min with built images, +7 from scratch). Starts ../shared/container-engine when
-# it is there.
+# run under .streamflow/compose-logs/); then a celery stack's first month and a spark stack's first
+# month on the cluster, served and scored (27 min in all at load up to 12, the spark stack ~12 of
+# them). Starts ../shared/container-engine when it is there.
 test-compose: venv
 	STREAMFLOW_COMPOSE_TESTS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/compose
 

@@ -6,7 +6,8 @@ Spark application, both workers run an executor of it and finish its tasks, and 
 holds every raw and snapshot table of the month with the drop's rows, where the warehouse holds
 none. Then the rest of the month follows on the cluster (features materialized into Redis by the
 executors, drift, training on Feast's Spark training set, promotion) and the churn service serves
-the champion on the values the cluster materialized.
+the champion on the values the cluster materialized; the champion's scoring run then writes
+every user of the month to the lake's churn_scores from the executors.
 """
 
 from __future__ import annotations
